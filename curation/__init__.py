@@ -1,0 +1,1 @@
+"""Curation stages: filters, dedup and selection over stored rows."""

@@ -1,0 +1,162 @@
+"""The `datagen` command: a thin shell over the library.
+
+User mistakes print one message and exit 2; a run that started and failed exits 1; neither prints a traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from datagen.errors import RunFailed, UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Declarative synthetic-data generation and curation for distillation.")
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _guard(fn):
+    """Translate errors once, here: UserError -> exit 2, RunFailed -> exit 1, Ctrl-C -> exit 130."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            _stderr(f"error: {exc}")
+            raise typer.Exit(2)
+        except RunFailed as exc:
+            _stderr(f"run failed: {exc}")
+            raise typer.Exit(1)
+        except KeyboardInterrupt:
+            _stderr("interrupted: finished work is kept in the store; run the same command again to resume")
+            raise typer.Exit(130)
+        except typer.Exit:
+            raise
+        except Exception as exc:  # a bug of ours, not the user's: say so briefly, full traceback on request
+            if os.environ.get("DATAGEN_DEBUG"):
+                raise
+            _stderr(f"internal error: {type(exc).__name__}: {exc}\n(set DATAGEN_DEBUG=1 for the traceback, "
+                    "and please report it)")
+            raise typer.Exit(1)
+
+    return wrapper
+
+
+def _load(spec: Path):
+    from datagen.spec.load import load_spec
+
+    return load_spec(spec)
+
+
+@app.command()
+@_guard
+def validate(spec: Path = typer.Argument(..., help="the spec file")):
+    """Check a spec and print the plan, without loading any model."""
+    from datagen.spec.plan import build_plan
+
+    plan = build_plan(_load(spec))
+    print(plan.describe())
+    print("ok: the spec is valid")
+
+
+@app.command()
+@_guard
+def run(spec: Path = typer.Argument(..., help="the spec file"),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output")):
+    """Generate every step (resuming finished work), storing rows and lineage in the spec's DuckDB store."""
+    from datagen.run import run as run_spec
+    from datagen.spec.plan import build_plan
+    from datagen.progress import ProgressReporter
+
+    loaded = _load(spec)
+    if not quiet:
+        print(build_plan(loaded).describe(), flush=True)
+    with ProgressReporter(enabled=not quiet) as reporter:
+        summary = run_spec(loaded, progress=reporter.update, log=reporter.log)
+    _print_summary(summary)
+
+
+def _print_summary(summary) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"run finished in {summary.seconds:.1f} s; store {summary.store}")
+    for col in ("step", "requested", "cached", "generated", "failed", "prompt tokens", "completion tokens", "seconds"):
+        table.add_column(col, justify="left" if col == "step" else "right")
+    from datagen.run import describe_summary
+
+    for row in describe_summary(summary):
+        table.add_row(*row)
+    Console(width=120).print(table)
+
+
+@app.command()
+@_guard
+def status(spec: Path = typer.Argument(..., help="the spec file")):
+    """Per step: requests done, failed and pending, and the commonest errors."""
+    from datagen.status import step_status
+
+    loaded = _load(spec)
+    rows = step_status(loaded.store_path, [s.name for s in loaded.spec.steps])
+    for r in rows:
+        total = r["done"] + r["failed"] + r["pending"]
+        if total == 0:
+            print(f"{r['step']}: not started")
+            continue
+        print(f"{r['step']}: {r['done']} done, {r['failed']} failed, {r['pending']} pending "
+              f"of {total}; {r['completion_tokens']} completion tokens")
+        for error, n in r["top_errors"]:
+            print(f"    {n} x {error[:150]}")
+
+
+@app.command()
+@_guard
+def query(target: Path = typer.Argument(..., help="a spec file (its store) or a .duckdb file"),
+          sql: str = typer.Argument(..., help="one or more SELECT statements; the last one's result is printed"),
+          format: str = typer.Option("table", "--format", "-f", help="table | json | csv")):
+    """Run read-only SQL over a store and print the result."""
+    from datagen.store.readonly import run_query
+
+    if format not in ("table", "json", "csv"):
+        raise UserError(f"--format must be table, json or csv, got {format!r}")
+    store = target if target.suffix == ".duckdb" else _load(target).store_path
+    columns, rows = run_query(store, sql)
+    if format == "json":
+        print(json.dumps([dict(zip(columns, r)) for r in rows], default=str, ensure_ascii=False, indent=1))
+    elif format == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(columns)
+        writer.writerows(rows)
+        print(buf.getvalue(), end="")
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(show_lines=False)
+        for c in columns:
+            table.add_column(c, overflow="fold")
+        for r in rows:
+            table.add_row(*("NULL" if v is None else str(v) for v in r))
+        Console(width=160).print(table)
+        print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    app(args=argv)
+
+
+if __name__ == "__main__":
+    main()

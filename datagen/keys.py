@@ -1,0 +1,35 @@
+"""Cache keys and row ids.
+
+A request's key hashes what determines its output: the step, the input row, the rendered messages, the teacher's
+identity, the sampling parameters, the response schema, `logprobs` and the sample index. Throughput settings
+(concurrency, batch sizes, rate limits) are left out on purpose, so changing them never regenerates anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+
+def canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def request_key(*, step: str, parent_id: str | None, messages: list[dict], teacher: dict, sampling: dict,
+                json_schema: dict | None, logprobs: int | None, sample_index: int) -> str:
+    payload = {
+        "step": step,
+        "parent": parent_id,
+        "messages": messages,
+        "teacher": teacher,
+        "sampling": {k: v for k, v in sampling.items() if v is not None},
+        "schema": json_schema,
+        "logprobs": logprobs,
+        "sample": sample_index,
+    }
+    return hashlib.sha256(canonical(payload).encode()).hexdigest()
+
+
+def row_id(key: str) -> str:
+    return hashlib.sha256(b"row\0" + key.encode()).hexdigest()[:20]

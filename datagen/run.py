@@ -1,0 +1,195 @@
+"""The run loop: plan, then for each step build its requests, skip the finished ones, generate the rest in batches,
+and commit each batch. A killed run, re-run, picks up where it stopped; a finished spec re-runs without loading a model.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable
+
+import duckdb
+
+from datagen.errors import RunFailed
+from datagen.keys import canonical
+from datagen.spec.load import LoadedSpec
+from datagen.spec.models import SamplingSpec
+from datagen.spec.plan import Plan, PlannedStep, build_plan
+from datagen.store.connection import arrow_table, open_store, quote_ident
+from datagen.store.views import sync_sources
+from datagen.store.writes import BatchResult, insert_pending, write_batch
+from datagen.strategies import label
+from datagen.teachers.base import GenOptions, GenRequest, Sampling
+
+DEFAULT_SAMPLING = {"temperature": 0.7, "top_p": 1.0, "max_tokens": 512}
+MIN_SAMPLES_FOR_BUDGET = 20  # below this many finished samples a failure rate says little
+
+
+@dataclass
+class StepSummary:
+    step: str
+    planned: int = 0
+    cached: int = 0
+    generated: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class RunSummary:
+    store: str
+    steps: list[StepSummary] = field(default_factory=list)
+    seconds: float = 0.0
+    models_loaded: list[str] = field(default_factory=list)
+
+
+Progress = Callable[[str, int, int], None]  # (step, done, total)
+
+
+def effective_sampling(teacher_sampling: SamplingSpec, step_sampling: SamplingSpec | None) -> dict:
+    """Defaults, then the teacher's sampling, then the step's: the later one wins key by key."""
+    merged = dict(DEFAULT_SAMPLING)
+    for layer in (teacher_sampling, step_sampling):
+        if layer is not None:
+            merged.update({k: v for k, v in layer.model_dump().items() if v is not None})
+    return merged
+
+
+def batch_size(teacher_spec) -> int:
+    if teacher_spec.backend == "vllm":
+        return 256  # the engine schedules the whole batch; bigger batches only delay the next commit
+    if teacher_spec.backend == "transformers":
+        return teacher_spec.batch_size * 4
+    return teacher_spec.max_concurrency * 4
+
+
+def run(loaded: LoadedSpec, progress: Progress | None = None, log: Callable[[str], None] = print) -> RunSummary:
+    plan = build_plan(loaded)
+    start = time.monotonic()
+    con = open_store(loaded.store_path)
+    summary = RunSummary(store=str(loaded.store_path))
+    teachers: dict[str, object] = {}
+    run_started = datetime.now(timezone.utc).replace(tzinfo=None)
+    status = "failed"
+    try:
+        sync_sources(con, plan)
+        con.execute("INSERT INTO _runs (started_at, status, pid, spec) VALUES (?, 'running', ?, ?)",
+                    [run_started, os.getpid(), loaded.spec.model_dump_json(by_alias=True)])
+        for st in plan.steps:
+            summary.steps.append(run_step(con, plan, st, teachers, progress, log))
+        status = "done"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        summary.models_loaded = list(teachers)
+        for teacher in teachers.values():
+            teacher.close()
+        summary.seconds = time.monotonic() - start
+        try:
+            con.execute("UPDATE _runs SET finished_at = current_timestamp, status = ?, summary = ? WHERE started_at = ?",
+                        [status, canonical([s.__dict__ for s in summary.steps]), run_started])
+        finally:
+            con.close()
+    return summary
+
+
+def run_step(con: duckdb.DuckDBPyConnection, plan: Plan, st: PlannedStep, teachers: dict, progress: Progress | None,
+             log: Callable[[str], None]) -> StepSummary:
+    spec = plan.spec
+    step = st.spec
+    teacher_name = st.teachers[0]
+    teacher_spec = spec.teachers[teacher_name]
+    sampling = effective_sampling(teacher_spec.sampling, step.sampling)
+    from datagen.teachers import teacher_identity
+
+    identity = teacher_identity(teacher_spec, plan.loaded.dir)
+    rows = fetch_rows(con, st.input)
+    demo_pool = fetch_rows(con, step.demos.from_) if step.demos else None
+    requests = label.build_requests(step, rows, demo_pool, spec.seed, teacher_name, identity, sampling)
+    insert_pending(con, step.name, requests, [r.key for r in requests])
+    done = {k for (k,) in con.execute("SELECT key FROM requests WHERE step = ? AND status = 'done'", [step.name]).fetchall()}
+    todo = [r for r in requests if r.key not in done]
+    summary = StepSummary(step.name, planned=len(requests), cached=len(requests) - len(todo))
+    if progress:
+        progress(step.name, summary.cached, summary.planned)
+    if not todo:
+        return summary
+    if teacher_name not in teachers:
+        from datagen.teachers import make_teacher
+
+        log(f"loading teacher {teacher_name} ({teacher_spec.backend}: {teacher_spec.model})")
+        teachers[teacher_name] = make_teacher(teacher_name, teacher_spec, plan.loaded.dir, spec.seed)
+    teacher = teachers[teacher_name]
+    options = GenOptions(Sampling(**sampling), logprobs=step.logprobs,
+                         json_schema=step.response_format.json_schema if step.response_format else None)
+    groups = group_by_prompt(todo)
+    size = batch_size(teacher_spec)
+    start = time.monotonic()
+    for i in range(0, len(groups), size):
+        batch = groups[i: i + size]
+        samples = teacher.generate([g for g, _ in batch], options)
+        result = BatchResult()
+        for (gen, reqs), got in zip(batch, samples):
+            for req, sample in zip(reqs, got):
+                record_sample(result, step, req, sample, teacher_name, summary)
+        write_batch(con, result)
+        if progress:
+            progress(step.name, summary.cached + summary.generated + summary.failed, summary.planned)
+        check_budget(step, summary)
+    summary.seconds = time.monotonic() - start
+    return summary
+
+
+def record_sample(result: BatchResult, step, req, sample, teacher_name: str, summary: StepSummary) -> None:
+    summary.prompt_tokens += sample.prompt_tokens or 0
+    summary.completion_tokens += sample.completion_tokens or 0
+    if sample.error is not None:
+        summary.failed += 1
+        result.add_failure(req.key, sample.error, sample)
+        return
+    fields, error = label.parse_reply(step, sample.text)
+    if error is not None:
+        summary.failed += 1
+        result.add_failure(req.key, error, sample)
+        return
+    summary.generated += 1
+    result.add_row(req, sample, fields, teacher_name)
+
+
+def check_budget(step, summary: StepSummary) -> None:
+    attempted = summary.generated + summary.failed
+    if attempted < MIN_SAMPLES_FOR_BUDGET:
+        return
+    rate = summary.failed / attempted
+    if rate > step.max_failure_rate:
+        raise RunFailed(
+            f"step {step.name}: {summary.failed} of {attempted} samples failed ({rate:.0%}), over its "
+            f"max_failure_rate of {step.max_failure_rate:.0%}; see `datagen query SPEC \"select error, count(*) "
+            f"from requests where status = 'failed' group by 1\"`, fix the cause and re-run (finished work is kept)"
+        )
+
+
+def group_by_prompt(requests: list[label.PlannedRequest]) -> list[tuple[GenRequest, list[label.PlannedRequest]]]:
+    """One GenRequest per prompt with all its missing samples, ordered so shared prefixes run together."""
+    groups: dict[str, list[label.PlannedRequest]] = {}
+    for r in requests:
+        groups.setdefault(canonical([r.parent_id, r.messages]), []).append(r)
+    ordered = sorted(groups.values(), key=lambda rs: canonical(rs[0].messages))
+    return [(GenRequest(rs[0].messages, [r.key for r in rs], [r.sample_index for r in rs]), rs) for rs in ordered]
+
+
+def fetch_rows(con: duckdb.DuckDBPyConnection, name: str) -> list[dict]:
+    return arrow_table(con.sql(f"SELECT * FROM {quote_ident(name)}")).to_pylist()
+
+
+def describe_summary(summary: RunSummary) -> list[list[str]]:
+    rows = []
+    for s in summary.steps:
+        rows.append([s.step, str(s.planned), str(s.cached), str(s.generated), str(s.failed),
+                     str(s.prompt_tokens), str(s.completion_tokens), f"{s.seconds:.1f}"])
+    return rows

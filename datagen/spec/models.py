@@ -1,0 +1,375 @@
+"""Pydantic models for the whole spec language (see specs/README.md for every key and its default).
+
+Models reject unknown keys. Behaviour that is not built yet is still modelled here, so a spec that uses it is read
+correctly; the plan (datagen/spec/plan.py) then refuses it with "not supported yet" instead of ignoring it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Names the store itself uses; a step or source with one of these names would shadow a store table.
+# DuckDB's reserved keywords (duckdb_keywords() where keyword_category = 'reserved').
+SQL_RESERVED = set(
+    "all analyse analyze and any array as asc asymmetric both case cast check collate column constraint create "
+    "default deferrable desc describe distinct do else end except false fetch for foreign from group having in "
+    "initially intersect into lambda lateral leading limit not null offset on only or order pivot pivot_longer "
+    "pivot_wider placing primary qualify references returning select show some summarize symmetric table then to "
+    "trailing true union unique unpivot using variadic when where window with".split()
+)
+RESERVED_NAMES = {"requests", "lineage", "decisions", "curated", "train_runs", "outputs", "token_logprobs"}
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+def check_name(value: str, what: str) -> str:
+    if not NAME_RE.match(value):
+        raise ValueError(f"{what} name {value!r} must be an SQL identifier: letters, digits and _, not starting with a digit")
+    if value.lower() in RESERVED_NAMES or value.startswith("_"):
+        raise ValueError(f"{what} name {value!r} is taken by the store (or starts with _); choose another name")
+    if value.lower() in SQL_RESERVED:
+        raise ValueError(f"{what} name {value!r} is a reserved SQL word, so queries could not name it; "
+                         f"choose another name (e.g. {value}_step)")
+    return value
+
+
+# --- sampling and teachers -------------------------------------------------------------------------------------
+
+
+class SamplingSpec(Model):
+    temperature: float | None = Field(None, ge=0, le=5)
+    top_p: float | None = None
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0, le=1)
+    max_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    stop: list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    repetition_penalty: float | None = Field(None, gt=0, le=5)
+
+    @field_validator("top_p")
+    @classmethod
+    def _top_p(cls, v: float | None) -> float | None:
+        if v is not None and not (0 < v <= 1):
+            raise ValueError(f"top_p must be in (0, 1], got {v}")
+        return v
+
+
+class EngineSpec(Model):
+    enforce_eager: bool = True
+    max_model_len: int = Field(4096, ge=16)
+    kv_cache_gb: float = Field(2, gt=0)
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+    data_parallel_size: int = Field(1, ge=1)
+
+
+class VLLMTeacherSpec(Model):
+    backend: Literal["vllm"]
+    model: str
+    sampling: SamplingSpec = SamplingSpec()
+    engine: EngineSpec = EngineSpec()
+
+
+class OpenAITeacherSpec(Model):
+    backend: Literal["openai"]
+    model: str
+    base_url: str
+    api_key_env: str | None = None
+    max_concurrency: int = Field(16, ge=1, le=4096)
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+    timeout_s: float = Field(120, gt=0)
+    max_attempts: int = Field(4, ge=1, le=20)
+    sampling: SamplingSpec = SamplingSpec()
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://", v):
+            raise ValueError(f"base_url must start with http:// or https://, got {v!r}")
+        return v.rstrip("/")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", v):
+            raise ValueError(
+                "api_key_env is the NAME of an environment variable (e.g. TEACHER_API_KEY), not the key itself"
+            )
+        return v
+
+
+class TransformersTeacherSpec(Model):
+    backend: Literal["transformers"]
+    model: str
+    device: str = "cpu"
+    batch_size: int = Field(16, ge=1)
+    sampling: SamplingSpec = SamplingSpec()
+
+
+TeacherSpec = Annotated[
+    Union[VLLMTeacherSpec, OpenAITeacherSpec, TransformersTeacherSpec], Field(discriminator="backend")
+]
+
+
+# --- sources ---------------------------------------------------------------------------------------------------
+
+
+class SourceSpec(Model):
+    path: str | None = None
+    inline: list[dict[str, Any]] | None = None
+    query: str | None = None
+    limit: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "SourceSpec":
+        given = [k for k in ("path", "inline", "query") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a source needs exactly one of path, inline or query; got {given or 'none'}")
+        if self.inline is not None and not self.inline:
+            raise ValueError("inline needs at least one row")
+        return self
+
+
+# --- steps -----------------------------------------------------------------------------------------------------
+
+
+class DemosSpec(Model):
+    from_: str = Field(alias="from")
+    k: int = Field(2, ge=1, le=64)
+    as_: Literal["turns", "variable"] = Field("variable", alias="as")
+    user: str | None = None
+    assistant: str | None = None
+    include_generated: bool = False
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _turns(self) -> "DemosSpec":
+        if self.as_ == "turns" and not self.assistant:
+            raise ValueError("demos with `as: turns` need `assistant`: the demo column that is the assistant's turn")
+        return self
+
+
+class ResponseFormatSpec(Model):
+    json_schema: dict[str, Any]
+
+    @field_validator("json_schema")
+    @classmethod
+    def _object(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if v.get("type") != "object" or not isinstance(v.get("properties"), dict) or not v["properties"]:
+            raise ValueError("json_schema must be an object schema with `properties`, e.g. "
+                             "{type: object, properties: {answer: {type: integer}}, required: [answer]}")
+        return v
+
+
+class StepBase(Model):
+    name: str
+    teacher: str | list[str]
+    sampling: SamplingSpec | None = None
+    system: str | None = None
+    prompt: str | None = None
+    output: str = "output"
+    n: int = Field(1, ge=1, le=256)
+    logprobs: int | None = Field(None, ge=1, le=20)
+    max_failure_rate: float = Field(0.5, ge=0, le=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v, "step")
+
+    @field_validator("output")
+    @classmethod
+    def _output(cls, v: str) -> str:
+        if not NAME_RE.match(v) or v.startswith("_"):
+            raise ValueError(f"output column {v!r} must be a plain column name (letters, digits, _; not starting with _)")
+        return v
+
+
+class AgreementSpec(Model):
+    column: str
+    extract: str
+
+
+class LabelStep(StepBase):
+    strategy: Literal["label"]
+    input: str
+    prompt: str
+    demos: DemosSpec | None = None
+    response_format: ResponseFormatSpec | None = None
+    agreement: AgreementSpec | None = None
+    vote: Literal["majority"] | None = None
+
+
+class NoveltySpec(Model):
+    column: str | None = None
+    max_rouge_l: float | None = Field(None, gt=0, le=1)
+    max_cosine: float | None = Field(None, gt=0, le=1)
+    model: str = "bundled:all-minilm-l6-v2"
+
+
+class ExpandStep(StepBase):
+    strategy: Literal["expand"]
+    prompt: str
+    demos: DemosSpec
+    target: int = Field(ge=1)
+    max_rounds: int = Field(20, ge=1)
+    batch: int = Field(64, ge=1)
+    novelty: NoveltySpec | None = None
+    output: str = "output"
+
+
+class MetaColumnSpec(Model):
+    from_: str = Field(alias="from")
+    column: str
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class CurateStep(StepBase):
+    strategy: Literal["curate"]
+    prompt: str
+    meta: dict[str, Union[list[Any], MetaColumnSpec]]
+    combine: Literal["product", "sample"] = "product"
+    count: int | None = Field(None, ge=1)
+    per_combination: int = Field(1, ge=1)
+
+
+class PairsSpec(Model):
+    by: str
+    min_margin: float = Field(1, ge=0)
+
+
+class JudgeStep(StepBase):
+    strategy: Literal["judge"]
+    input: str
+    rubric: str
+    prompt: str | None = None
+    pairwise: bool = False
+    pairs: PairsSpec | None = None
+    revise: bool = False
+    scale: tuple[float, float] = (1, 10)
+
+
+class SelfStep(StepBase):
+    strategy: Literal["self"]
+    input: str
+    prompt: str
+    keep: Literal["majority", "verified"] = "majority"
+    extract: str | None = None
+
+
+StepSpec = Annotated[
+    Union[LabelStep, ExpandStep, CurateStep, JudgeStep, SelfStep], Field(discriminator="strategy")
+]
+
+
+# --- curation, export, train -----------------------------------------------------------------------------------
+
+
+class CurationSpec(Model):
+    input: str
+    filters: list[dict[str, Any]] = []
+    decontaminate: dict[str, Any] | None = None
+    dedup: list[dict[str, Any]] = []
+    select: dict[str, Any] | None = None
+
+
+class HubSpec(Model):
+    repo_id: str
+    private: bool = True
+
+
+class ExportSpec(Model):
+    input: str | None = None
+    format: Literal["messages", "prompt_completion", "preference"] = "messages"
+    path: str = "out/{name}"
+    hub: HubSpec | None = None
+    columns: list[str] = []
+
+
+class KDSpec(Model):
+    alpha: float = Field(0.5, ge=0, le=1)
+    temperature: float = Field(2.0, gt=0)
+    divergence: Literal["forward", "reverse"] = "forward"
+
+
+class LoraSpec(Model):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | str = "all-linear"
+
+
+class EvalSpec(Model):
+    split: float = Field(0.1, gt=0, lt=1)
+
+
+class TrainSpec(Model):
+    input: str | None = None
+    student: str = "bundled:smollm2-135m-instruct"
+    init: Literal["pretrained", "truncate"] = "pretrained"
+    keep_layers: list[int] | None = None
+    output: str = "out/student"
+    objective: Literal["sft", "kd", "dpo"] = "sft"
+    kd: KDSpec = KDSpec()
+    epochs: float = Field(1, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    learning_rate: float = Field(2e-5, gt=0)
+    batch_size: int = Field(8, ge=1)
+    max_length: int = Field(1024, ge=16)
+    lora: LoraSpec | None = None
+    eval: EvalSpec | None = None
+
+
+# --- the whole spec --------------------------------------------------------------------------------------------
+
+
+class Spec(Model):
+    name: str
+    description: str | None = None
+    seed: int = 0
+    store: str | None = None
+    teachers: dict[str, TeacherSpec]
+    sources: dict[str, SourceSpec] = {}
+    steps: list[StepSpec]
+    curation: CurationSpec | None = None
+    export: ExportSpec | None = None
+    train: TrainSpec | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", v):
+            raise ValueError(f"name {v!r} must be letters, digits, '.', '_' or '-' (it names the store file)")
+        return v
+
+    @field_validator("teachers")
+    @classmethod
+    def _teachers(cls, v: dict) -> dict:
+        if not v:
+            raise ValueError("at least one teacher is needed")
+        return v
+
+    @field_validator("sources")
+    @classmethod
+    def _sources(cls, v: dict) -> dict:
+        for name in v:
+            check_name(name, "source")
+        return v
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v: list) -> list:
+        if not v:
+            raise ValueError("at least one step is needed")
+        return v

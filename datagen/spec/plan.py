@@ -1,0 +1,289 @@
+"""The plan: the spec resolved into ordered steps, checked before any model loads.
+
+Checks here: every teacher, source and step a spec names exists; a step reads only sources and earlier steps;
+template variables exist in the input's columns; produced columns do not clash with inherited ones; behaviour that
+is not built yet is refused. Column names are worked out on an in-memory DuckDB "shape" database, so `query`
+sources are checked by DuckDB itself, and no torch or vllm is imported.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import jinja2
+
+from datagen import sources as src
+from datagen import templates
+from datagen.errors import UserError
+from datagen.spec.load import LoadedSpec
+from datagen.spec.models import LabelStep, ResponseFormatSpec
+from datagen.store.connection import quote_ident
+
+SYSTEM_COLUMNS = ["_id", "_parent_id", "_sample_index", "_teacher", "_finish_reason", "_created_at"]
+JSON_TYPES = {"integer": "BIGINT", "number": "DOUBLE", "boolean": "BOOLEAN", "string": "VARCHAR"}
+NOT_YET = "is not supported yet in this version of datagen"
+
+
+@dataclass
+class PlannedStep:
+    spec: LabelStep
+    index: int
+    input: str
+    input_columns: list[str]
+    produced: dict[str, str]  # column -> DuckDB type
+    teachers: list[str]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def columns(self) -> list[str]:
+        inherited = [c for c in self.input_columns if not c.startswith("_")]
+        return inherited + list(self.produced) + SYSTEM_COLUMNS
+
+
+@dataclass
+class Plan:
+    loaded: LoadedSpec
+    source_rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    source_columns: dict[str, list[str]] = field(default_factory=dict)
+    steps: list[PlannedStep] = field(default_factory=list)
+    order: list[tuple[str, str]] = field(default_factory=list)  # ("source"|"query"|"step", name) in creation order
+
+    @property
+    def spec(self):
+        return self.loaded.spec
+
+    def step(self, name: str) -> PlannedStep:
+        return next(s for s in self.steps if s.name == name)
+
+    def describe(self) -> str:
+        lines = [f"spec {self.spec.name}: store {self.loaded.store_path}"]
+        for name, cols in self.source_columns.items():
+            size = f"{len(self.source_rows[name])} rows" if name in self.source_rows else "SQL view"
+            lines.append(f"  source {name}: {size}; columns {', '.join(c for c in cols if c != '_id')}")
+        for st in self.steps:
+            s = st.spec
+            teacher = ", ".join(st.teachers)
+            extra = f", logprobs {s.logprobs}" if s.logprobs else ""
+            lines.append(f"  step {st.index + 1} {s.name}: {s.strategy} {st.input} with {teacher}, n={s.n}{extra} "
+                         f"-> {', '.join(st.produced)}")
+        return "\n".join(lines)
+
+
+def build_plan(loaded: LoadedSpec) -> Plan:
+    spec = loaded.spec
+    plan = Plan(loaded)
+    _refuse_unbuilt(loaded)
+    shape = duckdb.connect(":memory:")
+    try:
+        _load_file_sources(loaded, plan, shape)
+        created: set[str] = set(plan.source_rows)
+        plan.order += [("source", name) for name in plan.source_rows]
+        step_names = [s.name for s in spec.steps]
+        _check_unique_names(loaded, step_names)
+        for i, step in enumerate(spec.steps):
+            loc = ("steps", i)
+            _ensure(loaded, plan, shape, created, step.input, loc + ("input",), step_names[: i])
+            if step.demos is not None:
+                _ensure(loaded, plan, shape, created, step.demos.from_, loc + ("demos", "from"), step_names[: i])
+            planned = _plan_step(loaded, plan, shape, i, step)
+            plan.steps.append(planned)
+            _create_step_shape(shape, planned)
+            created.add(step.name)
+            plan.order.append(("step", step.name))
+        for name, source in spec.sources.items():
+            if source.query is not None and name not in created:
+                _ensure(loaded, plan, shape, created, name, ("sources", name, "query"), step_names)
+    finally:
+        shape.close()
+    return plan
+
+
+def _refuse_unbuilt(loaded: LoadedSpec) -> None:
+    spec = loaded.spec
+    for block in ("curation", "export", "train"):
+        if getattr(spec, block) is not None:
+            raise loaded.error((block,), f"the `{block}:` block {NOT_YET}; remove it for now")
+    for i, step in enumerate(spec.steps):
+        if step.strategy != "label":
+            raise loaded.error(("steps", i, "strategy"), f"strategy `{step.strategy}` {NOT_YET}; use `label`")
+        if isinstance(step.teacher, list):
+            raise loaded.error(("steps", i, "teacher"), f"several teachers for one step {NOT_YET}; name one teacher")
+        for key in ("agreement", "vote"):
+            if getattr(step, key) is not None:
+                raise loaded.error(("steps", i, key), f"`{key}` {NOT_YET}; remove it")
+        if step.demos is not None and step.demos.include_generated:
+            raise loaded.error(("steps", i, "demos", "include_generated"),
+                               "include_generated only applies to `strategy: expand`; remove it")
+
+
+def _check_unique_names(loaded: LoadedSpec, step_names: list[str]) -> None:
+    seen: set[str] = set()
+    for i, name in enumerate(step_names):
+        if name in seen:
+            raise loaded.error(("steps", i, "name"), f"step name `{name}` is used twice; names must be unique")
+        if name in loaded.spec.sources:
+            raise loaded.error(("steps", i, "name"), f"step name `{name}` is also a source name; rename one")
+        seen.add(name)
+
+
+def _load_file_sources(loaded: LoadedSpec, plan: Plan, shape: duckdb.DuckDBPyConnection) -> None:
+    for name, source in loaded.spec.sources.items():
+        if source.query is not None:
+            continue
+        path = loaded.resolve_path(source.path) if source.path is not None else None
+        if path is not None and not path.exists():
+            raise loaded.error(("sources", name, "path"), f"file not found: {path}; fix the path "
+                               "(relative paths start at the spec's folder)")
+        try:
+            rows = src.load_rows(name, path, source.inline, source.limit)
+        except UserError as exc:
+            raise loaded.error(("sources", name), str(exc)) from None
+        if not rows:
+            raise loaded.error(("sources", name), "the source has no rows")
+        plan.source_rows[name] = rows
+        plan.source_columns[name] = src.columns_of(rows)
+        create_table_from_rows(shape, name, rows, loaded, ("sources", name))
+
+
+def create_table_from_rows(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict], loaded: LoadedSpec | None,
+                           loc: tuple) -> None:
+    import pyarrow as pa
+
+    try:
+        arrow = pa.Table.from_pylist(rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        message = f"rows have values of mixed types in one column ({exc}); make each column one type"
+        raise (loaded.error(loc, message) if loaded else UserError(message)) from None
+    arrow = _nulls_to_text(arrow)
+    con.register("_arrow_rows", arrow)
+    try:
+        con.execute(f"CREATE OR REPLACE TABLE {quote_ident(table)} AS SELECT * FROM _arrow_rows")
+    finally:
+        con.unregister("_arrow_rows")
+
+
+def _nulls_to_text(arrow):
+    import pyarrow as pa
+
+    for i, f in enumerate(arrow.schema):
+        if pa.types.is_null(f.type):
+            arrow = arrow.set_column(i, pa.field(f.name, pa.string()), arrow.column(i).cast(pa.string()))
+    return arrow
+
+
+def referenced_names(sql: str, names: list[str]) -> list[str]:
+    return [n for n in names if re.search(rf"(?<![\w.]){re.escape(n)}(?!\w)", sql, flags=re.IGNORECASE)]
+
+
+def _ensure(loaded: LoadedSpec, plan: Plan, shape: duckdb.DuckDBPyConnection, created: set[str], name: str,
+            loc: tuple, earlier_steps: list[str]) -> None:
+    """Make sure `name` (a source or an earlier step) exists in the shape database, creating query views on demand."""
+    spec = loaded.spec
+    if name in created:
+        return
+    all_steps = [s.name for s in spec.steps]
+    if name in all_steps:
+        raise loaded.error(loc, f"`{name}` is a step that runs at or after this one; a step can only read sources "
+                                "and earlier steps: reorder the steps")
+    source = spec.sources.get(name)
+    if source is None:
+        known = sorted(list(spec.sources) + earlier_steps)
+        raise loaded.error(loc, f"`{name}` is not a source or an earlier step; known: {', '.join(known) or 'none'}")
+    qloc = ("sources", name, "query")
+    for dep in referenced_names(source.query, list(spec.sources) + all_steps):
+        if dep == name:
+            continue
+        if dep in all_steps and dep not in earlier_steps:
+            raise loaded.error(qloc, f"the query reads step `{dep}`, which has not run when `{name}` is needed")
+        _ensure(loaded, plan, shape, created, dep, qloc, earlier_steps)
+    try:
+        cols = [r[0] for r in shape.execute(f"DESCRIBE {source.query}").fetchall()]
+    except duckdb.Error as exc:
+        raise loaded.error(qloc, f"the query does not run: {str(exc).splitlines()[0]}") from None
+    sql = query_view_sql(source.query, cols, source.limit)
+    shape.execute(f"CREATE VIEW {quote_ident(name)} AS {sql}")
+    plan.source_columns[name] = [r[0] for r in shape.execute(f"DESCRIBE {quote_ident(name)}").fetchall()]
+    created.add(name)
+    plan.order.append(("query", name))
+
+
+def query_view_sql(query: str, columns: list[str], limit: int | None) -> str:
+    """Wrap a query source so every row has an `_id`: kept from the rows it selects, else a hash of the row."""
+    base = f"SELECT * FROM ({query}) q" if "_id" in columns else f"SELECT md5(CAST(to_json(q) AS VARCHAR))[:20] AS _id, * FROM ({query}) q"
+    return base + (f" LIMIT {int(limit)}" if limit else "")
+
+
+def _plan_step(loaded: LoadedSpec, plan: Plan, shape, i: int, step: LabelStep) -> PlannedStep:
+    loc = ("steps", i)
+    if step.teacher not in loaded.spec.teachers:
+        raise loaded.error(loc + ("teacher",), f"no teacher named `{step.teacher}`; teachers: "
+                                                f"{', '.join(loaded.spec.teachers)}")
+    teacher = loaded.spec.teachers[step.teacher]
+    input_cols = _columns(shape, step.input)
+    produced = _produced_columns(loaded, loc, step.output, step.response_format)
+    for col in produced:
+        if col in input_cols:
+            what = "output" if col == step.output else "response_format.json_schema.properties"
+            raise loaded.error(loc + (what,) if what == "output" else loc + ("response_format",),
+                               f"produced column `{col}` clashes with a column `{step.input}` already has; "
+                               "choose another name")
+    if step.response_format is not None and teacher.backend == "transformers":
+        raise loaded.error(loc + ("response_format",), "structured output needs a `vllm` or `openai` teacher")
+    context = set(input_cols) | {"demos"} if (step.demos and step.demos.as_ == "variable") else set(input_cols)
+    _check_template(loaded, loc + ("prompt",), step.prompt, context, step.input)
+    if step.system:
+        _check_template(loaded, loc + ("system",), step.system, context, step.input)
+    if step.demos is not None:
+        demo_cols = _columns(shape, step.demos.from_)
+        for key in ("user", "assistant"):
+            col = getattr(step.demos, key)
+            if col is not None and col not in demo_cols:
+                raise loaded.error(loc + ("demos", key), f"`{col}` is not a column of `{step.demos.from_}`; "
+                                                         f"columns: {', '.join(c for c in demo_cols if c != '_id')}")
+        if step.demos.as_ == "turns" and step.demos.user is None:
+            _check_template(loaded, loc + ("prompt",), step.prompt, set(demo_cols), step.demos.from_)
+    return PlannedStep(step, i, step.input, input_cols, produced, [step.teacher])
+
+
+def _columns(shape, name: str) -> list[str]:
+    return [r[0] for r in shape.execute(f"DESCRIBE {quote_ident(name)}").fetchall()]
+
+
+def _produced_columns(loaded: LoadedSpec, loc: tuple, output: str, fmt: ResponseFormatSpec | None) -> dict[str, str]:
+    produced = {output: "VARCHAR"}
+    if fmt is not None:
+        for prop, schema in fmt.json_schema["properties"].items():
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", prop) or prop.startswith("_"):
+                raise loaded.error(loc + ("response_format", "json_schema", "properties", prop),
+                                   f"property `{prop}` becomes a column: use letters, digits and _ only")
+            if prop == output:
+                raise loaded.error(loc + ("output",), f"`output: {output}` is also a schema property; rename one")
+            kind = schema.get("type") if isinstance(schema, dict) else None
+            produced[prop] = JSON_TYPES.get(kind, "JSON") if isinstance(kind, str) else "JSON"
+    return produced
+
+
+def _check_template(loaded: LoadedSpec, loc: tuple, source: str, available: set[str], input_name: str) -> None:
+    try:
+        names = templates.variables(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise loaded.error(loc, f"template syntax error on its line {exc.lineno}: {exc.message}") from None
+    missing = sorted(names - available)
+    if missing:
+        cols = ", ".join(sorted(c for c in available if not c.startswith("_"))) or "none"
+        raise loaded.error(loc, f"template uses {', '.join('`' + m + '`' for m in missing)}, which `{input_name}` "
+                                f"does not have; its columns: {cols}")
+
+
+def _create_step_shape(shape, planned: PlannedStep) -> None:
+    inherited = ", ".join(quote_ident(c) for c in planned.input_columns if not c.startswith("_"))
+    produced = ", ".join(f"NULL::{t} AS {quote_ident(c)}" for c, t in planned.produced.items())
+    system = ", ".join(f"NULL::VARCHAR AS {c}" for c in SYSTEM_COLUMNS)
+    select = ", ".join(x for x in (inherited, produced, system) if x)
+    shape.execute(f"CREATE TABLE {quote_ident(planned.name)} AS SELECT {select} FROM {quote_ident(planned.input)} LIMIT 0")

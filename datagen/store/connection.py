@@ -1,0 +1,51 @@
+"""Opening a store: one DuckDB file per spec. DuckDB allows one writing process; we say who holds it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import duckdb
+
+from datagen.errors import UserError
+from datagen.store.migrations import migrate
+
+
+def open_store(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open (and for writing, create and migrate) the store at `path`."""
+    path = Path(path)
+    if read_only and not path.exists():
+        raise UserError(f"no store at {path}; run `datagen run` on the spec first")
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        con = duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as exc:
+        raise _in_use_error(path, exc) from None
+    except duckdb.Error as exc:
+        raise UserError(f"cannot open store {path}: {exc}") from None
+    if not read_only:
+        migrate(con)
+    return con
+
+
+def _in_use_error(path: Path, exc: Exception) -> UserError:
+    text = str(exc)
+    match = re.search(r"PID (\d+)", text)
+    if "lock" in text.lower():
+        who = f"process {match.group(1)}" if match else "another process"
+        return UserError(
+            f"store {path} is in use by {who} (probably a running `datagen run`); "
+            "wait for it to finish or stop it, then try again"
+        )
+    return UserError(f"cannot open store {path}: {text}")
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def arrow_table(cursor):
+    """The result as a pyarrow Table (DuckDB 2 renamed fetch_arrow_table to to_arrow_table)."""
+    fetch = getattr(cursor, "to_arrow_table", None) or cursor.fetch_arrow_table
+    return fetch()

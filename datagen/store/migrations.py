@@ -1,0 +1,111 @@
+"""Ordered, named schema migrations. A migration runs once per store file; `_migrations` records which ran.
+
+Never edit a migration that has shipped: add a new one at the end of MIGRATIONS.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import duckdb
+
+
+def m001_core(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(
+        """
+        CREATE TABLE requests (
+            key VARCHAR PRIMARY KEY,       -- hash of everything that determines the output (see datagen/keys.py)
+            step VARCHAR NOT NULL,
+            teacher VARCHAR,
+            parent_id VARCHAR,
+            sample_index INTEGER,
+            status VARCHAR NOT NULL,       -- pending | done | failed
+            error VARCHAR,
+            attempts INTEGER DEFAULT 0,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            seconds DOUBLE,
+            messages JSON,                 -- the rendered chat request; export and training reuse it
+            created_at TIMESTAMP DEFAULT current_timestamp,
+            updated_at TIMESTAMP DEFAULT current_timestamp
+        )
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE outputs (
+            _id VARCHAR PRIMARY KEY,
+            key VARCHAR NOT NULL,
+            step VARCHAR NOT NULL,
+            _parent_id VARCHAR,
+            _sample_index INTEGER,
+            _teacher VARCHAR,
+            _finish_reason VARCHAR,
+            _created_at TIMESTAMP,
+            text VARCHAR,
+            fields JSON                    -- parsed structured output and other produced columns
+        )
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE token_logprobs (
+            row_id VARCHAR NOT NULL,
+            position INTEGER NOT NULL,
+            token VARCHAR,
+            token_id BIGINT,
+            logprob DOUBLE,
+            top_tokens VARCHAR[],
+            top_ids BIGINT[],
+            top_logprobs DOUBLE[]
+        )
+        """
+    )
+    con.execute("CREATE TABLE lineage (child_id VARCHAR NOT NULL, parent_id VARCHAR NOT NULL, role VARCHAR NOT NULL)")
+    con.execute(
+        """
+        CREATE TABLE decisions (
+            row_id VARCHAR NOT NULL,
+            stage VARCHAR NOT NULL,
+            kept BOOLEAN NOT NULL,
+            reason VARCHAR,
+            score DOUBLE,
+            duplicate_of VARCHAR,
+            created_at TIMESTAMP DEFAULT current_timestamp
+        )
+        """
+    )
+    # which keys the current spec produces for each step: a step's view shows only these
+    con.execute("CREATE TABLE _plan (step VARCHAR NOT NULL, key VARCHAR NOT NULL)")
+    con.execute(
+        """
+        CREATE TABLE _runs (
+            started_at TIMESTAMP, finished_at TIMESTAMP, status VARCHAR, pid INTEGER, spec JSON, summary JSON
+        )
+        """
+    )
+
+
+MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
+    ("001_core", m001_core),
+]
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Apply the migrations this store has not seen, each in its own transaction. Returns their names."""
+    con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")
+    done = {r[0] for r in con.execute("SELECT name FROM _migrations").fetchall()}
+    applied = []
+    for name, fn in MIGRATIONS:
+        if name in done:
+            continue
+        con.execute("BEGIN")
+        try:
+            fn(con)
+            con.execute("INSERT INTO _migrations VALUES (?, current_timestamp)", [name])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        applied.append(name)
+    return applied

@@ -1,0 +1,50 @@
+"""The names users query: one view per source and per step (SPEC.md "What the store shows")."""
+
+from __future__ import annotations
+
+import duckdb
+
+from datagen.spec.plan import Plan, PlannedStep, create_table_from_rows, query_view_sql
+from datagen.store.connection import quote_ident as q
+
+
+def source_table(name: str) -> str:
+    return f"_src_{name}"
+
+
+def sync_sources(con: duckdb.DuckDBPyConnection, plan: Plan) -> None:
+    """Reload file and inline sources into their tables (a changed file is picked up) and (re)create every view."""
+    con.execute("BEGIN")
+    try:
+        for name, rows in plan.source_rows.items():
+            create_table_from_rows(con, source_table(name), rows, plan.loaded, ("sources", name))
+        for kind, name in plan.order:
+            if kind == "source":
+                con.execute(f"CREATE OR REPLACE VIEW {q(name)} AS SELECT * FROM {q(source_table(name))}")
+            elif kind == "query":
+                source = plan.spec.sources[name]
+                cols = [r[0] for r in con.execute(f"DESCRIBE {source.query}").fetchall()]
+                con.execute(f"CREATE OR REPLACE VIEW {q(name)} AS {query_view_sql(source.query, cols, source.limit)}")
+            else:
+                con.execute(f"CREATE OR REPLACE VIEW {q(name)} AS {step_view_sql(plan.step(name))}")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def step_view_sql(st: PlannedStep) -> str:
+    cols = [f"p.{q(c)}" for c in st.input_columns if not c.startswith("_")]
+    for col, kind in st.produced.items():
+        if col == st.spec.output:
+            cols.append(f"o.text AS {q(col)}")
+        elif kind == "JSON":
+            cols.append(f"json_extract(o.fields, '$.\"{col}\"') AS {q(col)}")
+        else:
+            cols.append(f"TRY_CAST(json_extract_string(o.fields, '$.\"{col}\"') AS {kind}) AS {q(col)}")
+    cols += ["o._id", "o._parent_id", "o._sample_index", "o._teacher", "o._finish_reason", "o._created_at"]
+    # step names are checked SQL identifiers, so inlining them as literals is safe
+    return (
+        f"SELECT {', '.join(cols)} FROM outputs o JOIN {q(st.input)} p ON o._parent_id = p._id "
+        f"WHERE o.step = '{st.name}' AND o.key IN (SELECT key FROM _plan WHERE step = '{st.name}')"
+    )

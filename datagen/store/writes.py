@@ -1,0 +1,154 @@
+"""Bulk writes of generation results. One batch is one transaction: a crash loses at most the batch in flight."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import duckdb
+
+from datagen.keys import row_id
+
+
+@dataclass
+class BatchResult:
+    """Rows to write for one batch, built by the run loop from teacher samples."""
+
+    requests: list[dict[str, Any]] = field(default_factory=list)  # key, status, error, tokens, seconds
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    lineage: list[dict[str, Any]] = field(default_factory=list)
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
+
+    def add_failure(self, key: str, error: str, sample) -> None:
+        self.requests.append(_request_row(key, "failed", error, sample))
+
+    def add_row(self, req, sample, fields: dict[str, Any], teacher: str) -> str:
+        rid = row_id(req.key)
+        self.requests.append(_request_row(req.key, "done", None, sample))
+        self.outputs.append({
+            "_id": rid, "key": req.key, "step": req.step, "_parent_id": req.parent_id,
+            "_sample_index": req.sample_index, "_teacher": teacher, "_finish_reason": sample.finish_reason,
+            "_created_at": datetime.now(timezone.utc).replace(tzinfo=None), "text": sample.text,
+            "fields": json.dumps(fields, ensure_ascii=False) if fields else None,
+        })
+        if req.parent_id is not None:
+            self.lineage.append({"child_id": rid, "parent_id": req.parent_id, "role": "input"})
+        for parent, role in req.lineage:
+            self.lineage.append({"child_id": rid, "parent_id": parent, "role": role})
+        for pos, tok in enumerate(sample.logprobs or []):
+            self.logprobs.append({
+                "row_id": rid, "position": pos, "token": tok.token, "token_id": tok.token_id, "logprob": tok.logprob,
+                "top_tokens": tok.top_tokens, "top_ids": tok.top_ids, "top_logprobs": tok.top_logprobs,
+            })
+        return rid
+
+
+def _request_row(key: str, status: str, error: str | None, sample) -> dict[str, Any]:
+    return {"key": key, "status": status, "error": error, "prompt_tokens": sample.prompt_tokens,
+            "completion_tokens": sample.completion_tokens, "seconds": sample.seconds}
+
+
+def insert_pending(con: duckdb.DuckDBPyConnection, step: str, requests: list, keys_now: list[str]) -> None:
+    """Record this step's current keys (`_plan`) and add new requests as pending, in one transaction."""
+    import pyarrow as pa
+
+    plan = pa.table({"step": [step] * len(keys_now), "key": keys_now})
+    pending = pa.table({
+        "key": [r.key for r in requests],
+        "step": [r.step for r in requests],
+        "teacher": [r.teacher for r in requests],
+        "parent_id": [r.parent_id for r in requests],
+        "sample_index": pa.array([r.sample_index for r in requests], pa.int32()),
+        "messages": [json.dumps(r.messages, ensure_ascii=False) for r in requests],
+    })
+    with transaction(con):
+        con.execute("DELETE FROM _plan WHERE step = ?", [step])
+        con.register("_plan_batch", plan)
+        con.execute("INSERT INTO _plan SELECT step, key FROM _plan_batch")
+        con.register("_pending_batch", pending)
+        con.execute(
+            """
+            INSERT INTO requests (key, step, teacher, parent_id, sample_index, status, messages)
+            SELECT b.key, b.step, b.teacher, b.parent_id, b.sample_index, 'pending', b.messages
+            FROM _pending_batch b ANTI JOIN requests r ON r.key = b.key
+            """
+        )
+    con.unregister("_plan_batch")
+    con.unregister("_pending_batch")
+
+
+def write_batch(con: duckdb.DuckDBPyConnection, result: BatchResult) -> None:
+    import pyarrow as pa
+
+    reqs = pa.Table.from_pylist(result.requests, schema=pa.schema([
+        ("key", pa.string()), ("status", pa.string()), ("error", pa.string()), ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()), ("seconds", pa.float64())]))
+    with transaction(con):
+        con.register("_req_batch", reqs)
+        con.execute(
+            """
+            UPDATE requests SET status = b.status, error = b.error, prompt_tokens = b.prompt_tokens,
+                completion_tokens = b.completion_tokens, seconds = b.seconds, attempts = requests.attempts + 1,
+                updated_at = current_timestamp
+            FROM _req_batch b WHERE requests.key = b.key
+            """
+        )
+        if result.outputs:
+            ids = pa.table({"_id": [o["_id"] for o in result.outputs]})
+            con.register("_ids_batch", ids)
+            # a redone request replaces what a half-remembered earlier attempt left, so nothing is duplicated
+            for table, col in (("outputs", "_id"), ("lineage", "child_id"), ("token_logprobs", "row_id")):
+                con.execute(f"DELETE FROM {table} WHERE {col} IN (SELECT _id FROM _ids_batch)")
+            _insert(con, "outputs", result.outputs, _OUTPUT_SCHEMA())
+        if result.lineage:
+            _insert(con, "lineage", result.lineage, None)
+        if result.logprobs:
+            _insert(con, "token_logprobs", result.logprobs, _LOGPROB_SCHEMA())
+    for name in ("_req_batch", "_ids_batch"):
+        try:
+            con.unregister(name)
+        except Exception:
+            pass
+
+
+def _OUTPUT_SCHEMA():
+    import pyarrow as pa
+
+    return pa.schema([("_id", pa.string()), ("key", pa.string()), ("step", pa.string()),
+                      ("_parent_id", pa.string()), ("_sample_index", pa.int32()), ("_teacher", pa.string()),
+                      ("_finish_reason", pa.string()), ("_created_at", pa.timestamp("us")), ("text", pa.string()),
+                      ("fields", pa.string())])
+
+
+def _LOGPROB_SCHEMA():
+    import pyarrow as pa
+
+    return pa.schema([("row_id", pa.string()), ("position", pa.int32()), ("token", pa.string()),
+                      ("token_id", pa.int64()), ("logprob", pa.float64()), ("top_tokens", pa.list_(pa.string())),
+                      ("top_ids", pa.list_(pa.int64())), ("top_logprobs", pa.list_(pa.float64()))])
+
+
+def _insert(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict], schema) -> None:
+    import pyarrow as pa
+
+    arrow = pa.Table.from_pylist(rows, schema=schema)
+    con.register("_insert_batch", arrow)
+    try:
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _insert_batch")
+    finally:
+        con.unregister("_insert_batch")
+
+
+class transaction:
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        self.con = con
+
+    def __enter__(self):
+        self.con.execute("BEGIN")
+        return self.con
+
+    def __exit__(self, exc_type, exc, tb):
+        self.con.execute("ROLLBACK" if exc_type else "COMMIT")
+        return False

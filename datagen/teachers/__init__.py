@@ -1,0 +1,43 @@
+"""Teacher backends. Each lives in its own file and imports its heavy libraries only when created."""
+
+from __future__ import annotations
+
+import os
+
+from datagen.errors import UserError
+
+
+def teacher_identity(spec, spec_dir) -> dict:
+    """What about a teacher determines its outputs (part of every cache key); never a secret."""
+    from datagen.bundled import model_identity
+
+    if spec.backend == "openai":
+        return {"backend": "openai", "model": spec.model, "base_url": spec.base_url}
+    return {"backend": spec.backend, "model": model_identity(spec.model, spec_dir)}
+
+
+def make_teacher(name: str, spec, spec_dir, seed: int):
+    """Create the teacher a spec entry describes. Loads nothing until the first generate call where possible."""
+    if spec.backend == "openai":
+        from datagen.teachers.openai_teacher import OpenAITeacher
+
+        api_key = None
+        if spec.api_key_env:
+            api_key = os.environ.get(spec.api_key_env)
+            if not api_key:
+                raise UserError(f"teachers.{name}.api_key_env: environment variable {spec.api_key_env} is not set; "
+                                "export it before running")
+        return OpenAITeacher(name, base_url=spec.base_url, model=spec.model, api_key=api_key,
+                             max_concurrency=spec.max_concurrency, timeout_s=spec.timeout_s,
+                             max_attempts=spec.max_attempts, requests_per_minute=spec.requests_per_minute,
+                             tokens_per_minute=spec.tokens_per_minute)
+    from datagen.bundled import resolve_model
+
+    path = resolve_model(spec.model, spec_dir)
+    if spec.backend == "vllm":
+        from datagen.teachers.vllm_teacher import VLLMTeacher
+
+        return VLLMTeacher(name, str(path), {**spec.engine.model_dump(), "seed": seed})
+    from datagen.teachers.transformers_teacher import TransformersTeacher
+
+    return TransformersTeacher(name, str(path), device=spec.device)

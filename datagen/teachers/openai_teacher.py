@@ -1,0 +1,157 @@
+"""Any OpenAI-compatible `/v1/chat/completions` server over HTTP (vLLM's server, llama.cpp, hosted APIs).
+
+One HTTP request per sample (not every server supports `n`), bounded concurrency, retries with exponential backoff
+and jitter on 429, 5xx, timeouts and dropped connections, `Retry-After` honoured. A sample that still fails after
+`max_attempts` comes back with its last error; it never raises, so the run goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from typing import Any
+
+import httpx
+
+from datagen.teachers.base import GenOptions, GenRequest, Sample, TokenLogprobs
+from datagen.teachers.ratelimit import RateLimiter
+
+RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+class OpenAITeacher:
+    def __init__(self, name: str, *, base_url: str, model: str, api_key: str | None, max_concurrency: int = 16,
+                 timeout_s: float = 120, max_attempts: int = 4, requests_per_minute: int | None = None,
+                 tokens_per_minute: int | None = None, backoff_base_s: float = 0.5, backoff_max_s: float = 30):
+        self.name = name
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.max_concurrency = max_concurrency
+        self.timeout_s = timeout_s
+        self.max_attempts = max_attempts
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.limiter = RateLimiter(requests_per_minute, tokens_per_minute)
+
+    def generate(self, requests: list[GenRequest], options: GenOptions) -> list[list[Sample]]:
+        return asyncio.run(self._generate(requests, options))
+
+    def close(self) -> None:
+        pass
+
+    async def _generate(self, requests: list[GenRequest], options: GenOptions) -> list[list[Sample]]:
+        limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
+        semaphore = asyncio.Semaphore(self.max_concurrency)
+        async with httpx.AsyncClient(timeout=self.timeout_s, limits=limits, headers=self._headers) as client:
+            async def one(req: GenRequest, index: int) -> Sample:
+                async with semaphore:
+                    return await self._sample(client, req, index, options)
+
+            tasks = [[asyncio.create_task(one(r, idx)) for idx in (r.sample_indices or range(len(r.keys)))]
+                     for r in requests]
+            try:
+                return [[await t for t in group] for group in tasks]
+            except BaseException:
+                for group in tasks:
+                    for t in group:
+                        t.cancel()
+                raise
+
+    def payload(self, req: GenRequest, sample_index: int, options: GenOptions) -> dict[str, Any]:
+        s = options.sampling
+        body: dict[str, Any] = {"model": self.model, "messages": req.messages, "max_tokens": s.max_tokens}
+        for key in ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
+                    "repetition_penalty", "stop"):
+            value = getattr(s, key)
+            if value is not None:
+                body[key] = value
+        if s.seed is not None:
+            body["seed"] = s.seed + sample_index  # samples of one prompt must differ
+        if options.logprobs:
+            body["logprobs"] = True
+            body["top_logprobs"] = options.logprobs
+        if options.json_schema is not None:
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "output", "schema": options.json_schema}}
+        return body
+
+    async def _sample(self, client: httpx.AsyncClient, req: GenRequest, index: int, options: GenOptions) -> Sample:
+        body = self.payload(req, index, options)
+        estimate = options.sampling.max_tokens + sum(len(m["content"]) for m in req.messages) // 4
+        start = time.monotonic()
+        last_error = "not attempted"
+        for attempt in range(1, self.max_attempts + 1):
+            await self.limiter.acquire(estimate)
+            retry_after: float | None = None
+            try:
+                resp = await client.post(self.url, json=body)
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            else:
+                if resp.status_code == 200:
+                    sample = _parse_response(resp)
+                    if sample.error is None or attempt == self.max_attempts:
+                        sample.seconds = time.monotonic() - start
+                        return sample
+                    last_error = sample.error  # a garbled 200 (cut-off JSON) is worth another try
+                else:
+                    last_error = f"HTTP {resp.status_code}: {resp.text[:200]}"
+                    if resp.status_code not in RETRY_STATUS:
+                        break
+                    retry_after = _retry_after(resp)
+            if attempt < self.max_attempts:
+                await asyncio.sleep(self._backoff(attempt, retry_after))
+        return Sample(text=None, error=f"{last_error} (after {attempt} attempt{'s' if attempt > 1 else ''})",
+                      seconds=time.monotonic() - start)
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.backoff_max_s * 4)
+        ceiling = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)  # jitter spreads retries so they do not arrive in a burst
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    value = resp.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date; fall back to exponential backoff
+
+
+def _parse_response(resp: httpx.Response) -> Sample:
+    try:
+        data = resp.json()
+        choice = data["choices"][0]
+        text = choice["message"]["content"]
+    except (json.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
+        return Sample(text=None, error=f"malformed reply ({type(exc).__name__}): {resp.text[:200]!r}")
+    if text is None:
+        return Sample(text=None, error="reply has no message content")
+    usage = data.get("usage") or {}
+    return Sample(
+        text=text,
+        finish_reason=choice.get("finish_reason"),
+        prompt_tokens=usage.get("prompt_tokens"),
+        completion_tokens=usage.get("completion_tokens"),
+        logprobs=_parse_logprobs(choice.get("logprobs")),
+    )
+
+
+def _parse_logprobs(block: dict | None) -> list[TokenLogprobs] | None:
+    if not block or not block.get("content"):
+        return None
+    out = []
+    for item in block["content"]:
+        top = item.get("top_logprobs") or []
+        out.append(TokenLogprobs(
+            token=item.get("token", ""), token_id=None, logprob=float(item.get("logprob", 0.0)),
+            top_tokens=[t.get("token", "") for t in top], top_ids=[None] * len(top),
+            top_logprobs=[float(t.get("logprob", 0.0)) for t in top],
+        ))
+    return out

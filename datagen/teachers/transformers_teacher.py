@@ -1,0 +1,170 @@
+"""Teacher on plain transformers `generate`: the fallback without vLLM, and the student side.
+
+Slower than vLLM (no continuous batching) but needs nothing beyond torch and transformers.
+"""
+
+from __future__ import annotations
+
+import time
+from itertools import groupby
+
+from datagen.teachers.base import GenOptions, GenRequest, Sample, Sampling, TokenLogprobs
+
+BATCH_SIZE = 16  # sequences per `generate` call (prompts x samples per prompt)
+
+
+class TransformersTeacher:
+    def __init__(self, name: str, model_path: str, device: str = "cpu"):
+        self.name = name
+        self.model_path = model_path
+        self.device = device
+        self._model = None
+        self._tokenizer = None
+
+    def _load(self):
+        if self._model is None:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(self.model_path)
+            tok.padding_side = "left"  # decoder-only: new tokens must follow each prompt directly
+            if tok.pad_token is None:
+                tok.pad_token = tok.eos_token
+            # float32 on CPU: bfloat16 matmuls are slow on CPUs without native bf16 support.
+            dtype = torch.float32 if self.device == "cpu" else "auto"
+            self._model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype).to(self.device).eval()
+            self._tokenizer = tok
+        return self._model, self._tokenizer
+
+    def generate(self, requests: list[GenRequest], options: GenOptions) -> list[list[Sample]]:
+        if options.json_schema is not None:
+            raise ValueError("structured output needs backend vllm or openai")
+        s = options.sampling
+        if s.presence_penalty is not None or s.frequency_penalty is not None:
+            raise ValueError("presence_penalty and frequency_penalty need backend vllm or openai")
+        results: list[list[Sample] | None] = [None] * len(requests)
+        # num_return_sequences is one number per `generate` call, so batch requests that want the same count.
+        order = sorted(range(len(requests)), key=lambda i: len(requests[i].keys))
+        for n, group in groupby(order, key=lambda i: len(requests[i].keys)):
+            group = list(group)
+            if n == 0:
+                for i in group:
+                    results[i] = []
+                continue
+            per_batch = max(1, BATCH_SIZE // n)
+            for start in range(0, len(group), per_batch):
+                idx = group[start : start + per_batch]
+                for i, samples in zip(idx, self._generate_isolated([requests[i] for i in idx], n, options)):
+                    results[i] = samples
+        return results  # type: ignore[return-value]
+
+    def _generate_isolated(self, requests: list[GenRequest], n: int, options: GenOptions) -> list[list[Sample]]:
+        """One batch; if it fails, retry each request alone so one bad prompt fails only its own samples."""
+        try:
+            return self._generate_batch(requests, n, options)
+        except Exception as exc:
+            if len(requests) == 1:
+                return [[Sample(text=None, error=f"{type(exc).__name__}: {exc}") for _ in range(n)]]
+            return [self._generate_isolated([r], n, options)[0] for r in requests]
+
+    def _generate_batch(self, requests: list[GenRequest], n: int, options: GenOptions) -> list[list[Sample]]:
+        import torch
+
+        model, tok = self._load()
+        prompts = [tok.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False) for r in requests]
+        # The chat template already holds the special tokens it wants.
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        s = options.sampling
+        if s.seed is not None:
+            torch.manual_seed(s.seed)  # one seed per batch: transformers has no per-request generator
+        started = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(
+                **enc,
+                **_generation_kwargs(s),
+                num_return_sequences=n,
+                pad_token_id=tok.pad_token_id,
+                tokenizer=tok,  # needed for stop_strings
+                return_dict_in_generate=True,
+                output_logits=bool(options.logprobs),
+            )
+        seconds = time.perf_counter() - started
+        prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
+        new_tokens = out.sequences[:, enc["input_ids"].shape[1] :]
+        # Raw logits, like vLLM's default logprobs: soft labels of the model, not of the sampling-processed distribution.
+        logprobs = torch.stack(out.logits, dim=1).float().log_softmax(-1) if options.logprobs else None
+        eos_ids = _eos_ids(model, tok)
+        samples = []
+        for row in range(new_tokens.shape[0]):
+            lp = logprobs[row] if logprobs is not None else None
+            sample = self._sample(new_tokens[row].tolist(), lp, eos_ids, options, s.stop)
+            sample.prompt_tokens = int(prompt_lens[row // n])
+            sample.seconds = seconds
+            samples.append(sample)
+        return [samples[i * n : (i + 1) * n] for i in range(len(requests))]
+
+    def _sample(self, ids, logprobs, eos_ids, options: GenOptions, stop) -> Sample:
+        tok = self._tokenizer
+        end = next((k + 1 for k, t in enumerate(ids) if t in eos_ids), None)
+        ids = ids[:end] if end else ids
+        content = ids[:-1] if end else ids
+        text = tok.decode(content, skip_special_tokens=True)
+        finish = "stop" if end else "length"
+        for word in stop or []:
+            # generate stops *after* a stop string; like vLLM, the text excludes it.
+            if word in text:
+                text, finish = text[: text.index(word)], "stop"
+        sample = Sample(text=text, finish_reason=finish, completion_tokens=len(ids))
+        if logprobs is not None:
+            sample.logprobs = _token_logprobs(tok, ids, logprobs[: len(ids)], options.logprobs)
+        return sample
+
+    def close(self) -> None:
+        self._model = None
+        self._tokenizer = None
+        import gc
+
+        gc.collect()
+
+
+def _generation_kwargs(s: Sampling) -> dict:
+    if s.temperature == 0:
+        kwargs = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    else:
+        # top_k=0 turns off transformers' default top-k of 50, matching vLLM and OpenAI where None means "no top-k".
+        kwargs = {"do_sample": True, "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k or 0}
+        if s.min_p is not None:
+            kwargs["min_p"] = s.min_p
+    kwargs["max_new_tokens"] = s.max_tokens
+    if s.repetition_penalty is not None:
+        kwargs["repetition_penalty"] = s.repetition_penalty
+    if s.stop:
+        kwargs["stop_strings"] = list(s.stop)
+    return kwargs
+
+
+def _eos_ids(model, tok) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tok.eos_token_id is not None:
+        ids.add(tok.eos_token_id)
+    return ids
+
+
+def _token_logprobs(tok, ids: list[int], logprobs, k: int) -> list[TokenLogprobs]:
+    top_lp, top_ids = logprobs.topk(k, dim=-1)
+    chosen = logprobs.gather(-1, logprobs.new_tensor(ids, dtype=top_ids.dtype).unsqueeze(-1)).squeeze(-1)
+    result = []
+    for pos, token_id in enumerate(ids):
+        alt_ids = top_ids[pos].tolist()
+        result.append(
+            TokenLogprobs(
+                token=tok.decode([token_id]),
+                token_id=token_id,
+                logprob=float(chosen[pos]),
+                top_tokens=[tok.decode([t]) for t in alt_ids],
+                top_ids=alt_ids,
+                top_logprobs=top_lp[pos].tolist(),
+            )
+        )
+    return result
