@@ -104,6 +104,7 @@ def _smollm2_folder() -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:
         _convert_gguf(src, _GGUF_NAME, tmp)
+        _chmod_by_umask(tmp)
         try:
             os.rename(tmp, final)
         except OSError:
@@ -113,6 +114,15 @@ def _smollm2_folder() -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _chmod_by_umask(folder: Path) -> None:
+    """mkdtemp (and the safetensors writer) create owner-only files; a shared cache should follow the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.iterdir():
+        path.chmod(0o666 & ~umask)
 
 
 @contextmanager
@@ -144,4 +154,5 @@ def _convert_gguf(folder: Path, gguf_file: str, out: Path) -> None:
         model.load_state_dict(loaded.state_dict())
         model.generation_config = loaded.generation_config
         model.save_pretrained(out, safe_serialization=True)
+        tokenizer.model_max_length = config.max_position_embeddings  # the GGUF leaves it unbounded
         tokenizer.save_pretrained(out)

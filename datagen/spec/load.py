@@ -97,7 +97,9 @@ def _describe(err: dict, doc: PositionedDoc) -> str:
         msg = f"`{tag}` is required here: one of {choices}"
     elif kind == "union_tag_invalid":
         ctx = err.get("ctx", {})
-        msg = f"{ctx.get('discriminator', 'tag')} {ctx.get('tag')!r} is not one of {ctx.get('expected_tags')}"
+        tag = ctx.get("discriminator", "tag").strip("'")
+        loc = loc + (tag,)
+        msg = f"{ctx.get('tag')!r} is not one of {ctx.get('expected_tags')}"
     elif msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     elif kind.endswith("_type") or kind.startswith(("greater", "less", "literal")):

@@ -5,6 +5,7 @@ Slower than vLLM (no continuous batching) but needs nothing beyond torch and tra
 
 from __future__ import annotations
 
+import copy
 import time
 from itertools import groupby
 
@@ -77,18 +78,21 @@ class TransformersTeacher:
         s = options.sampling
         if s.seed is not None:
             torch.manual_seed(s.seed)  # one seed per batch: transformers has no per-request generator
+        # Greedy search refuses num_return_sequences > 1; its samples are identical, so generate one and copy it.
+        per_prompt = 1 if s.temperature == 0 else n
         started = time.perf_counter()
         with torch.no_grad():
             out = model.generate(
                 **enc,
                 **_generation_kwargs(s),
-                num_return_sequences=n,
+                num_return_sequences=per_prompt,
                 pad_token_id=tok.pad_token_id,
                 tokenizer=tok,  # needed for stop_strings
                 return_dict_in_generate=True,
                 output_logits=bool(options.logprobs),
             )
-        seconds = time.perf_counter() - started
+        # Samples of one batch are generated together; each gets its share so per-step sums give the wall time.
+        seconds = (time.perf_counter() - started) / (n * len(requests))
         prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
         new_tokens = out.sequences[:, enc["input_ids"].shape[1] :]
         # Raw logits, like vLLM's default logprobs: soft labels of the model, not of the sampling-processed distribution.
@@ -98,15 +102,17 @@ class TransformersTeacher:
         for row in range(new_tokens.shape[0]):
             lp = logprobs[row] if logprobs is not None else None
             sample = self._sample(new_tokens[row].tolist(), lp, eos_ids, options, s.stop)
-            sample.prompt_tokens = int(prompt_lens[row // n])
+            sample.prompt_tokens = int(prompt_lens[row // per_prompt])
             sample.seconds = seconds
-            samples.append(sample)
+            samples.extend(copy.deepcopy(sample) for _ in range(n // per_prompt))
         return [samples[i * n : (i + 1) * n] for i in range(len(requests))]
 
     def _sample(self, ids, logprobs, eos_ids, options: GenOptions, stop) -> Sample:
         tok = self._tokenizer
         end = next((k + 1 for k, t in enumerate(ids) if t in eos_ids), None)
         ids = ids[:end] if end else ids
+        while not end and ids and ids[-1] == tok.pad_token_id:  # a row that stopped on a stop string, then padded
+            ids = ids[:-1]
         content = ids[:-1] if end else ids
         text = tok.decode(content, skip_special_tokens=True)
         finish = "stop" if end else "length"
