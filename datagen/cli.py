@@ -88,6 +88,35 @@ def run(spec: Path = typer.Argument(..., help="the spec file"),
     _print_summary(summary)
 
 
+@app.command()
+@_guard
+def curate(spec: Path = typer.Argument(..., help="the spec file")):
+    """Re-run the curation block alone on stored rows (no generation; stored embeddings are reused)."""
+    from curation.run import run_curation
+    from datagen.spec.plan import build_plan
+    from datagen.store.connection import open_store
+    from datagen.store.views import sync_sources
+
+    loaded = _load(spec)
+    if loaded.spec.curation is None:
+        raise UserError(f"{spec} has no `curation:` block; add one (see specs/curation.md)")
+    plan = build_plan(loaded)
+    con = open_store(loaded.store_path)
+    try:
+        sync_sources(con, plan)
+        funnel = run_curation(con, loaded, plan, log=lambda m: print(m, flush=True))
+    finally:
+        con.close()
+    _print_funnel(funnel)
+
+
+def _print_funnel(funnel: list[dict]) -> None:
+    if funnel:
+        print("curation funnel:")
+    for f in funnel:
+        print(f"  {f['stage']}: {f['rows_in']} in, {f['rows_out']} out, {f['rows_in'] - f['rows_out']} dropped")
+
+
 def _print_summary(summary) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -119,6 +148,14 @@ def status(spec: Path = typer.Argument(..., help="the spec file")):
               f"of {total}; {r['completion_tokens']} completion tokens")
         for error, n in r["top_errors"]:
             print(f"    {n} x {error[:150]}")
+    from curation.run import read_funnel
+    from datagen.store.readonly import open_readonly
+
+    con = open_readonly(loaded.store_path)
+    try:
+        _print_funnel(read_funnel(con, loaded.spec.curation))
+    finally:
+        con.close()
 
 
 @app.command()
@@ -152,6 +189,43 @@ def query(target: Path = typer.Argument(..., help="a spec file (its store) or a 
             table.add_row(*("NULL" if v is None else str(v) for v in r))
         Console(width=160).print(table)
         print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+
+
+@app.command()
+@_guard
+def export(spec: Path = typer.Argument(..., help="the spec file"),
+           out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder to write (default: export.path)"),
+           format: Optional[str] = typer.Option(None, "--format", "-f",
+                                                help="messages | prompt_completion | preference"),
+           eval_split: Optional[float] = typer.Option(None, "--eval-split",
+                                                      help="share of inputs held out as a test split")):
+    """Write the export rows as Parquet shards plus a dataset card, loadable with datasets.load_dataset."""
+    from datagen.export import describe, export as export_spec
+
+    print(describe(export_spec(_load(spec), out=out, fmt=format, test_split=eval_split)))
+
+
+@app.command()
+@_guard
+def push(spec: Path = typer.Argument(..., help="the spec file"),
+         repo_id: Optional[str] = typer.Option(None, "--repo-id", help="OWNER/NAME (default: export.hub.repo_id)"),
+         public: bool = typer.Option(False, "--public", help="make a new repository public (default: private)"),
+         dry_run: bool = typer.Option(False, "--dry-run", help="export and list what would be uploaded; send nothing"),
+         out: Optional[Path] = typer.Option(None, "--out", "-o", help="export folder (default: export.path)")):
+    """Export, then upload to a Hugging Face Hub dataset repository (token from HF_TOKEN)."""
+    from datagen.push import describe, push as push_spec
+
+    print(describe(push_spec(_load(spec), repo_id=repo_id, public=public, dry_run=dry_run, out=out)))
+
+
+@app.command()
+@_guard
+def report(spec: Path = typer.Argument(..., help="the spec file"),
+           out: Optional[Path] = typer.Option(None, "--out", "-o", help="the HTML file to write")):
+    """Write one self-contained HTML page: funnel, lengths, judge scores, meta coverage, embedding map, teachers."""
+    from datagen.report import write_report
+
+    print(f"wrote {write_report(_load(spec), out=out)}")
 
 
 def main(argv: Optional[list[str]] = None) -> None:

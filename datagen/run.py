@@ -81,6 +81,10 @@ def run(loaded: LoadedSpec, progress: Progress | None = None, log: Callable[[str
                     [run_started, os.getpid(), loaded.spec.model_dump_json(by_alias=True)])
         for st in plan.steps:
             summary.steps.append(run_step(con, plan, st, teachers, progress, log))
+        if loaded.spec.curation is not None:
+            from curation.run import run_curation
+
+            run_curation(con, loaded, plan, log=log)
         status = "done"
     except KeyboardInterrupt:
         status = "interrupted"

@@ -276,12 +276,7 @@ StepSpec = Annotated[
 # --- curation, export, train -----------------------------------------------------------------------------------
 
 
-class CurationSpec(Model):
-    input: str
-    filters: list[dict[str, Any]] = []
-    decontaminate: dict[str, Any] | None = None
-    dedup: list[dict[str, Any]] = []
-    select: dict[str, Any] | None = None
+from datagen.spec.curation_models import CurationSpec  # noqa: E402  (the full curation block lives there)
 
 
 class HubSpec(Model):
@@ -295,6 +290,10 @@ class ExportSpec(Model):
     path: str = "out/{name}"
     hub: HubSpec | None = None
     columns: list[str] = []
+    test_split: float | None = Field(None, gt=0, lt=1)  # share of inputs held out as a `test` split
+    shard_rows: int = Field(100_000, ge=1)  # rows per Parquet file
+    license: str = "other"  # the card's license: an SPDX-like id the Hub knows (apache-2.0, mit, cc-by-4.0, other)
+    tags: list[str] = []  # added to the card's tags (synthetic, distillation, datagen)
 
 
 class KDSpec(Model):

@@ -101,12 +101,16 @@ def build_plan(loaded: LoadedSpec) -> Plan:
                 _ensure(loaded, plan, shape, created, name, ("sources", name, "query"), step_names)
     finally:
         shape.close()
+    from curation.validate import check_curation
+
+    check_curation(loaded, plan)
+    check_export(loaded, plan)
     return plan
 
 
 def _refuse_unbuilt(loaded: LoadedSpec) -> None:
     spec = loaded.spec
-    for block in ("curation", "export", "train"):
+    for block in ("train",):
         if getattr(spec, block) is not None:
             raise loaded.error((block,), f"the `{block}:` block {NOT_YET}; remove it for now")
     for i, step in enumerate(spec.steps):
@@ -120,6 +124,30 @@ def _refuse_unbuilt(loaded: LoadedSpec) -> None:
         if step.demos is not None and step.demos.include_generated:
             raise loaded.error(("steps", i, "demos", "include_generated"),
                                "include_generated only applies to `strategy: expand`; remove it")
+
+
+def check_export(loaded: LoadedSpec, plan: Plan) -> None:
+    """The `export:` block names rows that exist (a step, a source or `curated`) and columns those rows have."""
+    export = loaded.spec.export
+    if export is None:
+        return
+    from datagen.export import input_columns  # the export module owns what each input name means
+
+    try:
+        columns, from_step = input_columns(plan, export.input)
+    except UserError as exc:
+        raise loaded.error(("export", "input"), str(exc)) from None
+    for i, col in enumerate(export.columns):
+        if col not in columns:
+            raise loaded.error(("export", "columns", i), f"`{col}` is not a column of the exported rows; columns: "
+                                                         f"{', '.join(columns)}")
+    if export.format == "preference" and not {"chosen", "rejected"} <= set(columns):
+        raise loaded.error(("export", "format"), "the preference format needs chosen/rejected pairs from a judge "
+                                                 "step with `pairs:` (feedback strategies are not supported yet)")
+    if not from_step and "format" in export.model_fields_set:
+        raise loaded.error(("export", "format"), f"the `{export.format}` format needs a generation step's rows "
+                                                 "(chat turns); these rows come from a source: remove `format` to "
+                                                 "export its columns as they are")
 
 
 def _check_unique_names(loaded: LoadedSpec, step_names: list[str]) -> None:

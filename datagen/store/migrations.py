@@ -86,8 +86,19 @@ def m001_core(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def m002_curation(con: duckdb.DuckDBPyConnection) -> None:
+    # Embeddings are keyed by model and a hash of the embedded text, not by row, so a re-run, another stage or
+    # another column with the same text reuses them; row_id only says which row first needed them.
+    con.execute(
+        "CREATE TABLE embeddings (row_id VARCHAR, model VARCHAR NOT NULL, text_hash VARCHAR NOT NULL, vector FLOAT[])"
+    )
+    # the rows the curation block selected, in selection order; the `curated` view joins them to the input's columns
+    con.execute("CREATE TABLE _curated (row_id VARCHAR NOT NULL, rank INTEGER NOT NULL)")
+
+
 MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("001_core", m001_core),
+    ("002_curation", m002_curation),
 ]
 
 

@@ -39,6 +39,8 @@ class VLLMTeacher:
 
     def _start(self):
         if self._llm is None:
+            # vLLM's INFO lines (from this process and its engine process) would bury the run's own progress
+            os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
             from vllm import LLM
             from vllm.platforms import current_platform
 

@@ -1,0 +1,43 @@
+"""Quality and difficulty as ranks in [0, 1] (1 is best), so criteria on different scales can be averaged."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from curation.text import as_text
+
+
+def percentile_ranks(values: list[float | None], higher_is_better: bool = True) -> np.ndarray:
+    """Average-rank percentiles: the best value gets 1, the worst 0, ties share a rank; missing values get 0."""
+    present = [i for i, v in enumerate(values) if v is not None]
+    out = np.zeros(len(values))
+    if len(present) <= 1:
+        out[present] = 1.0
+        return out
+    data = np.array([values[i] for i in present], dtype=float)
+    _, inverse, counts = np.unique(data if higher_is_better else -data, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)  # 1-based rank of the last member of each distinct value, in ascending order
+    average = ends - (counts - 1) / 2.0
+    out[present] = (average[inverse] - 1) / (len(present) - 1)
+    return out
+
+
+def numeric(value) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def quality_ranks(rows: list[dict], column: str, order: str = "highest") -> np.ndarray:
+    return percentile_ranks([numeric(r.get(column)) for r in rows], higher_is_better=(order == "highest"))
+
+
+def length_ranks(rows: list[dict], column: str) -> np.ndarray:
+    """Longer text ranks higher: s1's proxy for a harder question is a longer reasoning trace (length in characters)."""
+    return percentile_ranks([float(len(as_text(r.get(column)))) for r in rows])

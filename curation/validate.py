@@ -1,0 +1,107 @@
+"""Plan-time checks of the `curation:` block: everything it names exists, before any model loads.
+
+Called at the end of datagen.spec.plan.build_plan, so `datagen validate` reports a wrong column in a curation
+block with its YAML line, the same way as a wrong template variable in a step.
+"""
+
+from __future__ import annotations
+
+from datagen.spec.curation_models import CurationSpec
+
+LOC = ("curation",)
+
+
+def input_columns(plan, name: str) -> list[str] | None:
+    if name in plan.source_columns:
+        return list(plan.source_columns[name])
+    for st in plan.steps:
+        if st.name == name:
+            return st.columns
+    return None
+
+
+def check_curation(loaded, plan) -> None:
+    cur: CurationSpec | None = loaded.spec.curation
+    if cur is None:
+        return
+    columns = input_columns(plan, cur.input)
+    if columns is None:
+        known = sorted(list(plan.source_columns) + [s.name for s in plan.steps])
+        raise loaded.error(LOC + ("input",), f"`{cur.input}` is not a source or a step; set input to one of: "
+                                             f"{', '.join(known)}")
+    check = _Checker(loaded, cur.input, columns)
+    for i, f in enumerate(cur.filters):
+        loc = LOC + ("filters", i)
+        if f.type == "truncated" and "_finish_reason" not in columns:
+            raise loaded.error(loc, f"the truncated filter needs a step's rows (with _finish_reason), but "
+                                    f"`{cur.input}` is a source; remove this filter or curate a step")
+        for key in ("column", "reference", "tests"):
+            check.column(loc, f, key)
+        if f.type == "length":
+            check.model(loc + ("tokenizer",), f.tokenizer)
+    if cur.decontaminate is not None:
+        _check_decontaminate(loaded, plan, check, cur)
+    for i, d in enumerate(cur.dedup):
+        loc = LOC + ("dedup", i)
+        check.column(loc, d, "column")
+        check.column(loc, d, "keep_by")
+        if d.type == "semantic":
+            check.model(loc + ("model",), d.model)
+    if cur.select is not None:
+        _check_select(loaded, check, cur.select)
+
+
+def _check_decontaminate(loaded, plan, check: "_Checker", cur: CurationSpec) -> None:
+    dec = cur.decontaminate
+    loc = LOC + ("decontaminate",)
+    if dec.against not in plan.source_columns:
+        raise loaded.error(loc + ("against",), f"`{dec.against}` is not a source; add the benchmark under `sources:` "
+                                               f"and name it here (sources: {', '.join(plan.source_columns)})")
+    check.column(loc, dec, "column")
+    bench_cols = plan.source_columns[dec.against]
+    column = dec.against_column or dec.column
+    if column not in bench_cols:
+        raise loaded.error(loc + ("against_column" if dec.against_column else "column",),
+                           f"`{column}` is not a column of source `{dec.against}`; set against_column to one of: "
+                           f"{', '.join(c for c in bench_cols if c != '_id')}")
+
+
+def _check_select(loaded, check: "_Checker", sel) -> None:
+    loc = LOC + ("select",)
+    if sel.quality is not None:
+        check.column(loc + ("quality",), sel.quality, "column")
+    if sel.difficulty is not None:
+        check.column(loc + ("difficulty",), sel.difficulty, "column")
+    div = sel.diversity
+    if div is not None:
+        dloc = loc + ("diversity",)
+        for key in ("column", "by_column", "length_column"):
+            check.column(dloc, div, key)
+        if div.column is not None and div.by_column is None:
+            check.model(dloc + ("model",), div.model)
+        if div.weight_by_length and div.length_column is None and sel.difficulty is None:
+            raise loaded.error(dloc + ("weight_by_length",), "weight_by_length needs the text whose length counts: "
+                                                             "set length_column (e.g. length_column: solution)")
+
+
+class _Checker:
+    def __init__(self, loaded, input_name: str, columns: list[str]):
+        self.loaded = loaded
+        self.input = input_name
+        self.columns = columns
+
+    def column(self, loc: tuple, model, key: str) -> None:
+        name = getattr(model, key, None)
+        if name is None or name in self.columns:
+            return
+        shown = ", ".join(c for c in self.columns if not c.startswith("_") or c == "_finish_reason")
+        raise self.loaded.error(loc + (key,), f"`{name}` is not a column of `{self.input}`; set {key} to one of: "
+                                              f"{shown}")
+
+    def model(self, loc: tuple, ref: str) -> None:
+        from datagen.bundled import model_identity
+
+        try:
+            model_identity(ref, self.loaded.dir)
+        except ValueError as exc:
+            raise self.loaded.error(loc, str(exc)) from None

@@ -1,0 +1,312 @@
+"""Export: the rows of a step (or the curated set) as Parquet shards plus a dataset card, in a shape TRL reads as is.
+
+A training row is built the way its request was: the rendered request messages stored in `requests.messages`
+(system prompt, demo turns, user prompt) followed by the output column as the assistant turn. Formats:
+
+- `messages`: one `messages` column, the whole conversation (TRL's conversational language-modelling format);
+- `prompt_completion`: `prompt` (the messages before the answer) and `completion` (the assistant message), so TRL
+  puts the loss on the completion only;
+- `preference`: `prompt`, `chosen`, `rejected`, from the pairs a judge step builds;
+- `columns`: rows whose input is a source have no request, so their columns are exported as they are.
+
+The folder loads with `datasets.load_dataset(path)`: the card's `configs` names the split files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from datagen.errors import UserError
+from datagen.spec.load import LoadedSpec
+from datagen.spec.plan import Plan, PlannedStep, build_plan
+from datagen.store.connection import arrow_table, open_store, quote_ident
+
+FORMATS = ("messages", "prompt_completion", "preference")
+SHARD_RE = re.compile(r"^(train|test)-\d{5}-of-\d{5}\.parquet$")
+MESSAGES_COLUMN = "__datagen_messages"  # the request's messages, fetched beside the row's own columns
+
+
+@dataclass
+class ExportInput:
+    name: str  # the view read: a step, a source or `curated`
+    step: PlannedStep | None  # the step whose output is the assistant turn; None when the rows are a source's
+    columns: list[str]
+
+    @property
+    def output(self) -> str | None:
+        return self.step.spec.output if self.step else None
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    input: ExportInput
+    format: str  # messages | prompt_completion | preference | columns
+    columns: list[str]  # the exported columns, in order
+    splits: dict[str, int]  # split -> rows
+    data_files: list[Path] = field(default_factory=list)
+    card: Path | None = None
+    skipped: int = 0  # rows left out because their output was empty
+
+    @property
+    def files(self) -> list[Path]:
+        return self.data_files + ([self.card] if self.card else [])
+
+
+def default_input(plan: Plan) -> str:
+    spec = plan.spec
+    return "curated" if spec.curation is not None else spec.steps[-1].name
+
+
+def input_columns(plan: Plan, name: str | None) -> tuple[list[str], bool]:
+    """The columns the rows of export input `name` have, and whether they come from a step (so have chat turns)."""
+    inp = resolve_input(plan, name)
+    return inp.columns, inp.step is not None
+
+
+def resolve_input(plan: Plan, name: str | None) -> ExportInput:
+    spec = plan.spec
+    name = name or default_input(plan)
+    base = name
+    if name == "curated":
+        if spec.curation is None:
+            raise UserError("`curated` is the curation block's result, and this spec has no `curation:` block; "
+                            "name a step instead")
+        base = spec.curation.input
+    steps = {s.name: s for s in plan.steps}
+    if base in steps:
+        return ExportInput(name, steps[base], steps[base].columns)
+    if base in plan.source_columns:
+        return ExportInput(name, None, list(plan.source_columns[base]))
+    known = ", ".join([s.name for s in plan.steps] + list(plan.source_columns) + ["curated"])
+    raise UserError(f"`{name}` is not a step, a source or `curated`; known: {known}")
+
+
+def export_dir(loaded: LoadedSpec, out: str | Path | None = None) -> Path:
+    if out is not None:
+        return Path(out).expanduser().resolve()
+    template = loaded.spec.export.path if loaded.spec.export else "out/{name}"
+    return loaded.resolve_path(template.replace("{name}", loaded.spec.name)).resolve()
+
+
+def export(loaded: LoadedSpec, out: str | Path | None = None, fmt: str | None = None,
+           test_split: float | None = None, repo_id: str | None = None) -> ExportResult:
+    """Write the export folder (Parquet shards under data/, README.md) and return what was written."""
+    from datagen import card
+    from datagen.spec.models import ExportSpec
+
+    plan = build_plan(loaded)
+    settings = loaded.spec.export or ExportSpec()
+    test_split = settings.test_split if test_split is None else test_split
+    if test_split is not None and not (0 < test_split < 1):
+        raise UserError(f"the test split must be a share in (0, 1), e.g. 0.1; got {test_split}")
+    inp = resolve_input(plan, settings.input)
+    fmt = choose_format(inp, fmt, settings)
+    path = export_dir(loaded, out)
+    con = open_store(loaded.store_path, read_only=True)
+    try:
+        table = fetch_input(con, inp)
+        records, kept_rows, skipped = to_records(table, inp, fmt, settings.columns)
+        splits = split_records(records, kept_rows, test_split, loaded.spec.seed)
+        result = ExportResult(path, inp, fmt, list(records[0]) if records else [],
+                              {s: len(r) for s, r in splits.items()}, skipped=skipped)
+        result.data_files = write_splits(path, splits, settings.shard_rows, fmt)
+        result.card = path / "README.md"
+        text = card.build_card(plan, con, result, repo_id or (settings.hub.repo_id if settings.hub else None))
+        _atomic_write(result.card, text.encode("utf-8"))
+    finally:
+        con.close()
+    return result
+
+
+def choose_format(inp: ExportInput, fmt: str | None, settings) -> str:
+    """The command line's format, else the spec's; rows from a source have no chat turns, so they export as
+    `columns` unless a chat format was asked for explicitly, which is an error."""
+    if fmt is not None and fmt not in FORMATS:
+        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    explicit = fmt is not None or "format" in settings.model_fields_set
+    fmt = fmt or settings.format
+    if inp.step is not None:
+        return fmt
+    if explicit:
+        raise UserError(f"the `{fmt}` format needs a generation step's rows (chat turns), and `{inp.name}` "
+                        "holds a source's rows; leave the format unset to export their columns as they are")
+    return "columns"
+
+
+def fetch_input(con, inp: ExportInput):
+    """The input's rows as a pyarrow Table; step rows carry their request's messages in MESSAGES_COLUMN."""
+    import duckdb
+
+    view = quote_ident(inp.name)
+    if inp.step is None:
+        sql = f"SELECT v.* FROM {view} v ORDER BY v._id"
+    else:
+        sql = (f"SELECT v.*, r.messages AS {MESSAGES_COLUMN} FROM {view} v JOIN outputs o ON o._id = v._id "
+               f"JOIN requests r ON r.key = o.key ORDER BY o._parent_id, o._sample_index, o._id")
+    try:
+        table = arrow_table(con.sql(sql))
+    except duckdb.CatalogException:
+        what = "run `datagen curate SPEC`" if inp.name == "curated" else "run `datagen run SPEC`"
+        raise UserError(f"the store has no `{inp.name}` rows yet; {what} first") from None
+    if table.num_rows == 0:
+        raise UserError(f"nothing to export: `{inp.name}` has no rows; run the spec (and its curation) first")
+    return table
+
+
+def to_records(table, inp: ExportInput, fmt: str, extra: list[str]) -> tuple[list[dict], list[dict], int]:
+    """Rows in the export format plus the extra columns; also the source rows kept (for splitting) and how many
+    rows were left out because their output is empty."""
+    missing = [c for c in extra if c not in table.column_names]
+    if missing:
+        raise UserError(f"export.columns: {', '.join(missing)} not in `{inp.name}`; columns: "
+                        f"{', '.join(c for c in table.column_names if c != MESSAGES_COLUMN)}")
+    rows = table.to_pylist()
+    records, kept, skipped = [], [], 0
+    for row in rows:
+        rec = _record(row, inp, fmt)
+        if rec is None:
+            skipped += 1
+            continue
+        for col in extra:
+            rec[col] = row[col]
+        records.append(rec)
+        kept.append(row)
+    if not records:
+        raise UserError(f"nothing to export: every row of `{inp.name}` has an empty output")
+    return records, kept, skipped
+
+
+def _record(row: dict, inp: ExportInput, fmt: str) -> dict | None:
+    if fmt == "columns":
+        return {k: v for k, v in row.items() if not k.startswith("_")}
+    if fmt == "preference":
+        return preference_record(row)
+    answer = row.get(inp.output)
+    if answer is None or (isinstance(answer, str) and not answer.strip()):
+        return None
+    prompt = [{"role": m["role"], "content": str(m["content"])} for m in json.loads(row[MESSAGES_COLUMN])]
+    # structured output: the output column already holds the reply's JSON text
+    completion = [{"role": "assistant", "content": answer if isinstance(answer, str) else json.dumps(answer)}]
+    if fmt == "messages":
+        return {"messages": prompt + completion}
+    return {"prompt": prompt, "completion": completion}
+
+
+def preference_record(row: dict) -> dict | None:
+    """prompt/chosen/rejected in TRL's conversational preference format, from a row with `chosen` and `rejected`
+    (texts or message lists) and the pair's prompt (a `prompt` column, else the row's request messages)."""
+    if "chosen" not in row or "rejected" not in row:
+        raise UserError("the preference format needs chosen/rejected pairs from a judge step with `pairs:` "
+                        "(feedback strategies are not supported yet)")
+    if row["chosen"] is None or row["rejected"] is None:
+        return None
+    prompt = row.get("prompt")
+    if prompt is None:
+        prompt = json.loads(row[MESSAGES_COLUMN])
+    return {"prompt": _turns(prompt, "user"), "chosen": _turns(row["chosen"], "assistant"),
+            "rejected": _turns(row["rejected"], "assistant")}
+
+
+def _turns(value: Any, role: str) -> list[dict]:
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, list) and all(isinstance(m, dict) and "role" in m for m in parsed):
+            value = parsed
+    if isinstance(value, list):
+        return [{"role": str(m["role"]), "content": str(m["content"])} for m in value]
+    return [{"role": role, "content": str(value)}]
+
+
+def split_records(records: list[dict], rows: list[dict], test_split: float | None, seed: int) -> dict[str, list]:
+    """train (and test): whole groups of rows that share an input go to one split, so no prompt is in both."""
+    if not test_split:
+        return {"train": records}
+    groups: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(str(row.get("_parent_id") or row.get("_id") or i), []).append(i)
+    if len(groups) < 2:
+        raise UserError(f"a test split needs rows from at least 2 inputs; these {len(records)} rows have "
+                        f"{len(groups)}")
+    order = sorted(groups, key=lambda g: hashlib.sha256(f"{seed}\0{g}".encode()).hexdigest())
+    want = max(1, round(test_split * len(records)))
+    test: set[int] = set()
+    for g in order[:-1]:  # the last group always stays in train
+        if len(test) >= want:
+            break
+        test.update(groups[g])
+    return {"train": [r for i, r in enumerate(records) if i not in test],
+            "test": [r for i, r in enumerate(records) if i in test]}
+
+
+def arrow_schema_for(fmt: str, sample: dict):
+    import pyarrow as pa
+
+    turn = pa.struct([("role", pa.string()), ("content", pa.string())])
+    fixed = {"messages": ["messages"], "prompt_completion": ["prompt", "completion"],
+             "preference": ["prompt", "chosen", "rejected"]}.get(fmt, [])
+    return {name: pa.list_(turn) for name in fixed if name in sample}
+
+
+def write_splits(path: Path, splits: dict[str, list], shard_rows: int, fmt: str) -> list[Path]:
+    """data/<split>-0000i-of-0000n.parquet; shards a previous export left that this one did not write are removed,
+    so the folder never mixes two exports."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = path / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for split, records in splits.items():
+        fixed = arrow_schema_for(fmt, records[0])
+        columns = {}
+        for name in records[0]:
+            values = [r[name] for r in records]
+            columns[name] = pa.array(values, type=fixed.get(name))
+        table = _nulls_to_text(pa.table(columns))
+        n = max(1, math.ceil(table.num_rows / shard_rows))
+        for i in range(n):
+            target = data / f"{split}-{i:05d}-of-{n:05d}.parquet"
+            tmp = target.with_name(f".{target.name}.tmp")
+            pq.write_table(table.slice(i * shard_rows, shard_rows), tmp)
+            os.replace(tmp, target)
+            written.append(target)
+    for stale in data.iterdir():
+        if SHARD_RE.match(stale.name) and stale not in written:
+            stale.unlink()
+    return written
+
+
+def _nulls_to_text(table):
+    """A column that is null in every row has Arrow type null, which `datasets` cannot cast; make it text."""
+    import pyarrow as pa
+
+    for i, f in enumerate(table.schema):
+        if pa.types.is_null(f.type):
+            table = table.set_column(i, pa.field(f.name, pa.string()), table.column(i).cast(pa.string()))
+    return table
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def describe(result: ExportResult) -> str:
+    splits = ", ".join(f"{name} {n} rows" for name, n in result.splits.items())
+    lines = [f"exported `{result.input.name}` as {result.format} to {result.path}: {splits}"]
+    if result.skipped:
+        lines.append(f"  left out {result.skipped} rows with an empty output")
+    lines += [f"  {p.relative_to(result.path)}" for p in result.files]
+    return "\n".join(lines)

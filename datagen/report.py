@@ -1,0 +1,301 @@
+"""`datagen report`: one self-contained HTML page about a spec's store, to look at the data before trusting it.
+
+Sections: Funnel, Lengths, Judge scores, Meta coverage, Embedding map, Teachers. Plots are inline SVG drawn here
+(datagen/svg.py), numbers that matter are tables, and a section without data says why. No script, stylesheet or
+font is fetched, so the file opens offline and can be mailed around.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from html import escape
+from pathlib import Path
+
+import datagen
+from datagen import stats, svg
+from datagen.card import public_model
+from datagen.spec.load import LoadedSpec
+from datagen.spec.plan import Plan, build_plan
+from datagen.store.connection import open_store, quote_ident as q
+
+SECTIONS = ["Funnel", "Lengths", "Judge scores", "Meta coverage", "Embedding map", "Teachers"]
+MAX_POINTS = 3000  # the embedding map samples this many rows at most, so the page stays light
+GROUP_COLOURS = {"selected": "#2e7d32", "dropped": "#d32f2f", "not selected": "#9e9e9e", "rows": "#4c78a8"}
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 24px auto; max-width: 1100px; padding: 0 16px; color: #222; }
+h1 { margin-bottom: 4px; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 4px; margin-top: 36px; }
+nav a { margin-right: 14px; } .meta, .note { color: #666; } .note { font-style: italic; }
+table { border-collapse: collapse; margin: 10px 0; font-size: 13px; }
+th, td { border: 1px solid #ddd; padding: 4px 8px; text-align: left; } th { background: #f4f4f4; }
+td.n { text-align: right; font-variant-numeric: tabular-nums; }
+table.heat td { min-width: 44px; text-align: center; } table.heat td.empty { color: #bbb; }
+.charts { display: flex; flex-wrap: wrap; gap: 18px; } figure { margin: 0; } figcaption { font-size: 13px; }
+"""
+
+
+def default_path(loaded: LoadedSpec) -> Path:
+    from datagen.export import export_dir
+
+    folder = export_dir(loaded) if loaded.spec.export else loaded.store_path.parent
+    return folder / f"{loaded.spec.name}-report.html"
+
+
+def write_report(loaded: LoadedSpec, out: str | Path | None = None) -> Path:
+    plan = build_plan(loaded)
+    path = Path(out).expanduser().resolve() if out else default_path(loaded)
+    con = open_store(loaded.store_path, read_only=True)
+    try:
+        page = build_html(plan, con)
+    finally:
+        con.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def build_html(plan: Plan, con) -> str:
+    spec = plan.spec
+    bodies = [funnel(plan, con), lengths(plan, con), judge_scores(plan, con), meta_coverage(plan, con),
+              embedding_map(con), teachers(plan, con)]
+    nav = "".join(f'<a href="#{_anchor(t)}">{t}</a>' for t in SECTIONS)
+    sections = "".join(f'<section id="{_anchor(t)}"><h2>{t}</h2>{b}</section>' for t, b in zip(SECTIONS, bodies))
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(spec.name)}: datagen report'
+            f'</title><meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>'
+            f'<body><h1>{escape(spec.name)}</h1><p class="meta">{escape(spec.description or "")}</p>'
+            f'<p class="meta">store {escape(plan.loaded.store_path.name)}; written {when} by datagen '
+            f'{escape(datagen.__version__)}</p><nav>{nav}</nav>{sections}</body></html>')
+
+
+def _anchor(title: str) -> str:
+    return title.lower().replace(" ", "-")
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{escape(text)}</p>'
+
+
+def _table(headers: list[str], rows: list[list]) -> str:
+    def cell(v) -> str:
+        if isinstance(v, float):
+            return f'<td class="n">{v:,.1f}</td>'
+        if isinstance(v, int) and not isinstance(v, bool):
+            return f'<td class="n">{v:,}</td>'
+        return f"<td>{escape('' if v is None else str(v))}</td>"
+
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(cell(v) for v in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _figure(chart: str, caption: str) -> str:
+    return f"<figure>{chart}<figcaption>{escape(caption)}</figcaption></figure>" if chart else ""
+
+
+# --- sections --------------------------------------------------------------------------------------------------
+
+
+def funnel(plan: Plan, con) -> str:
+    counts = stats.step_counts(con, plan)
+    stages = stats.curation_funnel(con)
+    bars = [(f"{c['step']} rows", c["rows"]) for c in counts]
+    bars += [(f"after {s.name}", s.kept) for s in stages]
+    selected = stats.curated_ids(con)
+    if stages and selected is not None and stages[-1].name != "select":  # else its last bar already says so
+        bars.append(("selected", len(selected)))
+    out = [svg.hbars(bars),
+           _table(["step", "strategy", "input", "requests", "done", "failed", "rows"],
+                  [[c["step"], c["strategy"], c["input"], c["requests"], c["done"], c["failed"], c["rows"]]
+                   for c in counts])]
+    if stages:
+        out.append(_table(["curation stage", "rows in", "kept", "dropped", "commonest reasons for dropping"],
+                          [[s.name, s.rows_in, s.kept, s.dropped, "; ".join(f"{r} ({n})" for r, n in s.reasons)]
+                           for s in stages]))
+        out.append(_note("Selection: " + stats.selection_method(plan)))
+    elif plan.spec.curation is None:
+        out.append(_note("No curation stages: this spec has no curation block."))
+    else:
+        out.append(_note("No curation decisions in the store yet: the curation block has not run."))
+    return "".join(out)
+
+
+def _output_rows(con, step, extra: str = "") -> list[tuple]:
+    """(output text, completion tokens, finish reason) for every row of a step."""
+    return con.execute(
+        f"SELECT CAST(v.{q(step.spec.output)} AS VARCHAR), r.completion_tokens, v._finish_reason {extra} "
+        f"FROM {q(step.name)} v JOIN outputs o ON o._id = v._id JOIN requests r ON r.key = o.key").fetchall()
+
+
+def lengths(plan: Plan, con) -> str:
+    charts, rows = [], []
+    for st in plan.steps:
+        data = _output_rows(con, st)
+        if not data:
+            rows.append([st.name, 0, None, None, None, None, None, 0])
+            continue
+        chars = [len(t or "") for t, _, _ in data]
+        tokens = sorted(n for _, n, _ in data if n is not None)
+        use_tokens = len(tokens) == len(data)
+        values = tokens if use_tokens else sorted(chars)
+        unit = "completion tokens" if use_tokens else "characters"
+        few = use_tokens and values[-1] - values[0] <= 30  # a bar per token count when the range is narrow
+        charts.append(_figure(svg.histogram(values, unit, integer_bins=few),
+                              f"{st.name}: {st.spec.output} length in {unit}"))
+        truncated = sum(1 for _, _, f in data if f == "length")
+        rows.append([st.name, len(data), values[0], _quantile(values, 0.5), _quantile(values, 0.9), values[-1],
+                     sum(chars) / len(chars), truncated])
+    table = _table(["step", "rows", "min", "median", "90th percentile", "max", "mean characters",
+                    "truncated (hit max_tokens)"], rows)
+    return f'<div class="charts">{"".join(charts)}</div>{table}' + _note(
+        "Lengths are completion tokens as the teacher counted them, else characters.")
+
+
+def _quantile(sorted_values: list, share: float):
+    return sorted_values[min(len(sorted_values) - 1, int(share * len(sorted_values)))]
+
+
+def judge_scores(plan: Plan, con) -> str:
+    judges = [st for st in plan.steps if st.spec.strategy == "judge"]
+    if not judges:
+        return _note("No judge step in this spec, so there are no scores to show.")
+    charts, rows = [], []
+    for st in judges:
+        data = _output_rows(con, st)
+        scores = []
+        for text, _, _ in data:
+            try:
+                scores.append(float(text))
+            except (TypeError, ValueError):
+                pass
+        lo, hi = st.spec.scale
+        charts.append(_figure(svg.histogram(scores, st.spec.output, lo=lo, hi=hi, integer_bins=hi - lo <= 20,
+                                            colour=svg.PALETTE[2]), f"{st.name}: {st.spec.output}"))
+        mean = sum(scores) / len(scores) if scores else None
+        rows.append([st.name, len(data), len(scores), len(data) - len(scores), mean,
+                     min(scores, default=None), max(scores, default=None)])
+    table = _table(["judge step", "rows", "scored", "not a number", "mean", "min", "max"], rows)
+    return f'<div class="charts">{"".join(charts)}</div>{table}'
+
+
+def meta_coverage(plan: Plan, con) -> str:
+    steps = [st for st in plan.steps if getattr(st.spec, "meta", None)]
+    if not steps:
+        return _note("No curate step with meta-information (`meta:`) in this spec, so there is no coverage to show.")
+    selected = stats.curated_ids(con) or set()
+    return "".join(_meta_for_step(con, st, selected) for st in steps)
+
+
+def _meta_for_step(con, st, selected: set[str]) -> str:
+    dims = list(st.spec.meta)
+    view_cols = {r[0] for r in con.execute(f"DESCRIBE {q(st.name)}").fetchall()}
+    missing = [d for d in dims if d not in view_cols]
+    if missing:
+        return _note(f"{st.name}: its rows have no column for {', '.join(missing)}.")
+    select = ", ".join(f"CAST({q(d)} AS VARCHAR)" for d in dims)
+    data = con.execute(f"SELECT _id, {select} FROM {q(st.name)}").fetchall()
+    out = [f"<h3>{escape(st.name)}</h3>"]
+    if len(dims) >= 2:
+        a, b = dims[0], dims[1]
+        cells: dict[tuple[str, str], int] = {}
+        chosen: dict[tuple[str, str], int] = {}
+        for row in data:
+            key = (str(row[1]), str(row[2]))
+            cells[key] = cells.get(key, 0) + 1
+            chosen[key] = chosen.get(key, 0) + (row[0] in selected)
+        notes = {k: f" ({v} sel.)" for k, v in chosen.items() if selected} if selected else None
+        rows_l = sorted({k[0] for k in cells} | set(_values(st.spec.meta[a])))
+        cols_l = sorted({k[1] for k in cells} | set(_values(st.spec.meta[b])))
+        out.append(svg.heatmap(a, b, rows_l, cols_l, cells, notes))
+    charts = []
+    for i, d in enumerate(dims):
+        counts: dict[str, int] = {str(v): 0 for v in _values(st.spec.meta[d])}
+        for row in data:
+            counts[str(row[i + 1])] = counts.get(str(row[i + 1]), 0) + 1
+        charts.append(_figure(svg.hbars(sorted(counts.items()), width=520, colour=svg.PALETTE[1]), f"rows by {d}"))
+    out.append(f'<div class="charts">{"".join(charts)}</div>')
+    return "".join(out)
+
+
+def _values(meta) -> list:
+    """The values a meta dimension lists in the spec (those read from a source are only known from the rows)."""
+    return [str(v) for v in meta] if isinstance(meta, list) else []
+
+
+def embedding_map(con) -> str:
+    if not stats.has_relation(con, "embeddings"):
+        return _note("No embeddings in this store: no curation stage has embedded rows (semantic dedup or "
+                     "diversity selection), so there is no map.")
+    models = con.execute("SELECT model, count(DISTINCT row_id) AS n FROM embeddings WHERE row_id IS NOT NULL "
+                         "GROUP BY 1 ORDER BY n DESC").fetchall()
+    if not models:
+        return _note("No embeddings in this store yet: run a curation block with semantic dedup or diversity "
+                     "selection to get a map.")
+    model = models[0][0]
+    rows = con.execute(
+        "SELECT row_id, any_value(vector) FROM embeddings WHERE model = ? AND row_id IS NOT NULL GROUP BY row_id "
+        "ORDER BY hash(row_id) LIMIT ?", [model, MAX_POINTS]).fetchall()
+    if len(rows) < 3:
+        return _note(f"Only {len(rows)} embedded rows: too few for a map.")
+    coords, share = pca_2d([r[1] for r in rows])
+    selected = stats.curated_ids(con)
+    dropped = dict(con.execute("SELECT row_id, any_value(stage || ': ' || coalesce(reason, '')) FROM decisions "
+                               "WHERE NOT kept GROUP BY row_id").fetchall()) if stats.has_relation(con, "decisions") \
+        else {}
+    points = []
+    for (rid, _), (x, y) in zip(rows, coords):
+        if selected is not None and rid in selected:
+            group, text = "selected", f"{rid}: selected"
+        elif rid in dropped:
+            group, text = "dropped", f"{rid}: dropped at {dropped[rid]}"
+        else:
+            group = "not selected" if selected is not None else "rows"
+            text = f"{rid}: {group}"
+        points.append((float(x), float(y), group, text))
+    caption = (f"{len(rows):,} rows embedded with {public_model(model, Path('.'))}, projected on their first two "
+               f"principal components ({share:.0%} of the variance)")
+    return _figure(svg.scatter(points, GROUP_COLOURS), caption)
+
+
+def pca_2d(vectors: list) -> tuple[list[tuple[float, float]], float]:
+    """The first two principal components of the vectors (numpy SVD), and the share of variance they explain."""
+    import numpy as np
+
+    x = np.asarray([list(v) for v in vectors], dtype=np.float64)
+    x = x - x.mean(axis=0)
+    _, s, vt = np.linalg.svd(x, full_matrices=False)
+    coords = x @ vt[:2].T
+    if coords.shape[1] < 2:
+        coords = np.hstack([coords, np.zeros((len(x), 1))])
+    total = float((s ** 2).sum()) or 1.0
+    return [tuple(c) for c in coords.tolist()], float((s[:2] ** 2).sum()) / total
+
+
+def teachers(plan: Plan, con) -> str:
+    totals = stats.token_totals(con)
+    if not totals:
+        return _note("No requests in the store yet: run the spec first.")
+    per = stats.per_teacher(totals)
+    rows = []
+    for name, t in per.items():
+        spec = plan.spec.teachers.get(name)
+        model = public_model(spec.model, plan.loaded.dir) if spec else "(not in this spec)"
+        rate = t["completion_tokens"] / t["seconds"] if t["seconds"] else None
+        rows.append([name, spec.backend if spec else "", model, int(t["requests"]), int(t["done"]), int(t["failed"]),
+                     int(t["prompt_tokens"]), int(t["completion_tokens"]), float(t["seconds"]), rate])
+    charts = [_figure(svg.hbars([(n, t["completion_tokens"]) for n, t in per.items()], width=520),
+                      "completion tokens per teacher"),
+              _figure(svg.hbars([(n, round(t["seconds"], 1)) for n, t in per.items()], width=520,
+                                colour=svg.PALETTE[1], unit=" s"), "request seconds per teacher")]
+    by_step = _table(["step", "teacher", "requests", "done", "failed", "prompt tokens", "completion tokens",
+                      "request seconds"],
+                     [[t["step"], t["teacher"], t["requests"], t["done"], t["failed"], t["prompt_tokens"],
+                       t["completion_tokens"], float(t["seconds"])] for t in totals])
+    return (f'<div class="charts">{"".join(charts)}</div>'
+            + _table(["teacher", "backend", "model", "requests", "done", "failed", "prompt tokens",
+                      "completion tokens", "request seconds", "completion tokens per request second"], rows)
+            + by_step + _note("Request seconds add up each request's own time; concurrent requests overlap, so "
+                              "this is more than the wall-clock time."))
