@@ -146,6 +146,7 @@ def run_step(con: duckdb.DuckDBPyConnection, plan: Plan, st: PlannedStep, teache
             progress(step.name, summary.cached + summary.generated + summary.failed, summary.planned)
         check_budget(step, summary)
     summary.seconds = time.monotonic() - start
+    check_budget(step, summary, final=True)
     return summary
 
 
@@ -165,9 +166,10 @@ def record_sample(result: BatchResult, step, req, sample, teacher_name: str, sum
     result.add_row(req, sample, fields, teacher_name)
 
 
-def check_budget(step, summary: StepSummary) -> None:
+def check_budget(step, summary: StepSummary, final: bool = False) -> None:
+    """Stop early once enough samples show the failure rate is over budget; at the step's end, always check."""
     attempted = summary.generated + summary.failed
-    if attempted < MIN_SAMPLES_FOR_BUDGET:
+    if attempted == 0 or (attempted < MIN_SAMPLES_FOR_BUDGET and not final):
         return
     rate = summary.failed / attempted
     if rate > step.max_failure_rate:

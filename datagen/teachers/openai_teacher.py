@@ -93,7 +93,7 @@ class OpenAITeacher:
             else:
                 if resp.status_code == 200:
                     sample = _parse_response(resp)
-                    if sample.error is None or attempt == self.max_attempts:
+                    if sample.error is None:
                         sample.seconds = time.monotonic() - start
                         return sample
                     last_error = sample.error  # a garbled 200 (cut-off JSON) is worth another try
