@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from scripted_server import ScriptedServer
+from tests.scripted_server import ScriptedServer
 
 SECRET = "sk-test-SECRET123"
 

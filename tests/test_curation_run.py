@@ -15,7 +15,7 @@ from datagen.spec.load import load_spec, load_spec_text
 from datagen.spec.plan import build_plan
 from datagen.store.connection import open_store
 from datagen.store.views import sync_sources
-from scripted_server import ScriptedServer
+from tests.scripted_server import ScriptedServer
 
 DATA = Path(__file__).parent / "data"
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 import datagen.push
 from datagen.cli import app
-from export_fixtures import SECRET, build_store, set_export
+from tests.export_fixtures import SECRET, build_store, set_export
 
 TOKEN = "hf_testTOKEN_do_not_leak_0042"
 STALE = "data/train-00002-of-00003.parquet"  # a shard an earlier, larger export left in the repository

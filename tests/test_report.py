@@ -17,7 +17,7 @@ from datagen.report import SECTIONS, build_html, _meta_for_step
 from datagen.spec.load import load_spec
 from datagen.spec.plan import build_plan
 from datagen.store.connection import open_store
-from export_fixtures import build_store
+from tests.export_fixtures import build_store
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
