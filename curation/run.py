@@ -146,6 +146,8 @@ def _dup_reason(spec, score: float | None) -> str:
 def _select(ctx: _Context, rec: Recorder, spec, alive: list[int], seed: int) -> list[int]:
     from curation.select import select
 
+    if spec.difficulty is not None and spec.difficulty.by == "student":
+        alive = _timed(rec, "select:difficulty", alive, lambda a: _student(ctx, spec.difficulty, a))
     start = time.monotonic()
     if not alive:
         rec.record("select", [], [], 0.0)
@@ -166,6 +168,12 @@ def _select(ctx: _Context, rec: Recorder, spec, alive: list[int], seed: int) -> 
             verdicts.append((False, f"not selected (n = {spec.n})", float(sel.priority[k])))
     rec.record("select", alive, verdicts, time.monotonic() - start)
     return [alive[p] for p in sel.chosen]
+
+
+def _student(ctx: _Context, spec, alive: list[int]) -> list[tuple]:
+    from curation.select.student import student_verdicts
+
+    return student_verdicts(ctx.con, ctx.loaded, spec, [ctx.rows[i] for i in alive], ctx.log)
 
 
 def read_rows(con: duckdb.DuckDBPyConnection, name: str, ordered_by_creation: bool) -> list[dict]:

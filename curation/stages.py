@@ -19,6 +19,8 @@ def stage_names(cur) -> list[str]:
         names.append("decontaminate")
     names += dedup_stages(cur)
     if cur.select is not None:
+        if cur.select.difficulty is not None and cur.select.difficulty.by == "student":
+            names.append("select:difficulty")
         names.append("select")
     return names
 

@@ -71,7 +71,10 @@ def _check_select(loaded, check: "_Checker", sel) -> None:
     if sel.quality is not None:
         check.column(loc + ("quality",), sel.quality, "column")
     if sel.difficulty is not None:
-        check.column(loc + ("difficulty",), sel.difficulty, "column")
+        for key in ("column", "question", "reference"):
+            check.column(loc + ("difficulty",), sel.difficulty, key)
+        if sel.difficulty.by == "student" and sel.difficulty.student not in loaded.spec.teachers:
+            _check_student(loaded, loc + ("difficulty", "student"), sel.difficulty.student)
     div = sel.diversity
     if div is not None:
         dloc = loc + ("diversity",)
@@ -82,6 +85,23 @@ def _check_select(loaded, check: "_Checker", sel) -> None:
         if div.weight_by_length and div.length_column is None and sel.difficulty is None:
             raise loaded.error(dloc + ("weight_by_length",), "weight_by_length needs the text whose length counts: "
                                                              "set length_column (e.g. length_column: solution)")
+
+
+def _check_student(loaded, loc: tuple, ref: str) -> None:
+    """A student is one of the spec's teachers or a model; a bare word that is neither is most likely a typo."""
+    from pathlib import Path
+
+    from datagen.bundled import model_identity
+
+    teachers = ", ".join(loaded.spec.teachers)
+    bare = "/" not in ref and ":" not in ref and not (Path(loaded.dir) / ref).exists()
+    try:
+        if bare:
+            raise ValueError(f"`{ref}` is not a teacher of this spec nor a model folder")
+        model_identity(ref, loaded.dir)
+    except ValueError as exc:
+        raise loaded.error(loc, f"{exc}; name one of the spec's teachers ({teachers}) or a model "
+                                "(bundled:smollm2-135m-instruct, a local folder, org/name)") from None
 
 
 class _Checker:

@@ -219,3 +219,94 @@ def test_curate_before_any_generation_says_so(tmp_path, capsys):
     assert done.value.code in (0, None)
     out = capsys.readouterr().out
     assert "`solve` has no rows yet; run `datagen run` first" in out and "select: 0 in, 0 out" in out
+
+
+# --- difficulty by student: questions the student already solves are dropped (s1) ----------------------------------
+
+STUDENT = """\
+name: probe
+seed: 1
+teachers:
+  t: {backend: openai, base_url: "BASE", model: teacher, max_attempts: 1}
+  kid: {backend: openai, base_url: "BASE", model: student, max_attempts: 1}
+sources:
+  problems:
+    path: problems.jsonl
+steps:
+  - {name: solve, strategy: label, teacher: t, input: problems, prompt: "Solve: {{ question }}", output: solution}
+curation:
+  input: solve
+  select:
+    n: 20
+    difficulty: {by: student, student: kid, column: solution, question: question, reference: answer, max_tokens: 64}
+"""
+
+
+def student_script(body: dict):
+    """The teacher answers everything; the student solves problems 0, 4 and 8, is wrong on the rest, fails on 7."""
+    question = body["messages"][-1]["content"]
+    if body["model"] == "teacher":
+        return "Teacher's worked solution.\n#### 1"
+    index = [r["question"] for r in gsm8k()].index(question)
+    answer = gsm8k()[index]["answer"].split("####")[-1].strip()
+    assert body["temperature"] == 0 and body["max_tokens"] == 64
+    if index == 7:
+        return {"status": 500, "body": {"error": {"message": "student server down"}}}
+    if index % 4 == 0:
+        return f"So the answer is {answer}."
+    return "I am not sure, maybe 1234567."
+
+
+def test_difficulty_by_student_drops_what_the_student_already_solves(tmp_path):
+    (tmp_path / "problems.jsonl").write_text((DATA / "gsm8k_12.jsonl").read_text())
+    spec = tmp_path / "spec.yaml"
+    with ScriptedServer(student_script) as server:
+        spec.write_text(STUDENT.replace("BASE", server.base_url))
+        with pytest.raises(SystemExit) as done:
+            main(["run", str(spec), "--quiet"])
+        assert done.value.code in (0, None)
+        student_calls = [b for b in server.bodies if b["model"] == "student"]
+        assert len(student_calls) == 12
+        loaded = load_spec(spec)
+        con = open_store(loaded.store_path)
+        try:
+            funnel = read_funnel(con, loaded.spec.curation)
+            rows = con.execute(
+                "SELECT s.question, d.kept, d.reason FROM decisions d JOIN solve s ON s._id = d.row_id "
+                "WHERE d.stage = 'select:difficulty'").fetchall()
+            curated = {q for (q,) in con.execute("SELECT question FROM curated").fetchall()}
+            probes = con.execute("SELECT count(*), count(error) FROM student_probes").fetchone()
+        finally:
+            con.close()
+        assert funnel == [{"stage": "select:difficulty", "rows_in": 12, "rows_out": 9},
+                          {"stage": "select", "rows_in": 9, "rows_out": 9}]
+        questions = [r["question"] for r in gsm8k()]
+        verdict = {questions.index(q): (kept, reason) for q, kept, reason in rows}
+        assert {i for i, (kept, _) in verdict.items() if not kept} == {0, 4, 8}
+        assert "too easy: the student kid already answers" in verdict[0][1]
+        assert "student request failed" in verdict[7][1] and verdict[7][0]
+        assert "fails it (answer 1234567" in verdict[1][1]
+        assert curated == {questions[i] for i in range(12) if i not in (0, 4, 8)}
+        assert probes == (12, 1)
+        # `datagen curate` reuses the stored answers: only the failed probe is asked again
+        server.reset()
+        with pytest.raises(SystemExit) as done:
+            main(["curate", str(spec)])
+        assert done.value.code in (0, None)
+        assert [questions.index(b["messages"][-1]["content"]) for b in server.bodies] == [7]
+
+
+def test_difficulty_by_student_needs_its_columns_and_a_known_student(tmp_path):
+    from datagen.errors import UserError
+
+    (tmp_path / "problems.jsonl").write_text((DATA / "gsm8k_12.jsonl").read_text())
+    bad = {"reference: answer": "reference: nope", "student: kid": "student: kidd",
+           ", reference: answer": ""}
+    expect = {"reference: nope": "`nope` is not a column of `solve`",
+              "student: kidd": "name one of the spec's teachers (t, kid)",
+              "": "needs `reference`"}
+    for (old, new) in bad.items():
+        text = STUDENT.replace("BASE", "http://127.0.0.1:9/v1").replace(old, new)
+        with pytest.raises(UserError) as err:
+            build_plan(load_spec_text(text, tmp_path / "spec.yaml"))
+        assert expect[new] in str(err.value) and "curation.select.difficulty" in str(err.value)

@@ -215,20 +215,30 @@ class QualitySpec(Model):
 
 
 class DifficultySpec(Model):
-    """`by: length`: longer `column` text ranks as harder. `by: student`: the student answers `question` and rows it
-    already answers correctly (its final answer matches `reference`) are dropped, as s1 did."""
+    """`by: length`: longer `column` text ranks as harder. `by: student`: first the student answers each row's
+    `question` (greedy, up to `max_tokens`) and rows it already answers correctly (its final answer matches the one in
+    `reference`, compared as `verify_math` does) are dropped, as s1 did; the rest then rank by the length of `column`.
+    `student` is a teacher name from `teachers:` or a model (bundled:..., a local folder) run with vLLM."""
 
     column: str
     by: Literal["length", "student"] = "length"
     student: str = SMOLLM2
     question: str | None = None
     reference: str | None = None
+    max_tokens: int = Field(512, ge=1)
 
     @model_validator(mode="after")
     def _student(self) -> "DifficultySpec":
         if self.by == "student":
-            raise ValueError("difficulty `by: student` is not supported yet in this version of datagen; use "
-                             "`by: length`, or drop solved questions with a `verify_math` filter on a student step")
+            for key in ("question", "reference"):
+                if getattr(self, key) is None:
+                    raise ValueError(f"difficulty `by: student` needs `{key}`: the column with the "
+                                     + ("question the student answers" if key == "question" else
+                                        "reference answer its final answer is checked against"))
+        else:
+            for key in ("question", "reference"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"`{key}` only applies to `by: student`; remove it or set by: student")
         return self
 
 

@@ -96,9 +96,27 @@ def m002_curation(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("CREATE TABLE _curated (row_id VARCHAR NOT NULL, rank INTEGER NOT NULL)")
 
 
+def m003_student_probes(con: duckdb.DuckDBPyConnection) -> None:
+    # curation's difficulty `by: student`: the student's greedy answer to each question, reused by re-runs
+    con.execute(
+        """
+        CREATE TABLE student_probes (
+            key VARCHAR PRIMARY KEY,       -- hash of the student's identity, the messages and the sampling
+            student VARCHAR NOT NULL,      -- the student's identity (backend, model), as JSON text
+            messages JSON,
+            text VARCHAR,
+            finish_reason VARCHAR,
+            error VARCHAR,                 -- set when the request failed; such a probe is retried by the next run
+            created_at TIMESTAMP DEFAULT current_timestamp
+        )
+        """
+    )
+
+
 MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("001_core", m001_core),
     ("002_curation", m002_curation),
+    ("003_student_probes", m003_student_probes),
 ]
 
 

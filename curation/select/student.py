@@ -1,0 +1,113 @@
+"""Difficulty by student, as s1 chose its questions: a student model answers each question once, greedily, and the
+rows whose question it already answers correctly are dropped (there is little to learn from them).
+
+The student's answers are kept in the `student_probes` table, keyed by the student's identity, the prompt and the
+sampling, so `datagen curate` re-runs reuse them and an interrupted probe resumes where it stopped (each batch is
+committed). A failed probe request keeps its row: a question is only dropped for an answer seen to be right.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Callable
+
+from curation.filters.verify_math import extract_answer, same_answer
+from curation.text import as_text
+from datagen.keys import canonical
+
+BATCH = 64  # probes generated and committed per batch
+
+
+def student_teacher(spec, loaded):
+    """(name, teacher spec) for `difficulty.student`: a teacher of the spec, else a model run by the vllm backend."""
+    from datagen.spec.models import VLLMTeacherSpec
+
+    if spec.student in loaded.spec.teachers:
+        return spec.student, loaded.spec.teachers[spec.student]
+    return spec.student, VLLMTeacherSpec(backend="vllm", model=spec.student)
+
+
+def probe_key(identity: dict, messages: list[dict], sampling: dict) -> str:
+    payload = canonical({"student": identity, "messages": messages, "sampling": sampling})
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def student_verdicts(con, loaded, spec, rows: list[dict], log: Callable[[str], None]) -> list[tuple]:
+    """One verdict per row: dropped when the student's final answer equals the reference's."""
+    from datagen.teachers import teacher_identity
+
+    name, teacher_spec = student_teacher(spec, loaded)
+    identity = teacher_identity(teacher_spec, loaded.dir)
+    sampling = {"temperature": 0.0, "top_p": 1.0, "max_tokens": spec.max_tokens}
+    messages = [[{"role": "user", "content": as_text(r.get(spec.question))}] for r in rows]
+    keys = [probe_key(identity, m, sampling) for m in messages]
+    answers = _probe(con, loaded, name, teacher_spec, identity, dict(zip(keys, messages)), sampling, log)
+    verdicts = []
+    for row, key in zip(rows, keys):
+        text, error = answers.get(key, (None, "no probe recorded"))
+        reference = extract_answer(as_text(row.get(spec.reference)))
+        if error is not None:
+            verdicts.append((True, f"student request failed ({error[:80]}); kept", None))
+        elif reference is None:
+            verdicts.append((True, f"no final answer in reference {spec.reference}; kept", None))
+        else:
+            answer = extract_answer(text or "")
+            if answer is not None and same_answer(reference, answer):
+                verdicts.append((False, f"too easy: the student {name} already answers {answer[:40]} = reference",
+                                 1.0))
+            else:
+                got = "no final answer" if answer is None else f"answer {answer[:40]}"
+                verdicts.append((True, f"the student {name} fails it ({got}, reference {reference[:40]})", 0.0))
+    return verdicts
+
+
+def _probe(con, loaded, name: str, teacher_spec, identity: dict, wanted: dict[str, list[dict]], sampling: dict,
+           log: Callable[[str], None]) -> dict[str, tuple[str | None, str | None]]:
+    """key -> (text, error) for every wanted prompt, generating and storing those not probed successfully yet."""
+    found = _stored(con, list(wanted))
+    todo = [k for k in wanted if k not in found or found[k][1] is not None]
+    if not todo:
+        return found
+    from datagen.teachers import make_teacher
+    from datagen.teachers.base import GenOptions, GenRequest, Sampling
+
+    log(f"curation: the student {name} answers {len(todo)} questions ({len(wanted) - len(todo)} stored)")
+    teacher = make_teacher(name, teacher_spec, loaded.dir, loaded.spec.seed)
+    options = GenOptions(Sampling(**sampling))
+    student = canonical(identity)
+    try:
+        for start in range(0, len(todo), BATCH):
+            batch = todo[start: start + BATCH]
+            samples = teacher.generate([GenRequest(wanted[k], [k], [0]) for k in batch], options)
+            records = []
+            for key, got in zip(batch, samples):
+                sample = got[0]
+                records.append((key, student, canonical(wanted[key]), sample.text, sample.finish_reason, sample.error))
+                found[key] = (sample.text, sample.error)
+            _write(con, records)
+    finally:
+        teacher.close()
+    return found
+
+
+def _stored(con, keys: list[str]) -> dict[str, tuple[str | None, str | None]]:
+    import pyarrow as pa
+
+    con.register("_probe_keys", pa.table({"key": pa.array(keys, pa.string())}))
+    try:
+        got = con.execute("SELECT p.key, p.text, p.error FROM student_probes p JOIN _probe_keys k ON k.key = p.key"
+                          ).fetchall()
+    finally:
+        con.unregister("_probe_keys")
+    return {k: (text, error) for k, text, error in got}
+
+
+def _write(con, records: list[tuple]) -> None:
+    con.execute("BEGIN")
+    try:
+        con.executemany("INSERT OR REPLACE INTO student_probes (key, student, messages, text, finish_reason, error) "
+                        "VALUES (?, ?, ?, ?, ?, ?)", records)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
