@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import unicodedata
 from typing import Any
@@ -14,6 +15,17 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 def as_text(value: Any) -> str:
     """A cell as text: None is empty, everything else is str()."""
     return "" if value is None else str(value)
+
+
+def numeric(value: Any) -> float | None:
+    """A cell as a number, or None when it is missing, a bool, not a number or NaN."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
 
 
 def normalise(text: str) -> str:

@@ -7,8 +7,7 @@ row is the group's best, and a chain A~B~C where A and C differ keeps A and C.
 
 from __future__ import annotations
 
-import math
-from typing import Any
+from curation.text import numeric
 
 DedupVerdict = tuple[bool, "int | None", "float | None"]
 
@@ -20,17 +19,9 @@ def priority_order(rows: list[dict], keep_by: str | None, keep: str = "highest")
     sign = -1.0 if keep == "highest" else 1.0
 
     def key(i: int) -> tuple:
-        value = _number(rows[i].get(keep_by))
+        value = numeric(rows[i].get(keep_by))
         return (value is None, sign * value if value is not None else 0.0, i)
 
     return sorted(range(len(rows)), key=key)
 
 
-def _number(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(number) else number

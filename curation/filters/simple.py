@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
 import re
 
-from curation.text import as_text
+from curation.text import as_text, numeric
 
 
 def truncated_filter(spec, rows: list[dict]) -> list[tuple]:
@@ -41,7 +40,7 @@ def regex_filter(spec, rows: list[dict]) -> list[tuple]:
 def score_filter(spec, rows: list[dict]) -> list[tuple]:
     out = []
     for row in rows:
-        value = _number(row.get(spec.column))
+        value = numeric(row.get(spec.column))
         if value is None:
             out.append((False, f"no numeric {spec.column} (got {row.get(spec.column)!r})", None))
         elif spec.min is not None and value < spec.min:
@@ -53,11 +52,3 @@ def score_filter(spec, rows: list[dict]) -> list[tuple]:
     return out
 
 
-def _number(value) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(number) else number

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from curation.text import as_text
+from curation.text import as_text, numeric
 
 
 def percentile_ranks(values: list[float | None], higher_is_better: bool = True) -> np.ndarray:
@@ -22,16 +20,6 @@ def percentile_ranks(values: list[float | None], higher_is_better: bool = True) 
     average = ends - (counts - 1) / 2.0
     out[present] = (average[inverse] - 1) / (len(present) - 1)
     return out
-
-
-def numeric(value) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(number) else number
 
 
 def quality_ranks(rows: list[dict], column: str, order: str = "highest") -> np.ndarray:
