@@ -20,7 +20,7 @@ from datagen.spec.plan import Plan, PlannedStep, build_plan
 from datagen.store.connection import arrow_table, open_store, quote_ident
 from datagen.store.views import sync_sources
 from datagen.store.writes import BatchResult, insert_pending, write_batch
-from datagen.strategies import label
+from datagen.strategies import judge, label, pairs, self_consistency
 from datagen.teachers.base import GenOptions, GenRequest, Sampling
 
 DEFAULT_SAMPLING = {"temperature": 0.7, "top_p": 1.0, "max_tokens": 512}
@@ -81,6 +81,7 @@ def run(loaded: LoadedSpec, progress: Progress | None = None, log: Callable[[str
                     [run_started, os.getpid(), loaded.spec.model_dump_json(by_alias=True)])
         for st in plan.steps:
             summary.steps.append(run_step(con, plan, st, teachers, progress, log))
+            finish_step(con, st, log)
         if loaded.spec.curation is not None:
             from curation.run import run_curation
 
@@ -113,8 +114,11 @@ def run_step(con: duckdb.DuckDBPyConnection, plan: Plan, st: PlannedStep, teache
 
     identity = teacher_identity(teacher_spec, plan.loaded.dir)
     rows = fetch_rows(con, st.input)
-    demo_pool = fetch_rows(con, step.demos.from_) if step.demos else None
-    requests = label.build_requests(step, rows, demo_pool, spec.seed, teacher_name, identity, sampling)
+    demo_pool = fetch_rows(con, step.demos.from_) if getattr(step, "demos", None) else None
+    if step.strategy == "judge":
+        requests = judge.build_requests(con, plan, st, rows, teacher_name, identity, sampling)
+    else:
+        requests = label.build_requests(step, rows, demo_pool, spec.seed, teacher_name, identity, sampling)
     insert_pending(con, step.name, requests, [r.key for r in requests])
     done = {k for (k,) in con.execute("SELECT key FROM requests WHERE step = ? AND status = 'done'", [step.name]).fetchall()}
     todo = [r for r in requests if r.key not in done]
@@ -129,8 +133,8 @@ def run_step(con: duckdb.DuckDBPyConnection, plan: Plan, st: PlannedStep, teache
         log(f"loading teacher {teacher_name} ({teacher_spec.backend}: {teacher_spec.model})")
         teachers[teacher_name] = make_teacher(teacher_name, teacher_spec, plan.loaded.dir, spec.seed)
     teacher = teachers[teacher_name]
-    options = GenOptions(Sampling(**sampling), logprobs=step.logprobs,
-                         json_schema=step.response_format.json_schema if step.response_format else None)
+    fmt = getattr(step, "response_format", None)
+    options = GenOptions(Sampling(**sampling), logprobs=step.logprobs, json_schema=fmt.json_schema if fmt else None)
     groups = group_by_prompt(todo)
     size = batch_size(teacher_spec)
     start = time.monotonic()
@@ -157,13 +161,28 @@ def record_sample(result: BatchResult, step, req, sample, teacher_name: str, sum
         summary.failed += 1
         result.add_failure(req.key, sample.error, sample)
         return
-    fields, error = label.parse_reply(step, sample.text)
+    if step.strategy == "judge":
+        fields, error = judge.parse_reply(step, sample.text, req)
+    elif step.strategy == "self":
+        fields, error = self_consistency.parse_reply(step, sample.text)
+    else:
+        fields, error = label.parse_reply(step, sample.text)
     if error is not None:
         summary.failed += 1
         result.add_failure(req.key, error, sample)
         return
     summary.generated += 1
     result.add_row(req, sample, fields, teacher_name)
+
+
+def finish_step(con: duckdb.DuckDBPyConnection, st: PlannedStep, log: Callable[[str], None]) -> None:
+    """What a step derives from its rows once they are all in: a judge's pairs, a self step's kept samples."""
+    if pairs.wants_pairs(st.spec):
+        made, dropped = pairs.build_and_store(con, st)
+        log(f"step {st.name}: {made} preference pairs ({dropped} candidates without a pair, see decisions)")
+    elif st.spec.strategy == "self":
+        kept, dropped = self_consistency.decide(con, st)
+        log(f"step {st.name}: kept {kept} samples, dropped {dropped} (keep: {st.spec.keep}; see decisions)")
 
 
 def check_budget(step, summary: StepSummary, final: bool = False) -> None:

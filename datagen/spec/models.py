@@ -21,7 +21,7 @@ SQL_RESERVED = set(
     "pivot_wider placing primary qualify references returning select show some summarize symmetric table then to "
     "trailing true union unique unpivot using variadic when where window with".split()
 )
-RESERVED_NAMES = {"requests", "lineage", "decisions", "curated", "train_runs", "outputs", "token_logprobs"}
+RESERVED_NAMES = {"requests", "lineage", "decisions", "curated", "train_runs", "outputs", "token_logprobs", "pairs"}
 
 
 class Model(BaseModel):
@@ -245,8 +245,9 @@ class CurateStep(StepBase):
 
 
 class PairsSpec(Model):
-    by: str
+    by: Literal["score", "verdict"] = "score"
     min_margin: float = Field(1, ge=0)
+    max_per_input: int = Field(1, ge=1)
 
 
 class JudgeStep(StepBase):
@@ -259,13 +260,41 @@ class JudgeStep(StepBase):
     revise: bool = False
     scale: tuple[float, float] = (1, 10)
 
+    @model_validator(mode="after")
+    def _modes(self) -> "JudgeStep":
+        if self.scale[0] >= self.scale[1]:
+            raise ValueError(f"scale must be [low, high] with low < high, got {list(self.scale)}")
+        if self.revise and self.pairwise:
+            raise ValueError("`revise: true` and `pairwise: true` are two different judge modes; choose one")
+        if self.revise and self.pairs is not None:
+            raise ValueError("`revise: true` always pairs (revision, original); remove `pairs`")
+        if self.pairs is not None and self.pairs.by == "verdict" and not self.pairwise:
+            raise ValueError("`pairs: {by: verdict}` needs `pairwise: true`; pointwise judges pair `by: score`")
+        if self.pairs is not None and self.pairs.by == "score" and self.pairwise:
+            raise ValueError("a pairwise judge gives verdicts, not scores: use `pairs: {by: verdict}`")
+        return self
+
 
 class SelfStep(StepBase):
     strategy: Literal["self"]
     input: str
     prompt: str
+    demos: DemosSpec | None = None
     keep: Literal["majority", "verified"] = "majority"
-    extract: str | None = None
+    extract: str | None = None  # a regex for the final answer (group 1 if it has one); default: `#### x`, boxed, last number
+    reference: str | None = None  # with `keep: verified`: the input column holding the reference answer
+
+    @model_validator(mode="after")
+    def _reference(self) -> "SelfStep":
+        if self.keep == "verified" and not self.reference:
+            raise ValueError("`keep: verified` needs `reference`: the input column with the reference answer "
+                             "(e.g. reference: answer)")
+        if self.extract is not None:
+            try:
+                re.compile(self.extract)
+            except re.error as exc:
+                raise ValueError(f"extract is not a valid regular expression: {exc}") from None
+        return self
 
 
 StepSpec = Annotated[

@@ -35,6 +35,8 @@ class PlannedStep:
     input_columns: list[str]
     produced: dict[str, str]  # column -> DuckDB type
     teachers: list[str]
+    output_is_text: bool = True  # False when the output column is parsed from the reply (a judge's score)
+    view_filter: str | None = None  # extra SQL condition on the step's outputs `o` (self: only the kept rows)
 
     @property
     def name(self) -> str:
@@ -89,9 +91,14 @@ def build_plan(loaded: LoadedSpec) -> Plan:
         for i, step in enumerate(spec.steps):
             loc = ("steps", i)
             _ensure(loaded, plan, shape, created, step.input, loc + ("input",), step_names[: i])
-            if step.demos is not None:
+            if getattr(step, "demos", None) is not None:
                 _ensure(loaded, plan, shape, created, step.demos.from_, loc + ("demos", "from"), step_names[: i])
-            planned = _plan_step(loaded, plan, shape, i, step)
+            if step.strategy in ("judge", "self"):
+                from datagen.spec.plan_feedback import plan_feedback_step
+
+                planned = plan_feedback_step(loaded, plan, shape, i, step)
+            else:
+                planned = _plan_step(loaded, plan, shape, i, step)
             plan.steps.append(planned)
             _create_step_shape(shape, planned)
             created.add(step.name)
@@ -114,14 +121,14 @@ def _refuse_unbuilt(loaded: LoadedSpec) -> None:
         if getattr(spec, block) is not None:
             raise loaded.error((block,), f"the `{block}:` block {NOT_YET}; remove it for now")
     for i, step in enumerate(spec.steps):
-        if step.strategy != "label":
+        if step.strategy not in ("label", "judge", "self"):
             raise loaded.error(("steps", i, "strategy"), f"strategy `{step.strategy}` {NOT_YET}; use `label`")
         if isinstance(step.teacher, list):
             raise loaded.error(("steps", i, "teacher"), f"several teachers for one step {NOT_YET}; name one teacher")
         for key in ("agreement", "vote"):
-            if getattr(step, key) is not None:
+            if getattr(step, key, None) is not None:
                 raise loaded.error(("steps", i, key), f"`{key}` {NOT_YET}; remove it")
-        if step.demos is not None and step.demos.include_generated:
+        if getattr(step, "demos", None) is not None and step.demos.include_generated:
             raise loaded.error(("steps", i, "demos", "include_generated"),
                                "include_generated only applies to `strategy: expand`; remove it")
 
@@ -254,14 +261,15 @@ def _plan_step(loaded: LoadedSpec, plan: Plan, shape, i: int, step: LabelStep) -
                                                 f"{', '.join(loaded.spec.teachers)}")
     teacher = loaded.spec.teachers[step.teacher]
     input_cols = _columns(shape, step.input)
-    produced = _produced_columns(loaded, loc, step.output, step.response_format)
+    fmt = getattr(step, "response_format", None)
+    produced = _produced_columns(loaded, loc, step.output, fmt)
     for col in produced:
         if col in input_cols:
             what = "output" if col == step.output else "response_format.json_schema.properties"
             raise loaded.error(loc + (what,) if what == "output" else loc + ("response_format",),
                                f"produced column `{col}` clashes with a column `{step.input}` already has; "
                                "choose another name")
-    if step.response_format is not None and teacher.backend == "transformers":
+    if fmt is not None and teacher.backend == "transformers":
         raise loaded.error(loc + ("response_format",), "structured output needs a `vllm` or `openai` teacher")
     context = set(input_cols) | {"demos"} if (step.demos and step.demos.as_ == "variable") else set(input_cols)
     _check_template(loaded, loc + ("prompt",), step.prompt, context, step.input)

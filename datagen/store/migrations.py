@@ -113,10 +113,34 @@ def m003_student_probes(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def m004_pairs(con: duckdb.DuckDBPyConnection) -> None:
+    # preference pairs a judge step builds from its rows; rebuilt whole for a step at the end of each run of it
+    con.execute(
+        """
+        CREATE TABLE pairs (
+            _id VARCHAR PRIMARY KEY,       -- hash of the step and both sides
+            step VARCHAR NOT NULL,         -- the judge step that built it
+            _parent_id VARCHAR,            -- the input both sides answer
+            method VARCHAR NOT NULL,       -- score | verdict | revision
+            prompt JSON,                   -- the messages both sides answer
+            chosen VARCHAR,
+            rejected VARCHAR,
+            chosen_id VARCHAR,
+            rejected_id VARCHAR,
+            chosen_score DOUBLE,
+            rejected_score DOUBLE,
+            margin DOUBLE,
+            _created_at TIMESTAMP
+        )
+        """
+    )
+
+
 MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("001_core", m001_core),
     ("002_curation", m002_curation),
     ("003_student_probes", m003_student_probes),
+    ("004_pairs", m004_pairs),
 ]
 
 

@@ -36,7 +36,7 @@ def sync_sources(con: duckdb.DuckDBPyConnection, plan: Plan) -> None:
 def step_view_sql(st: PlannedStep) -> str:
     cols = [f"p.{q(c)}" for c in st.input_columns if not c.startswith("_")]
     for col, kind in st.produced.items():
-        if col == st.spec.output:
+        if col == st.spec.output and st.output_is_text:
             cols.append(f"o.text AS {q(col)}")
         elif kind == "JSON":
             cols.append(f"json_extract(o.fields, '$.\"{col}\"') AS {q(col)}")
@@ -44,7 +44,8 @@ def step_view_sql(st: PlannedStep) -> str:
             cols.append(f"TRY_CAST(json_extract_string(o.fields, '$.\"{col}\"') AS {kind}) AS {q(col)}")
     cols += ["o._id", "o._parent_id", "o._sample_index", "o._teacher", "o._finish_reason", "o._created_at"]
     # step names are checked SQL identifiers, so inlining them as literals is safe
+    extra = f" AND {st.view_filter}" if st.view_filter else ""
     return (
         f"SELECT {', '.join(cols)} FROM outputs o JOIN {q(st.input)} p ON o._parent_id = p._id "
-        f"WHERE o.step = '{st.name}' AND o.key IN (SELECT key FROM _plan WHERE step = '{st.name}')"
+        f"WHERE o.step = '{st.name}' AND o.key IN (SELECT key FROM _plan WHERE step = '{st.name}'){extra}"
     )

@@ -59,7 +59,8 @@ def render_messages(step: LabelStep, row: dict, demo_rows: list[dict]) -> list[d
 
 def build_requests(step: LabelStep, rows: list[dict], demo_pool: list[dict] | None, seed: int,
                    teacher_name: str, teacher_identity: dict, sampling: dict) -> list[PlannedRequest]:
-    schema = step.response_format.json_schema if step.response_format else None
+    fmt = getattr(step, "response_format", None)
+    schema = fmt.json_schema if fmt else None
     out = []
     for row in rows:
         demo_rows = draw_demos(step.demos, demo_pool or [], row["_id"], seed, step.name) if step.demos else []

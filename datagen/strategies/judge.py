@@ -1,0 +1,215 @@
+"""Feedback: the teacher judges rows of an earlier step, (x, y ~ pS, feedback of T).
+
+Three modes, one request per judged row (or ordered pair) and sample:
+- score (default): the teacher scores the row against the `rubric`; `<output>` is the parsed number and
+  `<output>_reason` the rest of the reply. No number, or one outside `scale`, is a failed request with that reason.
+- `pairwise: true`: the teacher sees two answers to the same input, as A and B, and names the better one. Every pair
+  is asked in both orders (two requests), so a judge that just prefers a position is caught: pairs.py records a
+  disagreement between the orders as a tie.
+- `revise: true`: the teacher minimally corrects the answer; `<output>` is the revision, which pairs.py pairs with
+  the original (revision chosen, original rejected).
+
+What the judge sees is the judged row's own request (its last user turn: `task`) and its output (`response`), so a
+default prompt needs no template; a custom `prompt` may use those, `rubric`, `low`, `high` (`response_a` and
+`response_b` when pairwise) and the judged rows' columns.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from itertools import combinations
+from typing import Any
+
+from datagen import templates
+from datagen.keys import request_key
+from datagen.spec.models import JudgeStep
+from datagen.strategies.label import PlannedRequest, public
+
+SCORE_PROMPT = """\
+You are a strict grader. Grade the response to the task below.
+
+Criteria: {{ rubric }}
+
+Task:
+{{ task }}
+
+Response:
+{{ response }}
+
+Write one or two sentences of reasoning, then end with a last line of the form "Score: N", where N is a number \
+from {{ low }} to {{ high }}."""
+
+PAIRWISE_PROMPT = """\
+You are a strict grader. Compare two responses to the task below.
+
+Criteria: {{ rubric }}
+
+Task:
+{{ task }}
+
+Response A:
+{{ response_a }}
+
+Response B:
+{{ response_b }}
+
+Write one or two sentences of reasoning, then end with a last line of the form "Winner: A", "Winner: B" or \
+"Winner: tie"."""
+
+REVISE_PROMPT = """\
+Here is a task and a response to it.
+
+Criteria: {{ rubric }}
+
+Task:
+{{ task }}
+
+Response:
+{{ response }}
+
+Correct the response minimally so that it meets the criteria: change only what is wrong and keep everything else \
+word for word. Reply with the corrected response only."""
+
+_NUM = r"(-?\d+(?:\.\d+)?)"
+SCORE_RE = re.compile(r"(?i)\bscore\b[\s:=*]*" + _NUM)
+VERDICT_RE = re.compile(r"(?i)\b(?:winner|verdict|better)\b[\s:=*]*(A|B|tie)\b")
+
+
+def judged_requests(con, step_name: str) -> dict[str, list[dict]]:
+    """The request messages behind each row of a generation step: the task each row answered."""
+    got = con.execute("SELECT o._id, r.messages FROM outputs o JOIN requests r ON r.key = o.key WHERE o.step = ?",
+                      [step_name]).fetchall()
+    return {rid: json.loads(messages) for rid, messages in got}
+
+
+def task_of(messages: list[dict]) -> str:
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    return users[-1] if users else ""
+
+
+def build_requests(con, plan, st, rows: list[dict], teacher_name: str, identity: dict,
+                   sampling: dict) -> list[PlannedRequest]:
+    step: JudgeStep = st.spec
+    judged_output = plan.step(st.input).spec.output
+    tasks = judged_requests(con, st.input)
+    base = {"rubric": step.rubric, "low": _num(step.scale[0]), "high": _num(step.scale[1])}
+    out: list[PlannedRequest] = []
+    if step.pairwise:
+        for first, second in ordered_pairs(rows):
+            context = {**public(first), **base, "task": task_of(tasks.get(first["_id"], [])),
+                       "response_a": _text(first[judged_output]), "response_b": _text(second[judged_output])}
+            out += _requests(step, first["_id"], context, PAIRWISE_PROMPT, teacher_name, identity, sampling,
+                             [(second["_id"], "compared")])
+        return out
+    default = REVISE_PROMPT if step.revise else SCORE_PROMPT
+    for row in rows:
+        context = {**public(row), **base, "task": task_of(tasks.get(row["_id"], [])),
+                   "response": _text(row[judged_output])}
+        out += _requests(step, row["_id"], context, default, teacher_name, identity, sampling, [])
+    return out
+
+
+def ordered_pairs(rows: list[dict]) -> list[tuple[dict, dict]]:
+    """Every two rows that answer the same input, in both orders (A/B then B/A)."""
+    by_input: dict[Any, list[dict]] = {}
+    for row in rows:
+        by_input.setdefault(row["_parent_id"], []).append(row)
+    out = []
+    for group in by_input.values():
+        group.sort(key=lambda r: (r["_sample_index"], r["_id"]))
+        for a, b in combinations(group, 2):
+            out += [(a, b), (b, a)]
+    return out
+
+
+def _requests(step: JudgeStep, parent_id: str, context: dict, default: str, teacher_name: str, identity: dict,
+              sampling: dict, lineage: list[tuple[str, str]]) -> list[PlannedRequest]:
+    messages = []
+    if step.system:
+        messages.append({"role": "system", "content": templates.render(step.system, context)})
+    messages.append({"role": "user", "content": templates.render(step.prompt or default, context)})
+    out = []
+    for index in range(step.n):
+        key = request_key(step=step.name, parent_id=parent_id, messages=messages, teacher=identity,
+                          sampling=sampling, json_schema=None, logprobs=step.logprobs, sample_index=index)
+        out.append(PlannedRequest(key, step.name, parent_id, index, messages, teacher_name, list(lineage)))
+    return out
+
+
+def parse_reply(step: JudgeStep, text: str, req: PlannedRequest) -> tuple[dict | None, str | None]:
+    """The produced fields of one verdict, or the reason it is unusable (then the request is failed)."""
+    text = (text or "").strip()
+    if step.revise:
+        return ({}, None) if text else (None, "the revision is empty")
+    if step.pairwise:
+        verdict, reason = parse_verdict(text)
+        if verdict is None:
+            return None, reason
+        other = next(p for p, role in req.lineage if role == "compared")
+        return {step.output: verdict, f"{step.output}_reason": reason, f"{step.output}_other": other}, None
+    score, reason = parse_score(text)
+    if score is None:
+        return None, reason
+    low, high = step.scale
+    if not (low <= score <= high):
+        return None, f"score {_num(score)} is outside the scale {_num(low)} to {_num(high)}: {_clip(text)}"
+    return {step.output: score, f"{step.output}_reason": reason}, None
+
+
+def parse_score(text: str) -> tuple[float | None, str]:
+    """(score, reason) from a reply ending in `Score: N` (or a JSON object with `score` and `reason`)."""
+    as_json = _json_object(text)
+    if as_json is not None and isinstance(as_json.get("score"), (int, float)) and not isinstance(as_json["score"], bool):
+        return float(as_json["score"]), str(as_json.get("reason") or "")
+    matches = list(SCORE_RE.finditer(text))
+    if not matches:
+        return None, f"no score in the verdict (expected a last line `Score: N`): {_clip(text)}"
+    last = matches[-1]
+    return float(last.group(1)), _reason(text, last.start())
+
+
+def parse_verdict(text: str) -> tuple[str | None, str]:
+    """('A' | 'B' | 'tie', reason) from a reply ending in `Winner: A` (or JSON with `winner`)."""
+    as_json = _json_object(text)
+    if as_json is not None and str(as_json.get("winner", "")).strip().lower() in ("a", "b", "tie"):
+        return _norm_verdict(str(as_json["winner"])), str(as_json.get("reason") or "")
+    matches = list(VERDICT_RE.finditer(text))
+    if not matches:
+        return None, f"no verdict in the reply (expected a last line `Winner: A`, `Winner: B` or `Winner: tie`): " \
+                     f"{_clip(text)}"
+    last = matches[-1]
+    return _norm_verdict(last.group(1)), _reason(text, last.start())
+
+
+def _norm_verdict(v: str) -> str:
+    v = v.strip()
+    return "tie" if v.lower() == "tie" else v.upper()
+
+
+def _reason(text: str, end: int) -> str:
+    """What the judge wrote before its verdict line, without a leading `Reason:`."""
+    head = text[:end].strip().rstrip("*-#").strip()
+    return re.sub(r"(?i)^\W*reason(ing)?\W*:\W*", "", head).strip()
+
+
+def _json_object(text: str) -> dict | None:
+    if not text.startswith("{"):
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def _clip(text: str) -> str:
+    return repr(text[:120])
