@@ -38,6 +38,7 @@ class ExportInput:
     name: str  # the view read: a step, a source or `curated`
     step: PlannedStep | None  # the step whose output is the assistant turn; None when the rows are a source's
     columns: list[str]
+    pairs: bool = False  # the rows are the preference pairs the step (a judge) built, from the `pairs` table
 
     @property
     def output(self) -> str | None:
@@ -65,13 +66,20 @@ def default_input(plan: Plan) -> str:
     return "curated" if spec.curation is not None else spec.steps[-1].name
 
 
-def input_columns(plan: Plan, name: str | None) -> tuple[list[str], bool]:
+PAIR_COLUMNS = ["prompt", "chosen", "rejected", "_id", "_parent_id", "method", "chosen_id", "rejected_id",
+                "chosen_score", "rejected_score", "margin"]
+
+
+def input_columns(plan: Plan, name: str | None, fmt: str | None = None) -> tuple[list[str], bool]:
     """The columns the rows of export input `name` have, and whether they come from a step (so have chat turns)."""
-    inp = resolve_input(plan, name)
+    inp = resolve_input(plan, name, fmt)
     return inp.columns, inp.step is not None
 
 
-def resolve_input(plan: Plan, name: str | None) -> ExportInput:
+def resolve_input(plan: Plan, name: str | None, fmt: str | None = None) -> ExportInput:
+    """What export input `name` reads; in the preference format a judge step that builds pairs means its pairs."""
+    from datagen.strategies.pairs import wants_pairs
+
     spec = plan.spec
     name = name or default_input(plan)
     base = name
@@ -81,6 +89,8 @@ def resolve_input(plan: Plan, name: str | None) -> ExportInput:
                             "name a step instead")
         base = spec.curation.input
     steps = {s.name: s for s in plan.steps}
+    if base in steps and fmt == "preference" and name == base and wants_pairs(steps[base].spec):
+        return ExportInput(name, steps[base], PAIR_COLUMNS, pairs=True)
     if base in steps:
         return ExportInput(name, steps[base], steps[base].columns)
     if base in plan.source_columns:
@@ -109,6 +119,10 @@ def export(loaded: LoadedSpec, out: str | Path | None = None, fmt: str | None = 
         raise UserError(f"the test split must be a share in (0, 1), e.g. 0.1; got {test_split}")
     inp = resolve_input(plan, settings.input)
     fmt = choose_format(inp, fmt, settings)
+    if fmt == "preference":
+        inp = resolve_input(plan, settings.input, fmt)
+        if not inp.pairs:
+            raise UserError(f"{PREFERENCE_NEEDS}; `{inp.name}` has no pairs")
     path = export_dir(loaded, out)
     con = open_store(loaded.store_path, read_only=True)
     try:
@@ -146,7 +160,9 @@ def fetch_input(con, inp: ExportInput):
     import duckdb
 
     view = quote_ident(inp.name)
-    if inp.step is None:
+    if inp.pairs:  # the step name is a checked SQL identifier
+        sql = f"SELECT * FROM pairs WHERE step = '{inp.name}' ORDER BY _parent_id, _id"
+    elif inp.step is None:
         sql = f"SELECT v.* FROM {view} v ORDER BY v._id"
     else:
         sql = (f"SELECT v.*, r.messages AS {MESSAGES_COLUMN} FROM {view} v JOIN outputs o ON o._id = v._id "
@@ -200,12 +216,15 @@ def _record(row: dict, inp: ExportInput, fmt: str) -> dict | None:
     return {"prompt": prompt, "completion": completion}
 
 
+PREFERENCE_NEEDS = ("the preference format exports the pairs a judge step builds: set `input` to a judge step with "
+                    "`pairs:` (or `revise: true`)")
+
+
 def preference_record(row: dict) -> dict | None:
     """prompt/chosen/rejected in TRL's conversational preference format, from a row with `chosen` and `rejected`
     (texts or message lists) and the pair's prompt (a `prompt` column, else the row's request messages)."""
     if "chosen" not in row or "rejected" not in row:
-        raise UserError("the preference format needs chosen/rejected pairs from a judge step with `pairs:` "
-                        "(feedback strategies are not supported yet)")
+        raise UserError(PREFERENCE_NEEDS)
     if row["chosen"] is None or row["rejected"] is None:
         return None
     prompt = row.get("prompt")

@@ -87,10 +87,10 @@ def test_reexport_removes_shards_of_the_previous_export(spec, tmp_path):
     assert load(tmp_path / "re")["train"].num_rows == N_ROWS
 
 
-def test_preference_format_is_refused_until_pairs_exist(spec):
+def test_preference_format_needs_a_judge_step_with_pairs(spec):
     result = CliRunner().invoke(app, ["export", str(spec), "--format", "preference"])
     assert result.exit_code == 2
-    assert "preference format needs chosen/rejected pairs" in result.output
+    assert "preference format exports the pairs a judge step builds" in result.output
     set_export(spec, "export:\n  format: preference\n")
     try:
         with pytest.raises(UserError, match=r"export\.format: the preference format.*spec\.yaml:\d+"):

@@ -141,7 +141,7 @@ def check_export(loaded: LoadedSpec, plan: Plan) -> None:
     from datagen.export import input_columns  # the export module owns what each input name means
 
     try:
-        columns, from_step = input_columns(plan, export.input)
+        columns, from_step = input_columns(plan, export.input, export.format)
     except UserError as exc:
         raise loaded.error(("export", "input"), str(exc)) from None
     for i, col in enumerate(export.columns):
@@ -149,8 +149,10 @@ def check_export(loaded: LoadedSpec, plan: Plan) -> None:
             raise loaded.error(("export", "columns", i), f"`{col}` is not a column of the exported rows; columns: "
                                                          f"{', '.join(columns)}")
     if export.format == "preference" and not {"chosen", "rejected"} <= set(columns):
-        raise loaded.error(("export", "format"), "the preference format needs chosen/rejected pairs from a judge "
-                                                 "step with `pairs:` (feedback strategies are not supported yet)")
+        from datagen.export import PREFERENCE_NEEDS
+
+        raise loaded.error(("export", "format"), f"{PREFERENCE_NEEDS}; `{export.input or 'the last step'}` has no "
+                                                 "pairs")
     if not from_step and "format" in export.model_fields_set:
         raise loaded.error(("export", "format"), f"the `{export.format}` format needs a generation step's rows "
                                                  "(chat turns); these rows come from a source: remove `format` to "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from datagen.errors import UserError
 
@@ -13,7 +14,12 @@ def teacher_identity(spec, spec_dir) -> dict:
 
     if spec.backend == "openai":
         return {"backend": "openai", "model": spec.model, "base_url": spec.base_url}
-    return {"backend": spec.backend, "model": model_identity(spec.model, spec_dir)}
+    identity = {"backend": spec.backend, "model": model_identity(spec.model, spec_dir)}
+    if not spec.model.startswith("bundled:") and Path(identity["model"]).is_dir():
+        from datagen.teachers.student import folder_fingerprint
+
+        identity["weights"] = folder_fingerprint(identity["model"])  # a retrained student must regenerate
+    return identity
 
 
 def make_teacher(name: str, spec, spec_dir, seed: int):
