@@ -134,7 +134,8 @@ def run_step(con: duckdb.DuckDBPyConnection, plan: Plan, st: PlannedStep, teache
         teachers[teacher_name] = make_teacher(teacher_name, teacher_spec, plan.loaded.dir, spec.seed)
     teacher = teachers[teacher_name]
     fmt = getattr(step, "response_format", None)
-    options = GenOptions(Sampling(**sampling), logprobs=step.logprobs, json_schema=fmt.json_schema if fmt else None)
+    schema = judge.json_schema(step) if step.strategy == "judge" else fmt.json_schema if fmt else None
+    options = GenOptions(Sampling(**sampling), logprobs=step.logprobs, json_schema=schema)
     groups = group_by_prompt(todo)
     size = batch_size(teacher_spec)
     start = time.monotonic()

@@ -31,7 +31,7 @@ teachers:
     backend: openai
     base_url: {base_url}
     model: scripted
-    max_attempts: 1
+    max_attempts: 2
     sampling: {{temperature: 1.0, max_tokens: 64, seed: 1}}
 sources:
   problems: {{path: problems.jsonl}}
@@ -292,3 +292,44 @@ def test_self_verified_needs_a_reference(tmp_path):
     spec = self_spec(tmp_path, "http://127.0.0.1:9/v1", "    keep: verified\n")
     with pytest.raises(UserError, match="needs `reference`"):
         build_plan(load_spec(spec))
+
+
+def test_json_verdicts_are_constrained_and_parsed(tmp_path):
+    def script(body):
+        prompt = body["messages"][-1]["content"]
+        if not prompt.startswith("You are a strict grader"):
+            return student(body)
+        sample = int(re.search(r"attempt (\d)", section(prompt, "Response")).group(1))
+        return json.dumps({"reason": f"sample {sample}", "score": 3 + sample})
+
+    with ScriptedServer(script) as server:
+        spec = write_spec(tmp_path, server.base_url, GRADE + "    verdict_format: json\n    scale: [0, 5]\n")
+        quiet_run(spec)
+        judged = [b for b in server.bodies if "grader" in b["messages"][-1]["content"]]
+    schema = judged[0]["response_format"]["json_schema"]["schema"]
+    assert schema["properties"]["score"] == {"type": "integer", "enum": [0, 1, 2, 3, 4, 5]}
+    assert list(schema["properties"]) == ["reason", "score"]
+    assert judged[0]["messages"][-1]["content"].endswith('"score": <a number from 0 to 5>}.')
+    rows = store_rows(spec, "select score, score_reason from grade order by 1")
+    assert [r[0] for r in rows] == [3.0] * 4 + [4.0] * 4 + [5.0] * 4 and rows[0][1] == "sample 0"
+
+
+def test_student_folder_identity_follows_its_weights(tmp_path):
+    """A teacher pointing at a local (student) folder: retraining it in place changes every cache key."""
+    from datagen.spec.models import TransformersTeacherSpec
+    from datagen.teachers import teacher_identity
+
+    folder = tmp_path / "student"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    (folder / "model.safetensors").write_bytes(b"weights-1" * 1000)
+    spec = TransformersTeacherSpec(backend="transformers", model="./student")
+    first = teacher_identity(spec, tmp_path)
+    assert first["model"] == str(folder.resolve()) and len(first["weights"]) == 16
+    (folder / "datagen_train.json").write_text("{}")  # settings written beside the weights do not count
+    (folder / "README.md").write_text("card")
+    assert teacher_identity(spec, tmp_path) == first
+    (folder / "model.safetensors").write_bytes(b"weights-2" * 1000)
+    assert teacher_identity(spec, tmp_path)["weights"] != first["weights"]
+    bundled = TransformersTeacherSpec(backend="transformers", model="bundled:smollm2-135m-instruct")
+    assert "weights" not in teacher_identity(bundled, tmp_path)

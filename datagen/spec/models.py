@@ -259,9 +259,12 @@ class JudgeStep(StepBase):
     pairs: PairsSpec | None = None
     revise: bool = False
     scale: tuple[float, float] = (1, 10)
+    verdict_format: Literal["text", "json"] = "text"  # json: the verdict is constrained to a JSON schema
 
     @model_validator(mode="after")
     def _modes(self) -> "JudgeStep":
+        if self.revise and self.verdict_format == "json":
+            raise ValueError("a revision is the corrected answer as text; remove `verdict_format: json`")
         if self.scale[0] >= self.scale[1]:
             raise ValueError(f"scale must be [low, high] with low < high, got {list(self.scale)}")
         if self.revise and self.pairwise:

@@ -57,6 +57,9 @@ def _plan_judge(loaded, plan, shape, i: int, step: JudgeStep):
     if not judged.output_is_text:
         raise loaded.error(loc + ("input",), f"`{step.input}` is itself a judge of scores or verdicts; judge the "
                                              "step that wrote the answers")
+    if step.verdict_format == "json" and loaded.spec.teachers[step.teacher].backend == "transformers":
+        raise loaded.error(loc + ("verdict_format",), "a JSON verdict needs structured output: a `vllm` or `openai` "
+                                                      "teacher; use `verdict_format: text` with transformers")
     input_cols = _columns(shape, step.input)
     produced = judge_produced(step)
     _check_clash(loaded, loc, produced, input_cols, step.input)

@@ -37,8 +37,7 @@ Task:
 Response:
 {{ response }}
 
-Write one or two sentences of reasoning, then end with a last line of the form "Score: N", where N is a number \
-from {{ low }} to {{ high }}."""
+"""
 
 PAIRWISE_PROMPT = """\
 You are a strict grader. Compare two responses to the task below.
@@ -54,8 +53,7 @@ Response A:
 Response B:
 {{ response_b }}
 
-Write one or two sentences of reasoning, then end with a last line of the form "Winner: A", "Winner: B" or \
-"Winner: tie"."""
+"""
 
 REVISE_PROMPT = """\
 Here is a task and a response to it.
@@ -70,6 +68,40 @@ Response:
 
 Correct the response minimally so that it meets the criteria: change only what is wrong and keep everything else \
 word for word. Reply with the corrected response only."""
+
+# how the default prompts ask for the verdict, by (pairwise, verdict_format)
+ASK = {
+    (False, "text"): 'Write one or two sentences of reasoning, then end with a last line of the form "Score: N", '
+                     "where N is a number from {{ low }} to {{ high }}.",
+    (False, "json"): 'Reply with a JSON object: {"reason": "<one or two sentences>", "score": <a number from '
+                     "{{ low }} to {{ high }}>}.",
+    (True, "text"): 'Write one or two sentences of reasoning, then end with a last line of the form "Winner: A", '
+                    '"Winner: B" or "Winner: tie".',
+    (True, "json"): 'Reply with a JSON object: {"reason": "<one or two sentences>", "winner": "A", "B" or "tie"}.',
+}
+
+
+def default_prompt(step: JudgeStep) -> str:
+    if step.revise:
+        return REVISE_PROMPT
+    return (PAIRWISE_PROMPT if step.pairwise else SCORE_PROMPT) + ASK[(step.pairwise, step.verdict_format)]
+
+
+def json_schema(step: JudgeStep) -> dict | None:
+    """With `verdict_format: json`, the schema the backend constrains the verdict to (reason first, then verdict)."""
+    if step.verdict_format != "json":
+        return None
+    if step.pairwise:
+        verdict = {"winner": {"type": "string", "enum": ["A", "B", "tie"]}}
+    else:
+        low, high = step.scale
+        if float(low).is_integer() and float(high).is_integer() and high - low <= 100:
+            verdict = {"score": {"type": "integer", "enum": list(range(int(low), int(high) + 1))}}
+        else:
+            verdict = {"score": {"type": "number", "minimum": low, "maximum": high}}
+    return {"type": "object", "properties": {"reason": {"type": "string"}, **verdict},
+            "required": ["reason", *verdict]}
+
 
 _NUM = r"(-?\d+(?:\.\d+)?)"
 SCORE_RE = re.compile(r"(?i)\bscore\b[\s:=*]*" + _NUM)
@@ -99,14 +131,13 @@ def build_requests(con, plan, st, rows: list[dict], teacher_name: str, identity:
         for first, second in ordered_pairs(rows):
             context = {**public(first), **base, "task": task_of(tasks.get(first["_id"], [])),
                        "response_a": _text(first[judged_output]), "response_b": _text(second[judged_output])}
-            out += _requests(step, first["_id"], context, PAIRWISE_PROMPT, teacher_name, identity, sampling,
+            out += _requests(step, first["_id"], context, teacher_name, identity, sampling,
                              [(second["_id"], "compared")])
         return out
-    default = REVISE_PROMPT if step.revise else SCORE_PROMPT
     for row in rows:
         context = {**public(row), **base, "task": task_of(tasks.get(row["_id"], [])),
                    "response": _text(row[judged_output])}
-        out += _requests(step, row["_id"], context, default, teacher_name, identity, sampling, [])
+        out += _requests(step, row["_id"], context, teacher_name, identity, sampling, [])
     return out
 
 
@@ -123,16 +154,16 @@ def ordered_pairs(rows: list[dict]) -> list[tuple[dict, dict]]:
     return out
 
 
-def _requests(step: JudgeStep, parent_id: str, context: dict, default: str, teacher_name: str, identity: dict,
-              sampling: dict, lineage: list[tuple[str, str]]) -> list[PlannedRequest]:
+def _requests(step: JudgeStep, parent_id: str, context: dict, teacher_name: str, identity: dict, sampling: dict,
+              lineage: list[tuple[str, str]]) -> list[PlannedRequest]:
     messages = []
     if step.system:
         messages.append({"role": "system", "content": templates.render(step.system, context)})
-    messages.append({"role": "user", "content": templates.render(step.prompt or default, context)})
+    messages.append({"role": "user", "content": templates.render(step.prompt or default_prompt(step), context)})
     out = []
     for index in range(step.n):
         key = request_key(step=step.name, parent_id=parent_id, messages=messages, teacher=identity,
-                          sampling=sampling, json_schema=None, logprobs=step.logprobs, sample_index=index)
+                          sampling=sampling, json_schema=json_schema(step), logprobs=step.logprobs, sample_index=index)
         out.append(PlannedRequest(key, step.name, parent_id, index, messages, teacher_name, list(lineage)))
     return out
 
