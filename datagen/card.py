@@ -187,8 +187,9 @@ def how_made_section(plan, con) -> str:
         s = st.spec
         sampling = effective_sampling(spec.teachers[st.teachers[0]].sampling, s.sampling)
         extras = []
-        if s.demos is not None:
+        if getattr(s, "demos", None) is not None:
             extras.append(f"{s.demos.k} demos from `{s.demos.from_}` as {s.demos.as_}")
+        extras += feedback_details(s)
         if getattr(s, "response_format", None) is not None:
             extras.append("structured output (JSON schema)")
         if s.logprobs:
@@ -204,6 +205,19 @@ def how_made_section(plan, con) -> str:
            "### Selection\n\n" + stats.selection_method(plan),
            "### Tokens and time\n\n" + tokens_text(con)]
     return "\n\n".join(out)
+
+
+def feedback_details(s) -> list[str]:
+    """How a judge or self step judged, paired or kept (the card's step table)."""
+    if s.strategy == "self":
+        return [f"keep: {s.keep}" + (f" against `{s.reference}`" if s.reference else "")]
+    if s.strategy != "judge":
+        return []
+    mode = "revision" if s.revise else "pairwise, both orders" if s.pairwise else f"score {s.scale[0]:g}-{s.scale[1]:g}"
+    out = [f"judge ({mode}): {s.rubric[:80]}"]
+    if s.pairs is not None:
+        out.append(f"pairs by {s.pairs.by}" + (f", min margin {s.pairs.min_margin:g}" if s.pairs.by == "score" else ""))
+    return out
 
 
 def _sampling_text(sampling: dict) -> str:

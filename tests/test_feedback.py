@@ -333,3 +333,19 @@ def test_student_folder_identity_follows_its_weights(tmp_path):
     assert teacher_identity(spec, tmp_path)["weights"] != first["weights"]
     bundled = TransformersTeacherSpec(backend="transformers", model="bundled:smollm2-135m-instruct")
     assert "weights" not in teacher_identity(bundled, tmp_path)
+
+
+def test_rubric_is_a_template_over_the_judged_row(tmp_path):
+    scores = {(a, i): "Score: 5" for a in (2, 4, 10, 6) for i in range(3)}
+    with ScriptedServer(score_script(scores)) as server:
+        spec = write_spec(tmp_path, server.base_url, GRADE.replace(
+            "rubric: Is the final answer correct?", "rubric: \"The right answer is {{ answer.split('####')[-1] | trim }}.\""))
+        quiet_run(spec)
+        criteria = {re.search(r"Criteria: (.*)", b["messages"][-1]["content"]).group(1) for b in server.bodies
+                    if "grader" in b["messages"][-1]["content"]}
+    assert criteria == {"The right answer is 5.", "The right answer is 8.", "The right answer is 17.",
+                        "The right answer is 7."}
+    bad = spec.read_text().replace("{{ answer.split", "{{ answr.split")
+    spec.write_text(bad)
+    with pytest.raises(UserError, match=r"steps\.1\.rubric: template uses `answr`"):
+        build_plan(load_spec(spec))

@@ -65,6 +65,7 @@ def _plan_judge(loaded, plan, shape, i: int, step: JudgeStep):
     _check_clash(loaded, loc, produced, input_cols, step.input)
     variables = PAIRWISE_VARIABLES if step.pairwise else JUDGE_VARIABLES
     context = set(input_cols) | variables
+    _check_template(loaded, loc + ("rubric",), step.rubric, set(input_cols), step.input)
     if step.prompt:
         _check_template(loaded, loc + ("prompt",), step.prompt, context, step.input)
     if step.system:

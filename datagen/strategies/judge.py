@@ -11,7 +11,8 @@ Three modes, one request per judged row (or ordered pair) and sample:
 
 What the judge sees is the judged row's own request (its last user turn: `task`) and its output (`response`), so a
 default prompt needs no template; a custom `prompt` may use those, `rubric`, `low`, `high` (`response_a` and
-`response_b` when pairwise) and the judged rows' columns.
+`response_b` when pairwise) and the judged rows' columns. The rubric is itself a template over the judged row's
+columns (pairwise: the row shown as A), so it can carry a reference answer.
 """
 
 from __future__ import annotations
@@ -125,17 +126,19 @@ def build_requests(con, plan, st, rows: list[dict], teacher_name: str, identity:
     step: JudgeStep = st.spec
     judged_output = plan.step(st.input).spec.output
     tasks = judged_requests(con, st.input)
-    base = {"rubric": step.rubric, "low": _num(step.scale[0]), "high": _num(step.scale[1])}
+    base = {"low": _num(step.scale[0]), "high": _num(step.scale[1])}
     out: list[PlannedRequest] = []
     if step.pairwise:
         for first, second in ordered_pairs(rows):
-            context = {**public(first), **base, "task": task_of(tasks.get(first["_id"], [])),
+            context = {**public(first), **base, "rubric": templates.render(step.rubric, public(first)),
+                       "task": task_of(tasks.get(first["_id"], [])),
                        "response_a": _text(first[judged_output]), "response_b": _text(second[judged_output])}
             out += _requests(step, first["_id"], context, teacher_name, identity, sampling,
                              [(second["_id"], "compared")])
         return out
     for row in rows:
-        context = {**public(row), **base, "task": task_of(tasks.get(row["_id"], [])),
+        context = {**public(row), **base, "rubric": templates.render(step.rubric, public(row)),
+                   "task": task_of(tasks.get(row["_id"], [])),
                    "response": _text(row[judged_output])}
         out += _requests(step, row["_id"], context, teacher_name, identity, sampling, [])
     return out
