@@ -187,14 +187,14 @@ def how_made_section(plan, con) -> str:
         s = st.spec
         sampling = effective_sampling(spec.teachers[st.teachers[0]].sampling, s.sampling)
         extras = []
-        if getattr(s, "demos", None) is not None:
+        if getattr(s, "demos", None) is not None:  # curate steps have none
             extras.append(f"{s.demos.k} demos from `{s.demos.from_}` as {s.demos.as_}")
-        extras += feedback_details(s)
+        extras += feedback_details(s) + strategy_notes(s)
         if getattr(s, "response_format", None) is not None:
             extras.append("structured output (JSON schema)")
         if s.logprobs:
             extras.append(f"top-{s.logprobs} logprobs kept")
-        steps.append([s.name, s.strategy, st.input, ", ".join(st.teachers), s.n, s.output,
+        steps.append([s.name, s.strategy, st.input or "-", ", ".join(st.teachers), s.n, s.output,
                       "; ".join(extras) or "-", _sampling_text(sampling)])
     out = ["## How it was made",
            "### Teachers\n\n" + table(["teacher", "backend", "model", "endpoint", "sampling"], teachers),
@@ -317,3 +317,19 @@ def scrub(text: str, loaded) -> str:
         if len(folder) > 1:
             text = re.sub(re.escape(folder) + r"(?:[/\\]|(?![\w.-]))", "", text)
     return ABS_PATH.sub(lambda m: Path(m.group(0).replace("\\", "/")).name or m.group(0), text)
+
+
+def strategy_notes(s) -> list[str]:
+    """What an expand or curate step, or a multi-teacher vote, did, in a few words for the card."""
+    if s.strategy == "expand":
+        nov = s.novelty
+        checks = [f"ROUGE-L < {nov.max_rouge_l}" if nov and nov.max_rouge_l else "",
+                  f"cosine < {nov.max_cosine}" if nov and nov.max_cosine else ""]
+        kept = " and ".join(c for c in checks if c) or "not an exact duplicate"
+        return [f"self-instruct expansion to {s.target} new items (kept when {kept})"]
+    if s.strategy == "curate":
+        return [f"meta-information synthesis over {', '.join(s.meta)} ({s.combine}), "
+                f"{s.per_combination} per combination"]
+    if getattr(s, "agreement", None) is not None:
+        return [f"answer agreement on `{s.agreement.column}`" + ("; majority vote" if s.vote else "")]
+    return []

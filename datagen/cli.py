@@ -135,24 +135,25 @@ def _print_summary(summary) -> None:
 @_guard
 def status(spec: Path = typer.Argument(..., help="the spec file")):
     """Per step: requests done, failed and pending, and the commonest errors."""
-    from datagen.status import step_status
+    from curation.run import read_funnel
+    from datagen.status import step_status, strategy_status
+    from datagen.store.readonly import open_readonly
 
     loaded = _load(spec)
     rows = step_status(loaded.store_path, [s.name for s in loaded.spec.steps])
-    for r in rows:
-        total = r["done"] + r["failed"] + r["pending"]
-        if total == 0:
-            print(f"{r['step']}: not started")
-            continue
-        print(f"{r['step']}: {r['done']} done, {r['failed']} failed, {r['pending']} pending "
-              f"of {total}; {r['completion_tokens']} completion tokens")
-        for error, n in r["top_errors"]:
-            print(f"    {n} x {error[:150]}")
-    from curation.run import read_funnel
-    from datagen.store.readonly import open_readonly
-
     con = open_readonly(loaded.store_path)
     try:
+        for r, step in zip(rows, loaded.spec.steps):
+            total = r["done"] + r["failed"] + r["pending"]
+            if total == 0:
+                print(f"{r['step']}: not started")
+                continue
+            print(f"{r['step']}: {r['done']} done, {r['failed']} failed, {r['pending']} pending "
+                  f"of {total}; {r['completion_tokens']} completion tokens")
+            for error, n in r["top_errors"]:
+                print(f"    {n} x {error[:150]}")
+            for line in strategy_status(con, step):  # expansion: accepted and rejected; curate: coverage
+                print(line)
         _print_funnel(read_funnel(con, loaded.spec.curation))
     finally:
         con.close()

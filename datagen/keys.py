@@ -17,7 +17,9 @@ def canonical(obj: Any) -> str:
 
 
 def request_key(*, step: str, parent_id: str | None, messages: list[dict], teacher: dict, sampling: dict,
-                json_schema: dict | None, logprobs: int | None, sample_index: int) -> str:
+                json_schema: dict | None, logprobs: int | None, sample_index: int, extra: dict | None = None) -> str:
+    """`extra` adds what else tells two requests apart (an expansion's round and index, a teacher's name in a list);
+    it is left out when None, so keys of steps that do not use it never change."""
     payload = {
         "step": step,
         "parent": parent_id,
@@ -28,6 +30,8 @@ def request_key(*, step: str, parent_id: str | None, messages: list[dict], teach
         "logprobs": logprobs,
         "sample": sample_index,
     }
+    if extra is not None:
+        payload["extra"] = extra
     return hashlib.sha256(canonical(payload).encode()).hexdigest()
 
 

@@ -105,28 +105,60 @@ def run(loaded: LoadedSpec, progress: Progress | None = None, log: Callable[[str
 
 def run_step(con: duckdb.DuckDBPyConnection, plan: Plan, st: PlannedStep, teachers: dict, progress: Progress | None,
              log: Callable[[str], None]) -> StepSummary:
+    if st.spec.strategy == "expand":
+        from datagen.strategies import expand
+
+        return expand.run_step(con, plan, st, teachers, progress, log)
+    if st.spec.strategy == "curate":
+        from datagen.strategies import curate
+
+        return curate.run_step(con, plan, st, teachers, progress, log)
     spec = plan.spec
     step = st.spec
-    teacher_name = st.teachers[0]
-    teacher_spec = spec.teachers[teacher_name]
-    sampling = effective_sampling(teacher_spec.sampling, step.sampling)
-    from datagen.teachers import teacher_identity
-
-    identity = teacher_identity(teacher_spec, plan.loaded.dir)
     rows = fetch_rows(con, st.input)
     demo_pool = fetch_rows(con, step.demos.from_) if getattr(step, "demos", None) else None
-    if step.strategy == "judge":
-        requests = judge.build_requests(con, plan, st, rows, teacher_name, identity, sampling)
-    else:
-        requests = label.build_requests(step, rows, demo_pool, spec.seed, teacher_name, identity, sampling)
+    per_teacher = []
+    for teacher_name in st.teachers:
+        # with several teachers, the name is part of the key: two teachers on one model still get their own rows
+        extra = {"teacher": teacher_name} if len(st.teachers) > 1 else None
+        sampling, identity = teacher_setup(plan, teacher_name, step)
+        if step.strategy == "judge":
+            reqs = judge.build_requests(con, plan, st, rows, teacher_name, identity, sampling)
+        else:
+            reqs = label.build_requests(step, rows, demo_pool, spec.seed, teacher_name, identity, sampling,
+                                        key_extra=extra)
+        per_teacher.append((teacher_name, reqs))
+    requests = [r for _, reqs in per_teacher for r in reqs]
     insert_pending(con, step.name, requests, [r.key for r in requests])
     done = {k for (k,) in con.execute("SELECT key FROM requests WHERE step = ? AND status = 'done'", [step.name]).fetchall()}
-    todo = [r for r in requests if r.key not in done]
-    summary = StepSummary(step.name, planned=len(requests), cached=len(requests) - len(todo))
+    todo = sum(1 for r in requests if r.key not in done)
+    summary = StepSummary(step.name, planned=len(requests), cached=len(requests) - todo)
     if progress:
         progress(step.name, summary.cached, summary.planned)
+    for teacher_name, reqs in per_teacher:
+        generate(con, plan, st, teacher_name, [r for r in reqs if r.key not in done], teachers, summary, progress,
+                 log)
+    if todo:
+        check_budget(step, summary, final=True)
+    return summary
+
+
+def teacher_setup(plan: Plan, teacher_name: str, step) -> tuple[dict, dict]:
+    """The effective sampling of `step` on this teacher, and the teacher's identity (both part of every key)."""
+    from datagen.teachers import teacher_identity
+
+    teacher_spec = plan.spec.teachers[teacher_name]
+    return effective_sampling(teacher_spec.sampling, step.sampling), teacher_identity(teacher_spec, plan.loaded.dir)
+
+
+def generate(con: duckdb.DuckDBPyConnection, plan: Plan, st: PlannedStep, teacher_name: str, todo: list,
+             teachers: dict, summary: StepSummary, progress: Progress | None, log: Callable[[str], None]) -> None:
+    """Send `todo` (requests of one step and one teacher) in batches; each batch is written as one transaction."""
     if not todo:
-        return summary
+        return
+    spec = plan.spec
+    step = st.spec
+    teacher_spec = spec.teachers[teacher_name]
     if teacher_name not in teachers:
         from datagen.teachers import make_teacher
 
@@ -135,7 +167,8 @@ def run_step(con: duckdb.DuckDBPyConnection, plan: Plan, st: PlannedStep, teache
     teacher = teachers[teacher_name]
     fmt = getattr(step, "response_format", None)
     schema = judge.json_schema(step) if step.strategy == "judge" else fmt.json_schema if fmt else None
-    options = GenOptions(Sampling(**sampling), logprobs=step.logprobs, json_schema=schema)
+    options = GenOptions(Sampling(**effective_sampling(teacher_spec.sampling, step.sampling)),
+                         logprobs=step.logprobs, json_schema=schema)
     groups = group_by_prompt(todo)
     size = batch_size(teacher_spec)
     start = time.monotonic()
@@ -150,9 +183,7 @@ def run_step(con: duckdb.DuckDBPyConnection, plan: Plan, st: PlannedStep, teache
         if progress:
             progress(step.name, summary.cached + summary.generated + summary.failed, summary.planned)
         check_budget(step, summary)
-    summary.seconds = time.monotonic() - start
-    check_budget(step, summary, final=True)
-    return summary
+    summary.seconds += time.monotonic() - start
 
 
 def record_sample(result: BatchResult, step, req, sample, teacher_name: str, summary: StepSummary) -> None:
@@ -173,7 +204,7 @@ def record_sample(result: BatchResult, step, req, sample, teacher_name: str, sum
         result.add_failure(req.key, error, sample)
         return
     summary.generated += 1
-    result.add_row(req, sample, fields, teacher_name)
+    result.add_row(req, sample, {**req.fields, **fields}, teacher_name)
 
 
 def finish_step(con: duckdb.DuckDBPyConnection, st: PlannedStep, log: Callable[[str], None]) -> None:
@@ -184,6 +215,10 @@ def finish_step(con: duckdb.DuckDBPyConnection, st: PlannedStep, log: Callable[[
     elif st.spec.strategy == "self":
         kept, dropped = self_consistency.decide(con, st)
         log(f"step {st.name}: kept {kept} samples, dropped {dropped} (keep: {st.spec.keep}; see decisions)")
+    elif getattr(st.spec, "agreement", None) is not None:
+        from datagen.strategies import agreement
+
+        agreement.decide(con, st)
 
 
 def check_budget(step, summary: StepSummary, final: bool = False) -> None:

@@ -33,3 +33,21 @@ def step_status(store: Path, steps: list[str]) -> list[dict]:
         return out
     finally:
         con.close()
+
+
+def strategy_status(con, step) -> list[str]:
+    """Lines a strategy adds under its step: an expansion's accepted items and rejections, a curate step's coverage."""
+    import duckdb
+
+    try:
+        if step.strategy == "expand":
+            from datagen.strategies.expand import status_lines
+
+            return status_lines(con, step)
+        if step.strategy == "curate":
+            from datagen.strategies.curate import status_lines
+
+            return status_lines(con, step)
+    except duckdb.CatalogException:  # the step's view is not there yet (the spec changed since the last run)
+        return []
+    return []

@@ -29,9 +29,9 @@ NOT_YET = "is not supported yet in this version of datagen"
 
 @dataclass
 class PlannedStep:
-    spec: LabelStep
+    spec: Any  # LabelStep, ExpandStep, CurateStep, ...
     index: int
-    input: str
+    input: str | None  # None for steps that make their own inputs (expand, curate)
     input_columns: list[str]
     produced: dict[str, str]  # column -> DuckDB type
     teachers: list[str]
@@ -72,7 +72,8 @@ class Plan:
             s = st.spec
             teacher = ", ".join(st.teachers)
             extra = f", logprobs {s.logprobs}" if s.logprobs else ""
-            lines.append(f"  step {st.index + 1} {s.name}: {s.strategy} {st.input} with {teacher}, n={s.n}{extra} "
+            what = st.input if st.input else _generator_summary(s)
+            lines.append(f"  step {st.index + 1} {s.name}: {s.strategy} {what} with {teacher}, n={s.n}{extra} "
                          f"-> {', '.join(st.produced)}")
         return "\n".join(lines)
 
@@ -90,15 +91,9 @@ def build_plan(loaded: LoadedSpec) -> Plan:
         _check_unique_names(loaded, step_names)
         for i, step in enumerate(spec.steps):
             loc = ("steps", i)
-            _ensure(loaded, plan, shape, created, step.input, loc + ("input",), step_names[: i])
-            if getattr(step, "demos", None) is not None:
-                _ensure(loaded, plan, shape, created, step.demos.from_, loc + ("demos", "from"), step_names[: i])
-            if step.strategy in ("judge", "self"):
-                from datagen.spec.plan_feedback import plan_feedback_step
-
-                planned = plan_feedback_step(loaded, plan, shape, i, step)
-            else:
-                planned = _plan_step(loaded, plan, shape, i, step)
+            for name, where in _reads(step):
+                _ensure(loaded, plan, shape, created, name, loc + where, step_names[: i])
+            planned = _plan_any_step(loaded, plan, shape, i, step)
             plan.steps.append(planned)
             _create_step_shape(shape, planned)
             created.add(step.name)
@@ -121,16 +116,50 @@ def _refuse_unbuilt(loaded: LoadedSpec) -> None:
         if getattr(spec, block) is not None:
             raise loaded.error((block,), f"the `{block}:` block {NOT_YET}; remove it for now")
     for i, step in enumerate(spec.steps):
-        if step.strategy not in ("label", "judge", "self"):
+        if step.strategy not in ("label", "expand", "curate", "judge", "self"):
             raise loaded.error(("steps", i, "strategy"), f"strategy `{step.strategy}` {NOT_YET}; use `label`")
-        if isinstance(step.teacher, list):
-            raise loaded.error(("steps", i, "teacher"), f"several teachers for one step {NOT_YET}; name one teacher")
-        for key in ("agreement", "vote"):
-            if getattr(step, key, None) is not None:
-                raise loaded.error(("steps", i, key), f"`{key}` {NOT_YET}; remove it")
-        if getattr(step, "demos", None) is not None and step.demos.include_generated:
+        if step.strategy in ("judge", "self") and isinstance(step.teacher, list):
+            raise loaded.error(("steps", i, "teacher"), "several teachers for one step are for `strategy: label`; "
+                                                        "name one teacher")
+        demos = getattr(step, "demos", None)
+        if step.strategy != "expand" and demos is not None and demos.include_generated:
             raise loaded.error(("steps", i, "demos", "include_generated"),
                                "include_generated only applies to `strategy: expand`; remove it")
+
+
+def _reads(step) -> list[tuple[str, tuple]]:
+    """The sources and earlier steps a step reads, with the key that names each (for error positions)."""
+    out = []
+    if getattr(step, "input", None) is not None:
+        out.append((step.input, ("input",)))
+    if getattr(step, "demos", None) is not None:
+        out.append((step.demos.from_, ("demos", "from")))
+    for dim, values in (getattr(step, "meta", None) or {}).items():
+        if not isinstance(values, list):
+            out.append((values.from_, ("meta", dim, "from")))
+    return out
+
+
+def _plan_any_step(loaded: LoadedSpec, plan: Plan, shape, i: int, step) -> "PlannedStep":
+    if step.strategy in ("judge", "self"):
+        from datagen.spec.plan_feedback import plan_feedback_step
+
+        return plan_feedback_step(loaded, plan, shape, i, step)
+    if step.strategy == "expand":
+        from datagen.strategies.expand_plan import plan_expand
+
+        return plan_expand(loaded, plan, shape, i, step)
+    if step.strategy == "curate":
+        from datagen.strategies.curate_plan import plan_curate
+
+        return plan_curate(loaded, plan, shape, i, step)
+    return _plan_step(loaded, plan, shape, i, step)
+
+
+def _generator_summary(step) -> str:
+    if step.strategy == "expand":
+        return f"from {step.demos.from_} (target {step.target}, at most {step.max_rounds} rounds)"
+    return f"over {', '.join(step.meta)} ({step.combine})"
 
 
 def check_export(loaded: LoadedSpec, plan: Plan) -> None:
@@ -256,22 +285,37 @@ def query_view_sql(query: str, columns: list[str], limit: int | None) -> str:
     return base + (f" LIMIT {int(limit)}" if limit else "")
 
 
+def step_teachers(loaded: LoadedSpec, loc: tuple, step) -> list[str]:
+    """The step's teacher names (one, or a list for multi-teacher label steps), each checked to exist."""
+    names = step.teacher if isinstance(step.teacher, list) else [step.teacher]
+    if not names:
+        raise loaded.error(loc + ("teacher",), "the teacher list is empty; name at least one teacher")
+    for j, name in enumerate(names):
+        where = loc + ("teacher", j) if isinstance(step.teacher, list) else loc + ("teacher",)
+        if name not in loaded.spec.teachers:
+            raise loaded.error(where, f"no teacher named `{name}`; teachers: {', '.join(loaded.spec.teachers)}")
+        if name in names[:j]:
+            raise loaded.error(where, f"teacher `{name}` is listed twice; list each teacher once")
+    return names
+
+
 def _plan_step(loaded: LoadedSpec, plan: Plan, shape, i: int, step: LabelStep) -> PlannedStep:
     loc = ("steps", i)
-    if step.teacher not in loaded.spec.teachers:
-        raise loaded.error(loc + ("teacher",), f"no teacher named `{step.teacher}`; teachers: "
-                                                f"{', '.join(loaded.spec.teachers)}")
-    teacher = loaded.spec.teachers[step.teacher]
+    names = step_teachers(loaded, loc, step)
     input_cols = _columns(shape, step.input)
     fmt = getattr(step, "response_format", None)
     produced = _produced_columns(loaded, loc, step.output, fmt)
+    if getattr(step, "agreement", None) is not None or getattr(step, "vote", None) is not None:
+        from datagen.strategies.agreement import plan_agreement
+
+        produced.update(plan_agreement(loaded, loc, step, input_cols, produced, len(names)))
     for col in produced:
         if col in input_cols:
             what = "output" if col == step.output else "response_format.json_schema.properties"
             raise loaded.error(loc + (what,) if what == "output" else loc + ("response_format",),
                                f"produced column `{col}` clashes with a column `{step.input}` already has; "
                                "choose another name")
-    if fmt is not None and teacher.backend == "transformers":
+    if fmt is not None and any(loaded.spec.teachers[t].backend == "transformers" for t in names):
         raise loaded.error(loc + ("response_format",), "structured output needs a `vllm` or `openai` teacher")
     context = set(input_cols) | {"demos"} if (step.demos and step.demos.as_ == "variable") else set(input_cols)
     _check_template(loaded, loc + ("prompt",), step.prompt, context, step.input)
@@ -286,7 +330,7 @@ def _plan_step(loaded: LoadedSpec, plan: Plan, shape, i: int, step: LabelStep) -
                                                          f"columns: {', '.join(c for c in demo_cols if c != '_id')}")
         if step.demos.as_ == "turns" and step.demos.user is None:
             _check_template(loaded, loc + ("prompt",), step.prompt, set(demo_cols), step.demos.from_)
-    return PlannedStep(step, i, step.input, input_cols, produced, [step.teacher])
+    return PlannedStep(step, i, step.input, input_cols, produced, names)
 
 
 def _columns(shape, name: str) -> list[str]:
@@ -324,4 +368,9 @@ def _create_step_shape(shape, planned: PlannedStep) -> None:
     produced = ", ".join(f"NULL::{t} AS {quote_ident(c)}" for c, t in planned.produced.items())
     system = ", ".join(f"NULL::VARCHAR AS {c}" for c in SYSTEM_COLUMNS)
     select = ", ".join(x for x in (inherited, produced, system) if x)
-    shape.execute(f"CREATE TABLE {quote_ident(planned.name)} AS SELECT {select} FROM {quote_ident(planned.input)} LIMIT 0")
+    source = f" FROM {quote_ident(planned.input)}" if planned.input else ""
+    shape.execute(f"CREATE TABLE {quote_ident(planned.name)} AS SELECT {select}{source} LIMIT 0")
+
+
+# the strategies that plan their own steps (datagen/strategies/*_plan.py) use these checks too
+columns_of, check_template, produced_columns = _columns, _check_template, _produced_columns

@@ -34,18 +34,42 @@ def sync_sources(con: duckdb.DuckDBPyConnection, plan: Plan) -> None:
 
 
 def step_view_sql(st: PlannedStep) -> str:
-    cols = [f"p.{q(c)}" for c in st.input_columns if not c.startswith("_")]
+    if st.spec.strategy == "expand":
+        from datagen.strategies.expand import view_sql
+
+        return view_sql(st)
+    if st.spec.strategy == "curate":
+        from datagen.strategies.curate import view_sql
+
+        return view_sql(st)
+    if getattr(st.spec, "agreement", None) is not None:
+        from datagen.strategies.agreement import view_sql
+
+        return view_sql(st)
+    cols = [f"p.{q(c)}" for c in st.input_columns if not c.startswith("_")] + output_columns(st)
+    # step names are checked SQL identifiers, so inlining them as literals is safe
+    extra = f" AND {st.view_filter}" if st.view_filter else ""
+    return (
+        f"SELECT {', '.join(cols)} FROM outputs o JOIN {q(st.input)} p ON o._parent_id = p._id "
+        f"WHERE {current_outputs(st)}{extra}"
+    )
+
+
+def output_columns(st: PlannedStep, skip: tuple[str, ...] = ()) -> list[str]:
+    """The produced columns (the output text, typed fields from `outputs.fields`) and the system columns of `o`."""
+    cols = []
     for col, kind in st.produced.items():
+        if col in skip:
+            continue
         if col == st.spec.output and st.output_is_text:
             cols.append(f"o.text AS {q(col)}")
         elif kind == "JSON":
             cols.append(f"json_extract(o.fields, '$.\"{col}\"') AS {q(col)}")
         else:
             cols.append(f"TRY_CAST(json_extract_string(o.fields, '$.\"{col}\"') AS {kind}) AS {q(col)}")
-    cols += ["o._id", "o._parent_id", "o._sample_index", "o._teacher", "o._finish_reason", "o._created_at"]
-    # step names are checked SQL identifiers, so inlining them as literals is safe
-    extra = f" AND {st.view_filter}" if st.view_filter else ""
-    return (
-        f"SELECT {', '.join(cols)} FROM outputs o JOIN {q(st.input)} p ON o._parent_id = p._id "
-        f"WHERE o.step = '{st.name}' AND o.key IN (SELECT key FROM _plan WHERE step = '{st.name}'){extra}"
-    )
+    return cols + ["o._id", "o._parent_id", "o._sample_index", "o._teacher", "o._finish_reason", "o._created_at"]
+
+
+def current_outputs(st: PlannedStep) -> str:
+    """SQL condition on `o`: the step's outputs whose keys the current spec produces."""
+    return f"o.step = '{st.name}' AND o.key IN (SELECT key FROM _plan WHERE step = '{st.name}')"

@@ -25,6 +25,7 @@ class PlannedRequest:
     messages: list[dict[str, str]]
     teacher: str
     lineage: list[tuple[str, str]] = field(default_factory=list)  # (parent_id, role) besides the input
+    fields: dict[str, Any] = field(default_factory=dict)  # produced columns known before the reply (curate's meta)
 
 
 def draw_demos(demos: DemosSpec, pool: list[dict], row_id: str | None, seed: int, step: str) -> list[dict]:
@@ -43,8 +44,9 @@ def public(row: dict) -> dict:
 def render_messages(step: LabelStep, row: dict, demo_rows: list[dict]) -> list[dict[str, str]]:
     context = public(row)
     messages: list[dict[str, str]] = []
-    as_turns = step.demos is not None and step.demos.as_ == "turns"
-    if not as_turns and step.demos is not None:
+    demos = getattr(step, "demos", None)  # a curate step has none
+    as_turns = demos is not None and demos.as_ == "turns"
+    if not as_turns and demos is not None:
         context["demos"] = [public(d) for d in demo_rows]
     if step.system:
         messages.append({"role": "system", "content": templates.render(step.system, context)})
@@ -58,7 +60,8 @@ def render_messages(step: LabelStep, row: dict, demo_rows: list[dict]) -> list[d
 
 
 def build_requests(step: LabelStep, rows: list[dict], demo_pool: list[dict] | None, seed: int,
-                   teacher_name: str, teacher_identity: dict, sampling: dict) -> list[PlannedRequest]:
+                   teacher_name: str, teacher_identity: dict, sampling: dict,
+                   key_extra: dict | None = None) -> list[PlannedRequest]:
     fmt = getattr(step, "response_format", None)
     schema = fmt.json_schema if fmt else None
     out = []
@@ -67,7 +70,8 @@ def build_requests(step: LabelStep, rows: list[dict], demo_pool: list[dict] | No
         messages = render_messages(step, row, demo_rows)
         for index in range(step.n):
             key = request_key(step=step.name, parent_id=row["_id"], messages=messages, teacher=teacher_identity,
-                              sampling=sampling, json_schema=schema, logprobs=step.logprobs, sample_index=index)
+                              sampling=sampling, json_schema=schema, logprobs=step.logprobs, sample_index=index,
+                              extra=key_extra)
             out.append(PlannedRequest(key, step.name, row["_id"], index, messages, teacher_name,
                                       [(d["_id"], "demo") for d in demo_rows]))
     return out
@@ -75,9 +79,10 @@ def build_requests(step: LabelStep, rows: list[dict], demo_pool: list[dict] | No
 
 def parse_reply(step: LabelStep, text: str) -> tuple[dict[str, Any] | None, str | None]:
     """Produced fields (besides the output text) or the reason the reply is unusable."""
-    if step.response_format is None:
+    fmt = getattr(step, "response_format", None)  # expand and curate steps have no structured output
+    if fmt is None:
         return {}, None
-    schema = step.response_format.json_schema
+    schema = fmt.json_schema
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
