@@ -21,7 +21,8 @@ from datagen.store.connection import arrow_table, open_store, quote_ident
 from datagen.store.views import sync_sources
 from datagen.store.writes import BatchResult, insert_pending, write_batch
 from datagen.strategies import judge, label, pairs, self_consistency
-from datagen.teachers.base import GenOptions, GenRequest, Sampling
+from datagen.teachers.base import GenOptions, GenRequest, Interrupted, Sampling
+from datagen.templates import TemplateFailed
 
 DEFAULT_SAMPLING = {"temperature": 0.7, "top_p": 1.0, "max_tokens": 512}
 MIN_SAMPLES_FOR_BUDGET = 20  # below this many finished samples a failure rate says little
@@ -118,16 +119,19 @@ def run_step(con: duckdb.DuckDBPyConnection, plan: Plan, st: PlannedStep, teache
     rows = fetch_rows(con, st.input)
     demo_pool = fetch_rows(con, step.demos.from_) if getattr(step, "demos", None) else None
     per_teacher = []
-    for teacher_name in st.teachers:
-        # with several teachers, the name is part of the key: two teachers on one model still get their own rows
-        extra = {"teacher": teacher_name} if len(st.teachers) > 1 else None
-        sampling, identity = teacher_setup(plan, teacher_name, step)
-        if step.strategy == "judge":
-            reqs = judge.build_requests(con, plan, st, rows, teacher_name, identity, sampling)
-        else:
-            reqs = label.build_requests(step, rows, demo_pool, spec.seed, teacher_name, identity, sampling,
-                                        key_extra=extra)
-        per_teacher.append((teacher_name, reqs))
+    try:
+        for teacher_name in st.teachers:
+            # with several teachers, the name is part of the key: two teachers on one model still get their own rows
+            extra = {"teacher": teacher_name} if len(st.teachers) > 1 else None
+            sampling, identity = teacher_setup(plan, teacher_name, step)
+            if step.strategy == "judge":
+                reqs = judge.build_requests(con, plan, st, rows, teacher_name, identity, sampling)
+            else:
+                reqs = label.build_requests(step, rows, demo_pool, spec.seed, teacher_name, identity, sampling,
+                                            key_extra=extra)
+            per_teacher.append((teacher_name, reqs))
+    except TemplateFailed as exc:
+        raise plan.loaded.error(("steps", st.index), str(exc)) from None
     requests = [r for _, reqs in per_teacher for r in reqs]
     insert_pending(con, step.name, requests, [r.key for r in requests])
     done = {k for (k,) in con.execute("SELECT key FROM requests WHERE step = ? AND status = 'done'", [step.name]).fetchall()}
@@ -174,16 +178,27 @@ def generate(con: duckdb.DuckDBPyConnection, plan: Plan, st: PlannedStep, teache
     start = time.monotonic()
     for i in range(0, len(groups), size):
         batch = groups[i: i + size]
-        samples = teacher.generate([g for g, _ in batch], options)
-        result = BatchResult()
-        for (gen, reqs), got in zip(batch, samples):
-            for req, sample in zip(reqs, got):
-                record_sample(result, step, req, sample, teacher_name, summary)
-        write_batch(con, result)
+        try:
+            samples = teacher.generate([g for g, _ in batch], options)
+        except Interrupted as exc:  # Ctrl-C: keep the samples that finished, then stop
+            record_batch(con, step, batch, exc.partial, teacher_name, summary)
+            raise
+        record_batch(con, step, batch, samples, teacher_name, summary)
         if progress:
             progress(step.name, summary.cached + summary.generated + summary.failed, summary.planned)
         check_budget(step, summary)
     summary.seconds += time.monotonic() - start
+
+
+def record_batch(con, step, batch, samples, teacher_name: str, summary: StepSummary) -> None:
+    """Write one batch in one transaction; a sample that is None (cut off by Ctrl-C) stays pending."""
+    result = BatchResult()
+    for (gen, reqs), got in zip(batch, samples):
+        for req, sample in zip(reqs, got):
+            if sample is not None:
+                record_sample(result, step, req, sample, teacher_name, summary)
+    if result.requests:
+        write_batch(con, result)
 
 
 def record_sample(result: BatchResult, step, req, sample, teacher_name: str, summary: StepSummary) -> None:

@@ -76,3 +76,12 @@ class Teacher(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during `generate`: in-flight requests were cancelled; `partial` holds, per request and key, the samples
+    that had finished (None where a sample had not), so the run loop can keep them before it stops."""
+
+    def __init__(self, partial: list[list[Sample | None]]):
+        super().__init__()
+        self.partial = partial

@@ -2,7 +2,10 @@
 
 One HTTP request per sample (not every server supports `n`), bounded concurrency, retries with exponential backoff
 and jitter on 429, 5xx, timeouts and dropped connections, `Retry-After` honoured. A sample that still fails after
-`max_attempts` comes back with its last error; it never raises, so the run goes on.
+`max_attempts` comes back with its last error; it never raises, so the run goes on. `timeout_s` bounds each attempt
+as a whole (a server that trickles bytes cannot hold a request forever). Error texts never contain the API key, even
+when a server echoes it back. On Ctrl-C the in-flight requests are cancelled and the samples that had finished come
+back in `Interrupted.partial`, so the run loop can keep them.
 """
 
 from __future__ import annotations
@@ -11,11 +14,12 @@ import asyncio
 import json
 import random
 import time
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 
-from datagen.teachers.base import GenOptions, GenRequest, Sample, TokenLogprobs
+from datagen.teachers.base import GenOptions, GenRequest, Interrupted, Sample, TokenLogprobs
 from datagen.teachers.ratelimit import RateLimiter
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -29,6 +33,7 @@ class OpenAITeacher:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._secret = api_key or None
         self.max_concurrency = max_concurrency
         self.timeout_s = timeout_s
         self.max_attempts = max_attempts
@@ -37,27 +42,37 @@ class OpenAITeacher:
         self.limiter = RateLimiter(requests_per_minute, tokens_per_minute)
 
     def generate(self, requests: list[GenRequest], options: GenOptions) -> list[list[Sample]]:
-        return asyncio.run(self._generate(requests, options))
+        finished: dict[tuple[int, int], Sample] = {}
+        try:
+            return asyncio.run(self._generate(requests, options, finished))
+        except KeyboardInterrupt:
+            raise Interrupted([[finished.get((i, j)) for j in range(len(r.keys))]
+                               for i, r in enumerate(requests)]) from None
 
     def close(self) -> None:
         pass
 
-    async def _generate(self, requests: list[GenRequest], options: GenOptions) -> list[list[Sample]]:
+    async def _generate(self, requests: list[GenRequest], options: GenOptions,
+                        finished: dict[tuple[int, int], Sample]) -> list[list[Sample]]:
         limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
         semaphore = asyncio.Semaphore(self.max_concurrency)
         async with httpx.AsyncClient(timeout=self.timeout_s, limits=limits, headers=self._headers) as client:
-            async def one(req: GenRequest, index: int) -> Sample:
+            async def one(i: int, j: int, req: GenRequest, index: int) -> Sample:
                 async with semaphore:
-                    return await self._sample(client, req, index, options)
+                    sample = await self._sample(client, req, index, options)
+                finished[(i, j)] = sample
+                return sample
 
-            tasks = [[asyncio.create_task(one(r, idx)) for idx in (r.sample_indices or range(len(r.keys)))]
-                     for r in requests]
+            tasks = [[asyncio.create_task(one(i, j, r, idx))
+                      for j, idx in enumerate(r.sample_indices or range(len(r.keys)))]
+                     for i, r in enumerate(requests)]
             try:
                 return [[await t for t in group] for group in tasks]
-            except BaseException:
-                for group in tasks:
-                    for t in group:
-                        t.cancel()
+            except BaseException:  # Ctrl-C (the loop cancels us): cancel what is in flight, let it unwind
+                pending = [t for group in tasks for t in group if not t.done()]
+                for t in pending:
+                    t.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
                 raise
 
     def payload(self, req: GenRequest, sample_index: int, options: GenOptions) -> dict[str, Any]:
@@ -87,7 +102,9 @@ class OpenAITeacher:
             await self.limiter.acquire(estimate)
             retry_after: float | None = None
             try:
-                resp = await client.post(self.url, json=body)
+                resp = await asyncio.wait_for(client.post(self.url, json=body), self.timeout_s)
+            except asyncio.TimeoutError:
+                last_error = f"timed out after {self.timeout_s:g} s"
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             else:
@@ -102,10 +119,16 @@ class OpenAITeacher:
                     if resp.status_code not in RETRY_STATUS:
                         break
                     retry_after = _retry_after(resp)
+                    if retry_after is not None:
+                        self.limiter.pause(min(retry_after, self.backoff_max_s * 4))
             if attempt < self.max_attempts:
                 await asyncio.sleep(self._backoff(attempt, retry_after))
-        return Sample(text=None, error=f"{last_error} (after {attempt} attempt{'s' if attempt > 1 else ''})",
-                      seconds=time.monotonic() - start)
+        error = f"{last_error} (after {attempt} attempt{'s' if attempt > 1 else ''})"
+        return Sample(text=None, error=self.redact(error), seconds=time.monotonic() - start)
+
+    def redact(self, text: str) -> str:
+        """A server may echo the key back in an error body; it must not reach the store."""
+        return text.replace(self._secret, "[api key]") if self._secret else text
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -121,7 +144,13 @@ def _retry_after(resp: httpx.Response) -> float | None:
     try:
         return max(0.0, float(value))
     except ValueError:
-        return None  # an HTTP date; fall back to exponential backoff
+        pass
+    try:  # the other form: an HTTP date
+        from datetime import datetime, timezone
+
+        return max(0.0, (parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds())
+    except (TypeError, ValueError):
+        return None  # unreadable: fall back to exponential backoff
 
 
 def _parse_response(resp: httpx.Response) -> Sample:
