@@ -36,6 +36,7 @@ class VLLMTeacher:
         self.model_path = model_path
         self.engine = {**ENGINE_DEFAULTS, **{k: v for k, v in (engine or {}).items() if v is not None}}
         self._llm = None
+        self._watchdog = None
 
     def _start(self):
         if self._llm is None:
@@ -65,7 +66,12 @@ class VLLMTeacher:
                 # vLLM keeps one core for its scheduler; on 2 cores that halves throughput (measured 102 -> 218
                 # tokens/s with none kept). The engine process reads this variable, so it must be in the environment.
                 os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+            from datagen.teachers.watchdog import Watchdog
+
+            # the engine's processes must not outlive this one, even after kill -9 (see watchdog.py)
+            self._watchdog = Watchdog()
             self._llm = LLM(**kwargs)
+            self._watchdog.scan()
         return self._llm
 
     def generate(self, requests: list[GenRequest], options: GenOptions) -> list[list[Sample]]:
@@ -129,6 +135,9 @@ class VLLMTeacher:
             del llm
         gc.collect()
         multiprocessing.active_children()  # reaps the engine process, which would otherwise linger as a zombie
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.stop()
 
 
 def _cpu_dtype(dtype: str) -> str:
