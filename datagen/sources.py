@@ -47,12 +47,15 @@ def read_file(path: Path) -> list[dict[str, Any]]:
     if path.is_dir():
         return _read_hf_folder(path)
     suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        return _read_jsonl(path)
-    if suffix == ".json":
-        return _read_json(path)
-    if suffix == ".csv":
-        return _read_csv(path)
+    try:
+        if suffix == ".jsonl":
+            return _read_jsonl(path)
+        if suffix == ".json":
+            return _read_json(path)
+        if suffix == ".csv":
+            return _read_csv(path)
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the file as UTF-8") from None
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 

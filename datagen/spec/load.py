@@ -102,7 +102,7 @@ def _describe(err: dict, doc: PositionedDoc) -> str:
         msg = f"{ctx.get('tag')!r} is not one of {ctx.get('expected_tags')}"
     elif msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
-    elif kind.endswith("_type") or kind.startswith(("greater", "less", "literal")):
+    elif kind.endswith(("_type", "_parsing")) or kind.startswith(("greater", "less", "literal")):
         msg = f"{msg}, got {_short(err.get('input'))}"
     if not loc:
         return f"{msg} ({doc.where(())})"

@@ -78,10 +78,14 @@ class Plan:
         return "\n".join(lines)
 
 
+from datagen.spec.teacher_checks import check_teachers  # noqa: E402
+
+
 def build_plan(loaded: LoadedSpec) -> Plan:
     spec = loaded.spec
     plan = Plan(loaded)
     _refuse_unbuilt(loaded)
+    check_teachers(loaded)
     shape = duckdb.connect(":memory:")
     try:
         _load_file_sources(loaded, plan, shape)

@@ -54,8 +54,29 @@ def load_yaml_text(text: str, path: Path) -> PositionedDoc:
     positions: dict[Loc, tuple[int, int]] = {}
     if node is None:
         raise UserError(f"{path.name} is empty; a spec needs at least `name`, `teachers` and `steps`")
+    _check_size(node, path)
     data = _build(node, (), positions, path)
     return PositionedDoc(data, positions, path)
+
+
+MAX_NODES = 200_000  # far above any real spec; YAML aliases can otherwise expand a few lines exponentially
+
+
+def _check_size(root: yaml.Node, path: Path) -> None:
+    """Count the nodes the document expands to (aliases counted each time they are used), stopping at the limit."""
+    count = 0
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_NODES:
+            raise UserError(f"{path.name} expands to more than {MAX_NODES} values (YAML aliases `*name` repeated "
+                            "inside each other?); write the values out or use fewer aliases")
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                stack.extend((k, v))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
 
 
 def _yaml_error_message(exc: yaml.YAMLError, path: Path) -> str:
