@@ -1,8 +1,9 @@
 """A scripted OpenAI-compatible teacher on 127.0.0.1 for tests that must know the teacher's replies.
 
 The script is a function from the request body to a reply: a string (the assistant text), a dict with any of
-`text`, `finish_reason`, `status`, `body`, `headers`, `delay`, `drop`, or an exception. Every request is counted,
-so tests can prove what was (and was not) sent.
+`text`, `finish_reason`, `status`, `body`, `headers`, `delay`, `drop`, `echo_auth` (a 401 whose body repeats the
+request's Authorization header, as careless servers do), or an exception. Every request is counted, so tests can
+prove what was (and was not) sent.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class ScriptedServer:
         self.bodies: list[dict] = []
         self.counts: Counter = Counter()
         self.times: list[float] = []
+        self.auth: list[str | None] = []  # the Authorization header of every POST
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -53,6 +55,7 @@ class ScriptedServer:
                     server.bodies.append(body)
                     server.counts[messages_key(body)] += 1
                     server.times.append(time.monotonic())
+                    server.auth.append(self.headers.get("authorization"))
                 reply = server.script(body)
                 if not isinstance(reply, dict):
                     reply = {"text": reply}
@@ -61,6 +64,9 @@ class ScriptedServer:
                 if reply.get("drop"):
                     self.close_connection = True
                     self.connection.shutdown(2)
+                    return
+                if reply.get("echo_auth"):
+                    self._send(401, {"error": f"invalid api key: {self.headers.get('authorization')}"})
                     return
                 if "status" in reply and reply["status"] != 200:
                     self._send(reply["status"], reply.get("body", {"error": "scripted failure"}), reply.get("headers"))
@@ -101,6 +107,7 @@ class ScriptedServer:
             self.bodies.clear()
             self.counts.clear()
             self.times.clear()
+            self.auth.clear()
 
 
 def completion(body: dict, text: str, finish_reason: str = "stop") -> dict:
