@@ -14,6 +14,8 @@ import time
 from collections import deque
 from typing import Callable
 
+EPS = 1e-6  # float slack, so a wait never shrinks below what the clock can add
+
 
 class Limit:
     """`per_window` units in any sliding window of `window_s` seconds, paced evenly within it."""
@@ -32,16 +34,16 @@ class Limit:
         """Seconds to wait before `amount` may go at `now` (0 if it may go now)."""
         self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
         self.stamp = now
-        while self.sent and self.sent[0][0] <= now - self.window:
+        while self.sent and self.sent[0][0] <= now - self.window + EPS:
             self.in_window -= self.sent.popleft()[1]
         need = min(amount, self.capacity)  # a request bigger than the bucket waits for a full one, then goes in debt
-        wait = 0.0 if self.level >= need else (need - self.level) / self.rate
+        wait = 0.0 if self.level >= need - EPS else (need - self.level) / self.rate
         excess = self.in_window + amount - self.limit
-        if excess > 1e-9 and self.sent:
+        if excess > EPS and self.sent:
             freed = 0.0
             for t, a in self.sent:  # wait until enough of the oldest sends have left the window
                 freed += a
-                if freed >= excess - 1e-9:
+                if freed >= excess - EPS:
                     break
             wait = max(wait, t + self.window - now)
         return wait

@@ -1,0 +1,93 @@
+"""The HTTP teacher's limits on a simulated clock: minutes of greedy sending in milliseconds. No sliding 60-second
+window ever holds more than the limit, sends are paced within the minute, and the limiter is not overly cautious."""
+
+from __future__ import annotations
+
+import random
+from email.utils import format_datetime
+from datetime import datetime, timedelta, timezone
+
+import httpx
+
+from datagen.teachers.openai_teacher import _retry_after
+from datagen.teachers.ratelimit import RateLimiter
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def send_greedily(limiter: RateLimiter, clock: Clock, sizes: list[int]) -> list[tuple[float, int]]:
+    sent = []
+    for size in sizes:
+        while (wait := limiter.wait_time(size)) > 0:
+            clock.now += wait
+        limiter.take(size)
+        sent.append((clock.now, size))
+    return sent
+
+
+def max_in_window(sent: list[tuple[float, int]], window: float, weight: bool = False) -> float:
+    """Most units in any half-open window (t - window, t] ending at a send (to the limiter's microsecond)."""
+    best, i, total = 0.0, 0, 0.0
+    for j, (t, a) in enumerate(sent):
+        total += a if weight else 1
+        while sent[i][0] <= t - window + 1e-6:
+            total -= sent[i][1] if weight else 1
+            i += 1
+        best = max(best, total)
+    return best
+
+
+def test_requests_per_minute_hold_in_every_sliding_minute_and_are_paced():
+    clock = Clock()
+    sent = send_greedily(RateLimiter(120, None, clock=clock), clock, [1] * 1500)
+    assert max_in_window(sent, 60) <= 120
+    assert max_in_window(sent, 1) <= 2 + 2  # one second's burst plus one second's refill, not 120 at once
+    span = sent[-1][0] - sent[0][0]
+    assert len(sent) / span >= 0.95 * 2  # close to the allowed 2 a second: not overly cautious
+
+
+def test_tokens_per_minute_with_requests_of_every_size():
+    clock = Clock()
+    rng = random.Random(1)
+    sizes = [rng.choice([5, 50, 200, 900, 2500]) for _ in range(600)]  # some far bigger than a second's worth
+    sent = send_greedily(RateLimiter(None, 30_000, clock=clock), clock, sizes)
+    assert max_in_window(sent, 60, weight=True) <= 30_000
+    span = sent[-1][0] - sent[0][0]
+    assert sum(sizes) / span * 60 >= 0.9 * 30_000
+
+
+def test_both_limits_and_a_request_bigger_than_the_minute():
+    clock = Clock()
+    limiter = RateLimiter(30, 1000, clock=clock)
+    sent = send_greedily(limiter, clock, [100, 5000, 100, 100] * 20)  # 5000 > the whole minute: goes alone
+    assert max_in_window(sent, 60) <= 30
+    for t, size in sent:
+        if size == 5000:
+            assert [s for u, s in sent if t - 60 < u <= t] == [5000]
+
+
+def test_retry_after_pauses_every_request():
+    clock = Clock()
+    limiter = RateLimiter(None, None, clock=clock)
+    assert limiter.wait_time(1) == 0
+    limiter.pause(2.5)
+    assert limiter.wait_time(1) == 2.5
+    clock.now += 2.5
+    assert limiter.wait_time(1) == 0
+
+
+def test_retry_after_header_forms():
+    def resp(value):
+        return httpx.Response(429, headers={"retry-after": value} if value is not None else {})
+
+    assert _retry_after(resp("3")) == 3.0
+    assert _retry_after(resp("0.5")) == 0.5
+    when = datetime.now(timezone.utc) + timedelta(seconds=30)
+    assert 25 <= _retry_after(resp(format_datetime(when, usegmt=True))) <= 31
+    assert _retry_after(resp("soon")) is None and _retry_after(resp(None)) is None
