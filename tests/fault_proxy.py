@@ -1,6 +1,6 @@
 """A fault-injecting HTTP proxy on 127.0.0.1 in front of an OpenAI-compatible server, for the reliability tests.
 
-At `rate` (seeded, so runs repeat) a request meets a fault instead of a clean reply: a burst of 429s with
+At `rate` (seeded, so runs repeat) a request meets a fault instead of a clean reply, the kinds in turn: a burst of 429s with
 `Retry-After` (every request for `burst_s` seconds gets one), a 500, a reply slower than the client's timeout, a
 dropped connection, or the upstream reply cut short (truncated JSON). Everything is counted at the proxy: arrival
 times and sizes (to check rate limits over sliding windows), requests in flight (concurrency), faults by kind, clean
@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import select
 import socket
 import threading
 import time
@@ -49,6 +50,7 @@ class FaultProxy:
         self.in_flight = 0
         self.max_in_flight = 0
         self.burst_until = 0.0
+        self.turn = 0
         self.http = httpx.Client(timeout=300)
         proxy = self
 
@@ -77,7 +79,8 @@ class FaultProxy:
                     if now < proxy.burst_until:
                         fault = "429"
                     elif proxy.rng.random() < proxy.rate:
-                        fault = proxy.rng.choice(proxy.kinds)
+                        fault = proxy.kinds[proxy.turn % len(proxy.kinds)]  # kinds in turn: each one shows up
+                        proxy.turn += 1
                         if fault == "429":
                             proxy.burst_until = now + proxy.burst_s
                     else:
@@ -86,11 +89,35 @@ class FaultProxy:
                         proxy.faults[fault] += 1
                     if fault == "429":
                         proxy.last_429[key] = now
+                self._released = False
                 try:
                     self._serve(fault, key, raw)
                 finally:
+                    self._release()
+
+            def _release(self):
+                """The request stops counting as in flight when answered or when the client gave up on it."""
+                if not self._released:
+                    self._released = True
                     with proxy.lock:
                         proxy.in_flight -= 1
+
+            def _client_gone(self, seconds: float) -> bool:
+                """Wait up to `seconds`; True as soon as the client closes the connection (it timed out)."""
+                deadline = time.monotonic() + seconds
+                while True:
+                    left = deadline - time.monotonic()
+                    readable, _, _ = select.select([self.connection], [], [], max(0.0, min(left, 0.05)))
+                    if readable:
+                        try:
+                            gone = self.connection.recv(1, socket.MSG_PEEK) == b""
+                        except OSError:
+                            gone = True
+                        if gone:
+                            self.close_connection = True
+                            return True
+                    if left <= 0:
+                        return False
 
             def _serve(self, fault: str | None, key: str, raw: bytes):
                 if fault == "429":
@@ -100,23 +127,34 @@ class FaultProxy:
                 elif fault == "drop":
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
+                elif fault == "slow":
+                    # held past the client's timeout; once it gives up, upstream never sees the request
+                    if not self._client_gone(proxy.slow_s):
+                        self._send(*self._forward(raw))
                 else:
-                    resp = proxy.http.post(proxy.upstream + "/chat/completions", content=raw,
-                                           headers={"content-type": "application/json",
-                                                    **({"authorization": self.headers["authorization"]}
-                                                       if self.headers.get("authorization") else {})})
-                    data = resp.content
+                    result: list = []
+                    worker = threading.Thread(target=lambda: result.append(self._forward(raw)), daemon=True)
+                    worker.start()
+                    while worker.is_alive():
+                        worker.join(0.05)
+                        if worker.is_alive() and self._client_gone(0):
+                            return  # the client timed out on a slow upstream: no longer in flight
+                    status, data = result[0]
                     if fault == "truncate":
                         self._send(200, data[: len(data) * 3 // 5])
-                    elif fault == "slow":
-                        time.sleep(proxy.slow_s)  # past the client's timeout: it has given up by now
-                        self._send(resp.status_code, data)
-                    else:
-                        self._send(resp.status_code, data)
-                        if resp.status_code == 200:
-                            with proxy.lock:
-                                proxy.clean[key] += 1
-                                proxy.replies[key] = resp.json()["choices"][0]["message"]["content"]
+                        return
+                    self._send(status, data)
+                    if status == 200:
+                        with proxy.lock:
+                            proxy.clean[key] += 1
+                            proxy.replies[key] = json.loads(data)["choices"][0]["message"]["content"]
+
+            def _forward(self, raw: bytes) -> tuple[int, bytes]:
+                auth = self.headers.get("authorization")
+                resp = proxy.http.post(proxy.upstream + "/chat/completions", content=raw,
+                                       headers={"content-type": "application/json",
+                                                **({"authorization": auth} if auth else {})})
+                return resp.status_code, resp.content
 
             def _send(self, status: int, data: bytes, headers: dict | None = None):
                 try:
@@ -127,6 +165,8 @@ class FaultProxy:
                         self.send_header(k, v)
                     self.end_headers()
                     self.wfile.write(data)
+                    self.wfile.flush()
+                    self._release()
                 except OSError:  # the client gave up (timeout) and closed the connection
                     self.close_connection = True
 
