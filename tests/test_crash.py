@@ -56,19 +56,29 @@ def store(spec: Path, sql: str) -> list[tuple]:
         con.close()
 
 
+def has_store(spec: Path) -> bool:
+    """False when the run was killed before it created the store's tables (the file alone may exist by then)."""
+    if not (spec.parent / "runs" / "crash.duckdb").exists():
+        return False
+    return store(spec, "select count(*) from information_schema.tables where table_name = 'requests'")[0][0] == 1
+
+
 def done_keys(spec: Path) -> set[str]:
     """Server-side keys (messages + per-sample seed) of the requests the store holds as done."""
-    if not (spec.parent / "runs" / "crash.duckdb").exists():
-        return set()  # killed before it created the store
+    if not has_store(spec):
+        return set()
     rows = store(spec, "select messages, sample_index from requests where status = 'done'")
     return {messages_key({"messages": json.loads(m), "seed": 1 + i}) for m, i in rows}
 
 
 def check_consistent(spec: Path) -> int:
     """No duplicates, every done request has exactly one row with its lineage, nothing else."""
-    if not (spec.parent / "runs" / "crash.duckdb").exists():
+    if not has_store(spec):
         return 0
     (n_done,) = store(spec, "select count(*) from requests where status = 'done'")[0]
+    if store(spec, "select count(*) from information_schema.tables where table_name = 'solve'")[0][0] == 0:
+        assert n_done == 0  # killed before the step's view was made: nothing can have been generated yet
+        return 0
     assert store(spec, "select count(*), count(distinct _id), count(distinct (_parent_id, _sample_index)) "
                        "from solve")[0] == (n_done, n_done, n_done)
     assert store(spec, "select count(*) from outputs")[0][0] == n_done
