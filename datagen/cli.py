@@ -229,6 +229,59 @@ def report(spec: Path = typer.Argument(..., help="the spec file"),
     print(f"wrote {write_report(_load(spec), out=out)}")
 
 
+@app.command()
+@_guard
+def train(spec: Path = typer.Argument(..., help="the spec file"),
+          out: Optional[Path] = typer.Option(None, "--out", "-o", help="student folder (default: train.output)"),
+          max_steps: Optional[int] = typer.Option(None, "--max-steps", help="stop after this many optimiser steps")):
+    """Train the spec's student on the selected rows (sft or kd), score it before and after, and save it."""
+    from sft.runs import print_result
+    from sft.train import train as train_spec
+
+    print_result(train_spec(_load(spec), out=out, max_steps=max_steps))
+
+
+@app.command()
+@_guard
+def sample(model: str = typer.Argument(..., help="a student folder, a bundled: model, or a spec (its train.output)"),
+           prompt: Optional[list[str]] = typer.Option(None, "--prompt", "-p", help="a user message (repeatable)"),
+           file: Optional[Path] = typer.Option(None, "--file", help="JSONL with a `prompt` or `messages` per line"),
+           system: Optional[str] = typer.Option(None, "--system", help="a system prompt for every message"),
+           max_thinking_tokens: Optional[int] = typer.Option(None, "--max-thinking-tokens",
+                                                             help="end the reasoning at this many tokens"),
+           min_thinking_tokens: Optional[int] = typer.Option(None, "--min-thinking-tokens",
+                                                             help="append the wait word until this many tokens"),
+           think_start: str = typer.Option("<think>", "--think-start", help="reasoning start marker"),
+           think_end: str = typer.Option("</think>", "--think-end", help="reasoning end marker"),
+           wait: str = typer.Option("Wait", "--wait", help="what replaces an early end of reasoning"),
+           max_tokens: int = typer.Option(256, "--max-tokens", help="answer budget (and per round without a max)"),
+           temperature: float = typer.Option(0.0, "--temperature", help="0 is greedy"),
+           engine: str = typer.Option("vllm", "--engine", help="vllm | transformers"),
+           as_json: bool = typer.Option(False, "--json", help="print one JSON object per prompt")):
+    """Answer prompts with a model, with s1 budget forcing of its reasoning."""
+    from sft.sample import Budget, as_dict, open_engine, read_prompts, resolve_target, sample as run_sample
+
+    messages = read_prompts(prompt or [], file, system)
+    budget = Budget(max_thinking_tokens, min_thinking_tokens, think_start, think_end, wait, max_tokens)
+    budget.check()
+    path = resolve_target(model)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    runner = open_engine(engine, path, temperature)
+    try:
+        replies = run_sample(runner, tok, messages, budget)
+    finally:
+        runner.close()
+    for r in replies:
+        if as_json:
+            print(json.dumps(as_dict(r), ensure_ascii=False))
+        else:
+            print(f"# {r.prompt}\n[reasoning: {r.thinking_tokens} tokens, {r.waits} x {wait!r}]\n{r.reasoning}\n"
+                  f"[answer: {r.answer_tokens} tokens]\n{r.answer}\n")
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     app(args=argv)
 

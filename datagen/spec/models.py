@@ -343,6 +343,7 @@ class LoraSpec(Model):
 
 class EvalSpec(Model):
     split: float = Field(0.1, gt=0, lt=1)
+    max_new_tokens: int = Field(256, ge=1)  # the student's answer length when a verifier scores accuracy
 
 
 class TrainSpec(Model):
@@ -360,6 +361,15 @@ class TrainSpec(Model):
     max_length: int = Field(1024, ge=16)
     lora: LoraSpec | None = None
     eval: EvalSpec | None = None
+
+    @model_validator(mode="after")
+    def _layers(self) -> "TrainSpec":
+        if self.keep_layers is not None:
+            if self.init != "truncate":
+                raise ValueError("keep_layers only applies with `init: truncate`; add it or remove keep_layers")
+            if not self.keep_layers or len(set(self.keep_layers)) != len(self.keep_layers) or min(self.keep_layers) < 0:
+                raise ValueError(f"keep_layers must be distinct layer indices >= 0, got {self.keep_layers}")
+        return self
 
 
 # --- the whole spec --------------------------------------------------------------------------------------------

@@ -111,14 +111,16 @@ def build_plan(loaded: LoadedSpec) -> Plan:
 
     check_curation(loaded, plan)
     check_export(loaded, plan)
+    from sft.validate import check_train
+
+    check_train(loaded, plan)
     return plan
 
 
 def _refuse_unbuilt(loaded: LoadedSpec) -> None:
     spec = loaded.spec
-    for block in ("train",):
-        if getattr(spec, block) is not None:
-            raise loaded.error((block,), f"the `{block}:` block {NOT_YET}; remove it for now")
+    if spec.train is not None and spec.train.objective == "dpo":
+        raise loaded.error(("train", "objective"), f"`objective: dpo` {NOT_YET}; use sft or kd")
     for i, step in enumerate(spec.steps):
         if step.strategy not in ("label", "expand", "curate", "judge", "self"):
             raise loaded.error(("steps", i, "strategy"), f"strategy `{step.strategy}` {NOT_YET}; use `label`")

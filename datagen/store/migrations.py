@@ -136,11 +136,45 @@ def m004_pairs(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def m005_train_runs(con: duckdb.DuckDBPyConnection) -> None:
+    # One row per `datagen train`: written as `running` when training starts and completed at the end, so a run
+    # that crashed is visible too. Metrics are JSON (objective-specific keys); the headline numbers are columns.
+    con.execute(
+        """
+        CREATE TABLE train_runs (
+            id VARCHAR PRIMARY KEY,
+            started_at TIMESTAMP,
+            finished_at TIMESTAMP,
+            status VARCHAR NOT NULL,       -- running | done | failed
+            error VARCHAR,
+            input VARCHAR,                 -- the rows trained on: a step or `curated`
+            objective VARCHAR,             -- sft | kd | dpo
+            student VARCHAR,
+            output VARCHAR,                -- the saved student folder
+            settings JSON,                 -- the whole train block as run
+            train_rows INTEGER,
+            eval_rows INTEGER,
+            steps INTEGER,
+            train_tokens BIGINT,
+            train_seconds DOUBLE,
+            train_loss DOUBLE,
+            loss_before DOUBLE,            -- mean token loss on the held-out teacher outputs
+            loss_after DOUBLE,
+            accuracy_before DOUBLE,        -- share verified correct, when the spec has a verifier
+            accuracy_after DOUBLE,
+            metrics_before JSON,
+            metrics_after JSON
+        )
+        """
+    )
+
+
 MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("001_core", m001_core),
     ("002_curation", m002_curation),
     ("003_student_probes", m003_student_probes),
     ("004_pairs", m004_pairs),
+    ("005_train_runs", m005_train_runs),
 ]
 
 

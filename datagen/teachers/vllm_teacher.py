@@ -74,6 +74,10 @@ class VLLMTeacher:
             self._watchdog.scan()
         return self._llm
 
+    def engine(self):
+        """The started `vllm.LLM`, for callers that send token prompts themselves (budget forcing)."""
+        return self._start()
+
     def generate(self, requests: list[GenRequest], options: GenOptions) -> list[list[Sample]]:
         llm = self._start()
         results: list[list[Sample] | None] = [None] * len(requests)

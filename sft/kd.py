@@ -1,0 +1,244 @@
+"""Offline knowledge distillation on the teacher's stored top-k logprobs (`objective: kd`).
+
+loss = alpha * CE(hard labels) + (1 - alpha) * T^2 * D
+
+- CE is the usual next-token loss on the teacher's text (the completion tokens), at temperature 1.
+- D is taken over each completion position's stored top-k support: the teacher's k logprobs and the student's logits
+  at the same k token ids are both divided by T and renormalised over those k ids (softmax). The teacher's mass
+  outside its top k is unknown, so it is left out on both sides: D measures how the student spreads its probability
+  *among the teacher's k candidates*, and the CE term carries the hard label. `forward` is KL(teacher || student)
+  (mode-covering), `reverse` is KL(student || teacher) (mode-seeking). D is the mean over positions that have
+  teacher data; a position with none (a token the alignment could not match) contributes CE only.
+- T^2 keeps the soft-label gradients on the same scale as CE when T changes (Hinton et al., 2015).
+
+Teacher and student must share a tokenizer: the stored ids index the teacher's vocabulary. Where a teacher returned
+token strings without ids (OpenAI-compatible servers), they are mapped to ids through the student's tokenizer:
+a string that decodes from exactly one id maps to it; an ambiguous or unknown string is dropped from that position's
+support (and, for the sampled token, ends the row's alignment).
+
+The teacher's tokens are matched to the student's tokenization of the completion by byte offset and id, so a place
+where the two tokenizations of the same text differ loses only the positions that differ.
+
+This is a custom loss on top of TRL's SFTTrainer (same data preparation, batching, optimiser and LoRA handling).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from datagen.errors import UserError
+
+KD_KEYS = ("kd_tokens", "kd_top_ids", "kd_top_logprobs")
+FILL = -1e4  # logit given to ids outside the support: exp() underflows to 0 without the NaNs -inf would bring
+
+
+@dataclass
+class KDParts:
+    loss: object  # torch scalar
+    ce: object
+    kd: object
+    kd_positions: int
+
+
+def kd_loss(logits, labels, top_ids, top_logprobs, alpha: float, temperature: float,
+            divergence: str = "forward") -> KDParts:
+    """logits [B, S, V]; labels [B, S] (-100 where no loss); top_ids [B, S, K] (-1 for no entry) and top_logprobs
+    [B, S, K] hold, at position t, the teacher's top-k for the token at t (the same layout as labels)."""
+    import torch
+
+    if divergence not in ("forward", "reverse"):
+        raise ValueError(f"divergence must be forward or reverse, got {divergence!r}")
+    logits = logits[:, :-1].float()
+    labels, ids, lps = labels[:, 1:], top_ids[:, 1:], top_logprobs[:, 1:].float()
+    mask = labels != -100
+    log_probs = logits.log_softmax(-1)
+    ce_tok = -log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    ce = (ce_tok * mask).sum() / mask.sum().clamp(min=1)
+
+    support = (ids >= 0) & mask.unsqueeze(-1)
+    has = support.any(-1)
+    t = temperature
+    student = (logits.gather(-1, ids.clamp(min=0)) / t).masked_fill(~support, FILL)
+    teacher = (lps / t).masked_fill(~support, FILL)
+    log_s, log_t = student.log_softmax(-1), teacher.log_softmax(-1)
+    if divergence == "forward":
+        per_id = log_t.exp() * (log_t - log_s)
+    else:
+        per_id = log_s.exp() * (log_s - log_t)
+    per_pos = torch.where(support, per_id, torch.zeros_like(per_id)).sum(-1)
+    n = int(has.sum())
+    kd = (per_pos * has).sum() / max(n, 1)
+    loss = alpha * ce + (1 - alpha) * t * t * kd
+    return KDParts(loss, ce, kd, n)
+
+
+# --- teacher data -> ids ---------------------------------------------------------------------------------------
+
+
+class TokenMap:
+    """Token strings (as OpenAI-compatible servers return them) -> ids of the shared tokenizer."""
+
+    def __init__(self, tok):
+        found: dict[str, int | None] = {}
+        for i in range(len(tok)):
+            s = tok.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            found[s] = None if s in found else i  # None: several ids decode to this string, so it is ambiguous
+        self.ids = found
+
+    def __call__(self, token: str | None) -> int | None:
+        if token is None:
+            return None
+        m = re.fullmatch(r"token_id:(\d+)", token)  # vLLM's --return-tokens-as-token-ids form
+        if m:
+            return int(m.group(1))
+        return self.ids.get(token)
+
+
+@dataclass
+class TeacherTargets:
+    tokens: list[int]  # the sampled ids, -1 where unknown
+    top_ids: list[list[int]]
+    top_logprobs: list[list[float]]
+    unmapped: int = 0  # sampled tokens given as strings that matched no single id
+
+
+def teacher_targets(positions: list[dict], token_map: TokenMap | None) -> TeacherTargets:
+    """One row's stored positions as id lists; strings are mapped where ids are missing."""
+    out = TeacherTargets([], [], [])
+    for pos in positions:
+        tid = pos["token_id"]
+        if tid is None and token_map is not None:
+            tid = token_map(pos["token"])
+            out.unmapped += tid is None
+        out.tokens.append(-1 if tid is None else int(tid))
+        ids, lps = [], []
+        for i, (t_id, t_str, lp) in enumerate(zip(pos["top_ids"] or [], pos["top_tokens"] or [],
+                                                  pos["top_logprobs"] or [])):
+            if t_id is None and token_map is not None:
+                t_id = token_map(t_str)
+            if t_id is not None and lp is not None and int(t_id) not in ids:
+                ids.append(int(t_id))
+                lps.append(float(lp))
+        out.top_ids.append(ids)
+        out.top_logprobs.append(lps)
+    return out
+
+
+def check_tokenizers(teacher_spec, teacher_name: str, spec_dir, student_tok) -> bool:
+    """Fail clearly when a local teacher's tokenizer differs from the student's. Returns False when the teacher is
+    remote (no tokenizer to compare; its token strings are checked as they are mapped instead)."""
+    if teacher_spec.backend == "openai":
+        return False
+    from transformers import AutoTokenizer
+
+    from datagen.bundled import resolve_model
+
+    path = resolve_model(teacher_spec.model, spec_dir)
+    teacher_tok = AutoTokenizer.from_pretrained(path)
+    if teacher_tok.get_vocab() != student_tok.get_vocab():
+        a, b = len(teacher_tok), len(student_tok)
+        raise UserError(f"teacher `{teacher_name}` ({teacher_spec.model}, {a} tokens) and the student ({b} tokens) "
+                        "do not share a tokenizer, and `objective: kd` compares their distributions token by token; "
+                        "use a student of the teacher's family (or `init: truncate` of the teacher's model), or "
+                        "`objective: sft`")
+    return True
+
+
+def check_mapping(total: int, unmapped: int, teacher_name: str) -> None:
+    """Token strings from a remote teacher that the student's tokenizer cannot place mean different tokenizers."""
+    if total and unmapped / total > 0.1:
+        raise UserError(f"{unmapped} of {total} token strings from teacher `{teacher_name}` match no single token "
+                        "of the student's tokenizer, so teacher and student do not appear to share a tokenizer; "
+                        "`objective: kd` needs one (use a student of the teacher's family, or `objective: sft`)")
+
+
+# --- alignment and batching ------------------------------------------------------------------------------------
+
+
+class Aligner:
+    """Matches teacher token positions to the student's completion tokens by (byte offset, id)."""
+
+    def __init__(self, tok):
+        # Tokens as raw vocabulary pieces: in byte-level BPE one piece character per byte, so piece lengths add up
+        # to byte offsets that the teacher's and the student's tokenizations of the same text share.
+        self.lengths = [len(p or "") for p in tok.convert_ids_to_tokens(list(range(len(tok))))]
+
+    def _starts(self, ids: list[int]) -> list[int | None]:
+        out, offset = [], 0
+        for i in ids:
+            if i < 0 or i >= len(self.lengths):
+                out.extend([None] * (len(ids) - len(out)))  # unknown length: later offsets are unknown too
+                break
+            out.append(offset)
+            offset += self.lengths[i]
+        return out
+
+    def __call__(self, student_ids: list[int], teacher_ids: list[int]) -> list[tuple[int, int]]:
+        """(student index, teacher index) pairs that start at the same offset with the same id."""
+        teacher = {(off, tid): i for i, (off, tid) in enumerate(zip(self._starts(teacher_ids), teacher_ids))
+                   if off is not None}
+        return [(j, teacher[(off, sid)]) for j, (off, sid) in enumerate(zip(self._starts(student_ids), student_ids))
+                if (off, sid) in teacher]
+
+
+class KDCollator:
+    """TRL's collator plus, per label position, the teacher's top-k ids and logprobs (-1 / 0 where none)."""
+
+    def __init__(self, base, aligner: Aligner, k: int):
+        self.base, self.aligner, self.k = base, aligner, k
+        self.positions = 0
+        self.aligned = 0
+
+    def __call__(self, examples: list[dict]) -> dict:
+        import torch
+
+        extras = [{key: ex.pop(key) for key in KD_KEYS} for ex in examples]
+        batch = self.base(examples)
+        b, s = batch["input_ids"].shape
+        ids = torch.full((b, s, self.k), -1, dtype=torch.long)
+        lps = torch.zeros((b, s, self.k), dtype=torch.float32)
+        for row, (ex, extra) in enumerate(zip(examples, extras)):
+            where = [p for p, label in enumerate(ex["labels"]) if label != -100]
+            student = [ex["input_ids"][p] for p in where]
+            self.positions += len(where)
+            for j, i in self.aligner(student, extra["kd_tokens"]):
+                top_i, top_lp = extra["kd_top_ids"][i][: self.k], extra["kd_top_logprobs"][i][: self.k]
+                ids[row, where[j], : len(top_i)] = torch.tensor(top_i, dtype=torch.long)
+                lps[row, where[j], : len(top_lp)] = torch.tensor(top_lp, dtype=torch.float32)
+                self.aligned += bool(top_i)
+        batch["kd_top_ids"], batch["kd_top_logprobs"] = ids, lps
+        return batch
+
+
+def make_kd_trainer_class():
+    """The trainer class, built on first use so importing this module does not import TRL (and torch)."""
+    from trl import SFTTrainer
+
+    class KDTrainer(SFTTrainer):
+        """SFTTrainer whose loss is alpha * CE + (1 - alpha) * T^2 * D over the stored top-k (see module doc)."""
+
+        def __init__(self, *args, kd_settings=None, **kwargs):
+            self.kd_settings = kd_settings
+            super().__init__(*args, **kwargs)
+
+        def _set_signature_columns_if_needed(self):
+            super()._set_signature_columns_if_needed()
+            self._signature_columns = list(self._signature_columns) + [k for k in KD_KEYS
+                                                                       if k not in self._signature_columns]
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            top_ids, top_lps = inputs.pop("kd_top_ids"), inputs.pop("kd_top_logprobs")
+            labels = inputs.pop("labels")
+            outputs = model(**inputs, use_cache=False)
+            kd = self.kd_settings
+            parts = kd_loss(outputs.logits, labels, top_ids, top_lps, kd.alpha, kd.temperature, kd.divergence)
+            mode = "train" if model.training else "eval"
+            self._metrics[mode]["ce"].append(float(parts.ce.detach()))
+            self._metrics[mode]["kd"].append(float(parts.kd.detach()))
+            if mode == "train" and "attention_mask" in inputs:
+                self._total_train_tokens += int(inputs["attention_mask"].sum())
+            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            return (parts.loss, outputs) if return_outputs else parts.loss
+
+    return KDTrainer

@@ -1,0 +1,70 @@
+"""The rows a student trains on, read from the store and built exactly as export builds them.
+
+A training row is the request as it was sent (system prompt, demos as turns, the rendered prompt) as `prompt`,
+and the step's output column as the `completion` (TRL's conversational prompt/completion format, so the loss falls
+on the assistant's tokens only). Rows with an empty output are left out. The held-out part (`eval.split`) is taken
+in whole inputs, so no prompt is in both parts; the choice follows the spec's seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from datagen.errors import UserError
+from datagen.spec.load import LoadedSpec
+from datagen.store.connection import open_store
+
+
+@dataclass
+class TrainRows:
+    input: str  # the view read: a step or `curated`
+    output_column: str  # the column whose text is the completion
+    train: list[dict]  # {prompt, completion, row} with row = the stored row's columns
+    eval: list[dict] = field(default_factory=list)
+    skipped: int = 0  # rows left out because their output was empty
+
+
+def load_rows(loaded: LoadedSpec, plan, input_name: str | None, eval_split: float | None) -> TrainRows:
+    """The selected rows as prompt/completion records, split into train and held-out parts."""
+    from datagen.export import MESSAGES_COLUMN, _record, fetch_input, resolve_input, split_records
+
+    inp = resolve_input(plan, input_name)
+    con = open_store(loaded.store_path, read_only=True)
+    try:
+        table = fetch_input(con, inp)
+    finally:
+        con.close()
+    records, kept, skipped = [], [], 0
+    for row in table.to_pylist():
+        rec = _record(row, inp, "prompt_completion")
+        if rec is None:
+            skipped += 1
+            continue
+        row.pop(MESSAGES_COLUMN, None)
+        records.append({**rec, "row": row})
+        kept.append(row)
+    if not records:
+        raise UserError(f"nothing to train on: every row of `{inp.name}` has an empty output")
+    if eval_split:
+        parts = split_records(records, kept, eval_split, loaded.spec.seed)
+        train, held = parts["train"], parts.get("test", [])
+    else:
+        train, held = records, []
+    return TrainRows(inp.name, inp.output, train, held, skipped)
+
+
+def load_logprobs(loaded: LoadedSpec, row_ids: list[str]) -> dict[str, list[dict]]:
+    """row_id -> the teacher's output positions in order: token, token_id, top_tokens, top_ids, top_logprobs."""
+    con = open_store(loaded.store_path, read_only=True)
+    try:
+        cur = con.execute(
+            "SELECT row_id, token, token_id, top_tokens, top_ids, top_logprobs FROM token_logprobs "
+            "WHERE list_contains(?::VARCHAR[], row_id) ORDER BY row_id, position", [list(row_ids)])
+        names = [d[0] for d in cur.description]
+        out: dict[str, list[dict]] = {}
+        for values in cur.fetchall():
+            rec = dict(zip(names, values))
+            out.setdefault(rec.pop("row_id"), []).append(rec)
+    finally:
+        con.close()
+    return out

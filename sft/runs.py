@@ -1,0 +1,94 @@
+"""The `train_runs` table: one row per `datagen train`, written when training starts and completed at the end.
+
+The store is opened only for these short writes (and read-only to fetch rows), never held during training, so
+`datagen query` and `status` work while a student trains.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timezone
+
+from datagen.store.connection import open_store
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def start_run(store_path, settings, input_name: str, output: str, train_rows: int, eval_rows: int) -> str:
+    run_id = uuid.uuid4().hex[:16]
+    con = open_store(store_path)
+    try:
+        con.execute(
+            "INSERT INTO train_runs (id, started_at, status, input, objective, student, output, settings, train_rows, "
+            "eval_rows) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
+            [run_id, _now(), input_name, settings.objective, settings.student, output,
+             settings.model_dump_json(), train_rows, eval_rows])
+    finally:
+        con.close()
+    return run_id
+
+
+def finish_run(store_path, run_id: str, *, steps: int, train_tokens: int, train_seconds: float, train_loss: float,
+               before: dict, after: dict) -> None:
+    con = open_store(store_path)
+    try:
+        con.execute(
+            "UPDATE train_runs SET finished_at = ?, status = 'done', steps = ?, train_tokens = ?, train_seconds = ?, "
+            "train_loss = ?, loss_before = ?, loss_after = ?, accuracy_before = ?, accuracy_after = ?, "
+            "metrics_before = ?, metrics_after = ? WHERE id = ?",
+            [_now(), steps, train_tokens, train_seconds, train_loss, before.get("loss"), after.get("loss"),
+             before.get("accuracy"), after.get("accuracy"), json.dumps(before), json.dumps(after), run_id])
+    finally:
+        con.close()
+
+
+def fail_run(store_path, run_id: str, error: str) -> None:
+    con = open_store(store_path)
+    try:
+        con.execute("UPDATE train_runs SET finished_at = ?, status = 'failed', error = ? WHERE id = ?",
+                    [_now(), error[:2000], run_id])
+    finally:
+        con.close()
+
+
+def comparison_rows(before: dict, after: dict) -> list[tuple[str, str, str, str]]:
+    """(metric, before, after, change) for the printed before/after table."""
+    rows = []
+    keys = ["loss"] + sorted(k for k in (before.get("accuracy_by_verifier") or {}))
+    for key in keys:
+        b = before.get(key) if key == "loss" else before["accuracy_by_verifier"].get(key)
+        a = after.get(key) if key == "loss" else (after.get("accuracy_by_verifier") or {}).get(key)
+        name = "held-out loss per token" if key == "loss" else f"accuracy {key}"
+        change = f"{a - b:+.4f}" if a is not None and b is not None else ""
+        rows.append((name, _fmt(b), _fmt(a), change))
+    return rows
+
+
+def _fmt(v) -> str:
+    return "" if v is None else f"{v:.4f}"
+
+
+def print_result(result) -> None:
+    """The before/after table and where the student went."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=120)
+    for note in result.notes:
+        console.print(f"note: {note}")
+    if result.before or result.after:
+        table = Table(title=f"{result.objective} on `{result.input}`: {result.train_rows} rows trained, "
+                            f"{result.eval_rows} held out")
+        for col in ("metric", "before", "after", "change"):
+            table.add_column(col, justify="left" if col == "metric" else "right")
+        for row in comparison_rows(result.before, result.after):
+            table.add_row(*row)
+        console.print(table)
+    else:
+        console.print("no held-out rows (set `eval: {split: 0.1}` to score before and after)")
+    console.print(f"{result.steps} steps, train loss {result.train_loss:.4f}, {result.train_tokens} tokens in "
+                  f"{result.train_seconds:.1f} s ({result.tokens_per_second:.0f} tokens/s); run {result.run_id}")
+    console.print(f"saved the student to {result.output}")

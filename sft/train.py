@@ -1,0 +1,177 @@
+"""`datagen train SPEC`: train the spec's student on the selected rows, score it before and after, save it.
+
+One function, top to bottom: rows -> student -> score before -> train (TRL) -> score after -> save -> record.
+The objective only changes which trainer is built (`TRAINERS`): `sft` is TRL's SFTTrainer on prompt/completion
+rows (loss on the assistant tokens only); `kd` is the same trainer with the soft-label loss of sft/kd.py. Model
+loading, LoRA, evaluation, saving and the `train_runs` record are shared, so another objective plugs in as one more
+trainer function.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from datagen.errors import UserError
+from datagen.spec.load import LoadedSpec
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    output: Path
+    objective: str
+    input: str
+    train_rows: int
+    eval_rows: int
+    steps: int
+    train_tokens: int
+    train_seconds: float
+    train_loss: float
+    before: dict = field(default_factory=dict)
+    after: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.train_tokens / self.train_seconds if self.train_seconds else 0.0
+
+
+def output_dir(loaded: LoadedSpec, out: str | Path | None = None) -> Path:
+    if out is not None:
+        return Path(out).expanduser().resolve()
+    return loaded.resolve_path(loaded.spec.train.output.replace("{name}", loaded.spec.name)).resolve()
+
+
+def train(loaded: LoadedSpec, out: str | Path | None = None, max_steps: int | None = None,
+          log: Callable[[str], None] = print) -> TrainResult:
+    from datagen.spec.plan import build_plan
+    from sft import runs
+    from sft.evaluate import evaluate, verifiers
+    from sft.rows import load_rows
+    from sft.student import load_student, save_student
+
+    settings = loaded.spec.train
+    if settings is None:
+        raise UserError(f"{loaded.path} has no `train:` block; add one (see specs/train.md)")
+    if max_steps is not None:
+        settings = settings.model_copy(update={"max_steps": max_steps})
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # only local models: never wait on a hub
+    plan = build_plan(loaded)
+    rows = load_rows(loaded, plan, settings.input, settings.eval.split if settings.eval else None)
+    log(f"training on `{rows.input}`: {len(rows.train)} rows, {len(rows.eval)} held out"
+        + (f"; {rows.skipped} rows with an empty output left out" if rows.skipped else ""))
+    target = output_dir(loaded, out)
+    model, tok = load_student(settings, loaded.dir)
+    checks = verifiers(loaded, rows.output_column)
+    eval_kwargs = dict(checks=checks, output_column=rows.output_column, max_length=settings.max_length,
+                       max_new_tokens=settings.eval.max_new_tokens if settings.eval else 256,
+                       batch_size=settings.batch_size, spec_dir=loaded.dir)
+    run_id = runs.start_run(loaded.store_path, settings, rows.input, str(target), len(rows.train), len(rows.eval))
+    try:
+        before = evaluate(model, tok, rows.eval, **eval_kwargs)
+        with tempfile.TemporaryDirectory(prefix="datagen-train-") as work:
+            trainer, notes = TRAINERS[settings.objective](loaded, plan, settings, model, tok, rows,
+                                                          training_args(settings, loaded.spec.seed, work))
+            started = time.perf_counter()
+            output = trainer.train()
+            seconds = time.perf_counter() - started
+            model = trainer.model
+            tokens = int(getattr(trainer, "_total_train_tokens", 0))
+            notes += getattr(trainer, "datagen_notes", lambda: [])()
+        after = evaluate(model, tok, rows.eval, **eval_kwargs)
+        result = TrainResult(run_id, target, settings.objective, rows.input, len(rows.train), len(rows.eval),
+                             output.global_step, tokens, seconds, float(output.training_loss), before, after, notes)
+        meta = {"spec": loaded.spec.name, "run_id": run_id, "input": rows.input, "settings": settings.model_dump(),
+                "train_rows": len(rows.train), "eval_rows": len(rows.eval), "steps": result.steps,
+                "train_loss": result.train_loss, "before": before, "after": after}
+        save_student(model, tok, target, meta, loaded.path.read_text())
+        runs.finish_run(loaded.store_path, run_id, steps=result.steps, train_tokens=tokens, train_seconds=seconds,
+                        train_loss=result.train_loss, before=before, after={**after, "notes": notes})
+    except BaseException as exc:
+        runs.fail_run(loaded.store_path, run_id, f"{type(exc).__name__}: {exc}")
+        raise
+    return result
+
+
+def training_args(settings, seed: int, work_dir: str) -> dict:
+    """TrainingArguments every objective shares (its own config class adds the objective's keys)."""
+    import torch
+
+    return dict(
+        output_dir=work_dir, num_train_epochs=settings.epochs, max_steps=settings.max_steps or -1,
+        learning_rate=settings.learning_rate, per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.batch_size, seed=seed, data_seed=seed, logging_steps=1,
+        save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def sft_trainer(loaded, plan, settings, model, tok, rows, args: dict):
+    """TRL's SFTTrainer on conversational prompt/completion rows: the loss is on the completion tokens only."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from sft.student import lora_config
+
+    data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows.train])
+    config = SFTConfig(**args, max_length=settings.max_length, completion_only_loss=True)
+    trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tok,
+                         peft_config=lora_config(settings.lora))
+    return trainer, []
+
+
+def kd_trainer(loaded, plan, settings, model, tok, rows, args: dict):
+    """SFTTrainer with the soft-label loss over the teacher's stored top-k (sft/kd.py)."""
+    from datasets import Dataset
+    from trl import SFTConfig
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from sft import kd
+    from sft.rows import load_logprobs
+    from sft.student import lora_config
+
+    step = next(s for s in plan.steps if s.spec.output == rows.output_column and s.spec.logprobs)
+    teacher_name = step.teachers[0]
+    local = kd.check_tokenizers(loaded.spec.teachers[teacher_name], teacher_name, loaded.dir, tok)
+    stored = load_logprobs(loaded, [r["row"]["_id"] for r in rows.train])
+    token_map = None
+    if any(p["token_id"] is None for positions in stored.values() for p in positions[:1]):
+        token_map = kd.TokenMap(tok)
+    records, total, unmapped, without = [], 0, 0, 0
+    for r in rows.train:
+        targets = kd.teacher_targets(stored.get(r["row"]["_id"], []), token_map)
+        total += len(targets.tokens)
+        unmapped += targets.unmapped
+        without += not targets.tokens
+        records.append({"prompt": r["prompt"], "completion": r["completion"], "kd_tokens": targets.tokens,
+                        "kd_top_ids": targets.top_ids, "kd_top_logprobs": targets.top_logprobs})
+    if not local:
+        kd.check_mapping(total, unmapped, teacher_name)
+    if without == len(records):
+        raise UserError(f"no stored teacher logprobs for the rows of `{rows.input}`; run the spec with `logprobs:` "
+                        f"on step `{step.name}` first")
+    notes = [f"{without} training rows have no stored logprobs and train on CE alone"] if without else []
+    if unmapped:
+        notes.append(f"{unmapped} of {total} teacher token strings matched no single student token id")
+    config = SFTConfig(**args, max_length=settings.max_length, completion_only_loss=True)
+    collator = kd.KDCollator(DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id), kd.Aligner(tok),
+                             k=step.spec.logprobs)
+    trainer = kd.make_kd_trainer_class()(
+        model=model, args=config, train_dataset=Dataset.from_list(records), processing_class=tok,
+        peft_config=lora_config(settings.lora), data_collator=collator, kd_settings=settings.kd)
+
+    def coverage() -> list[str]:
+        share = collator.aligned / collator.positions if collator.positions else 0.0
+        return [f"teacher top-k matched {collator.aligned} of {collator.positions} completion tokens "
+                f"({share:.0%}); the rest trained on CE alone"]
+
+    trainer.datagen_notes = coverage
+    return trainer, notes
+
+
+TRAINERS = {"sft": sft_trainer, "kd": kd_trainer}

@@ -1,0 +1,110 @@
+"""The KD loss against values computed by hand (plain Python math, no torch) on a tiny distribution."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sft.kd import Aligner, TokenMap, kd_loss, teacher_targets
+
+# One sequence of 3 tokens over a vocabulary of 4; the loss falls on positions 1 and 2 (labels -100 at 0).
+LOGITS = [[0.5, 1.0, -0.5, 2.0], [1.5, -1.0, 0.0, 0.3], [0.0, 0.0, 0.0, 0.0]]
+LABELS = [-100, 3, 0]
+# teacher top-2 for the token at position 1 (predicted from logits[0]) and at position 2 (from logits[1])
+TOP = {1: ([3, 1], [math.log(0.6), math.log(0.3)]), 2: ([0, 2], [math.log(0.5), math.log(0.2)])}
+
+
+def softmax(xs):
+    m = max(xs)
+    e = [math.exp(x - m) for x in xs]
+    return [v / sum(e) for v in e]
+
+
+def by_hand(alpha: float, t: float, divergence: str) -> float:
+    ce = []
+    kl = []
+    for pos in (1, 2):
+        z = LOGITS[pos - 1]
+        ce.append(-math.log(softmax(z)[LABELS[pos]]))
+        ids, lps = TOP[pos]
+        q = softmax([lp / t for lp in lps])  # teacher renormalised over its top-k at temperature t
+        p = softmax([z[i] / t for i in ids])  # student's logits at the same ids, same temperature
+        if divergence == "forward":
+            kl.append(sum(qi * math.log(qi / pi) for qi, pi in zip(q, p)))
+        else:
+            kl.append(sum(pi * math.log(pi / qi) for qi, pi in zip(q, p)))
+    return alpha * sum(ce) / 2 + (1 - alpha) * t * t * sum(kl) / 2
+
+
+def tensors():
+    logits = torch.tensor([LOGITS], dtype=torch.float32, requires_grad=True)
+    labels = torch.tensor([LABELS])
+    ids = torch.full((1, 3, 2), -1, dtype=torch.long)
+    lps = torch.zeros((1, 3, 2))
+    for pos, (i, lp) in TOP.items():
+        ids[0, pos] = torch.tensor(i)
+        lps[0, pos] = torch.tensor(lp)
+    return logits, labels, ids, lps
+
+
+@pytest.mark.parametrize("divergence", ["forward", "reverse"])
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_kd_loss_matches_hand_computation(divergence, alpha, temperature):
+    logits, labels, ids, lps = tensors()
+    parts = kd_loss(logits, labels, ids, lps, alpha, temperature, divergence)
+    assert float(parts.loss.detach()) == pytest.approx(by_hand(alpha, temperature, divergence), rel=1e-5, abs=1e-6)
+    assert parts.kd_positions == 2
+    parts.loss.backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_forward_and_reverse_differ_and_vanish_when_equal():
+    logits, labels, ids, lps = tensors()
+    fwd = float(kd_loss(logits, labels, ids, lps, 0.0, 1.0, "forward").loss)
+    rev = float(kd_loss(logits, labels, ids, lps, 0.0, 1.0, "reverse").loss)
+    assert fwd > 0 and rev > 0 and fwd != pytest.approx(rev)
+    # a teacher whose top-k logprobs equal the student's own logits on those ids has D = 0 (any shift cancels)
+    same = lps.clone()
+    for pos, (i, _) in TOP.items():
+        same[0, pos] = torch.tensor([LOGITS[pos - 1][k] - 3.0 for k in i])
+    assert float(kd_loss(logits, labels, ids, same, 0.0, 1.0, "forward").kd) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_positions_without_teacher_data_fall_back_to_ce():
+    logits, labels, ids, lps = tensors()
+    ids[0, 2] = -1  # position 2 lost its teacher data (unaligned): D is the mean over position 1 only
+    parts = kd_loss(logits, labels, ids, lps, 0.5, 1.0, "forward")
+    assert parts.kd_positions == 1
+    z = LOGITS[0]
+    q = softmax(TOP[1][1])
+    p = softmax([z[i] for i in TOP[1][0]])
+    kl = sum(qi * math.log(qi / pi) for qi, pi in zip(q, p))
+    ce = (-math.log(softmax(LOGITS[0])[3]) - math.log(softmax(LOGITS[1])[0])) / 2
+    assert float(parts.loss) == pytest.approx(0.5 * ce + 0.5 * kl, rel=1e-5)
+
+
+def test_token_strings_map_to_ids_and_align(bundled_model_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(bundled_model_path)
+    text = "The answer is 42, of course."
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    strings = [tok.decode([i]) for i in ids]
+    positions = [{"token": s, "token_id": None, "top_tokens": [s, "\x00no such token\x00"], "top_ids": [None, None],
+                  "top_logprobs": [-0.1, -2.0]} for s in strings]
+    targets = teacher_targets(positions, TokenMap(tok))
+    assert targets.tokens == ids and targets.unmapped == 0
+    assert targets.top_ids == [[i] for i in ids]  # the unknown alternative is dropped from the support
+    align = Aligner(tok)
+    assert align(ids, ids) == [(j, j) for j in range(len(ids))]
+    # a student tokenization that splits one teacher token in two still matches every other position
+    word = tok.convert_ids_to_tokens(ids[1])
+    vocab = tok.get_vocab()
+    cut = next(c for c in range(1, len(word)) if word[:c] in vocab and word[c:] in vocab)
+    parts = [vocab[word[:cut]], vocab[word[cut:]]]
+    student = ids[:1] + parts + ids[2:]
+    pairs = align(student, ids)
+    assert (0, 0) in pairs and (1, 1) not in pairs and (3, 2) in pairs and len(pairs) == len(ids) - 1
