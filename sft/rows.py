@@ -19,6 +19,7 @@ from datagen.store.connection import open_store
 class TrainRows:
     input: str  # the view read: a step or `curated`
     output_column: str  # the column whose text is the completion
+    step: str  # the generation step that wrote it
     train: list[dict]  # {prompt, completion, row} with row = the stored row's columns
     eval: list[dict] = field(default_factory=list)
     skipped: int = 0  # rows left out because their output was empty
@@ -50,7 +51,7 @@ def load_rows(loaded: LoadedSpec, plan, input_name: str | None, eval_split: floa
         train, held = parts["train"], parts.get("test", [])
     else:
         train, held = records, []
-    return TrainRows(inp.name, inp.output, train, held, skipped)
+    return TrainRows(inp.name, inp.output, inp.step.name, train, held, skipped)
 
 
 def load_logprobs(loaded: LoadedSpec, row_ids: list[str]) -> dict[str, list[dict]]:

@@ -135,7 +135,7 @@ def kd_trainer(loaded, plan, settings, model, tok, rows, args: dict):
     from sft.rows import load_logprobs
     from sft.student import lora_config
 
-    step = next(s for s in plan.steps if s.spec.output == rows.output_column and s.spec.logprobs)
+    step = plan.step(rows.step)
     teacher_name = step.teachers[0]
     local = kd.check_tokenizers(loaded.spec.teachers[teacher_name], teacher_name, loaded.dir, tok)
     stored = load_logprobs(loaded, [r["row"]["_id"] for r in rows.train])

@@ -75,6 +75,12 @@ class Plan:
             what = st.input if st.input else _generator_summary(s)
             lines.append(f"  step {st.index + 1} {s.name}: {s.strategy} {what} with {teacher}, n={s.n}{extra} "
                          f"-> {', '.join(st.produced)}")
+        if self.spec.train is not None:
+            t = self.spec.train
+            source = t.input or ("curated" if self.spec.curation is not None else self.spec.steps[-1].name)
+            init = f", truncated to {len(t.keep_layers) if t.keep_layers else 'every other'} layers" \
+                if t.init == "truncate" else ""
+            lines.append(f"  train: {t.objective} of {t.student}{init} on {source} -> {t.output}")
         return "\n".join(lines)
 
 
