@@ -16,7 +16,7 @@ import torch
 from datagen.errors import UserError
 from datagen.spec.load import load_spec
 from datagen.spec.plan import build_plan
-from sft.evaluate import generate_answers, token_loss
+from sft.evaluate import generate_answers
 from sft.rows import load_rows
 from sft.student import load_student, save_student
 from sft.train import TRAINERS, training_args
@@ -45,15 +45,23 @@ def train_pieces(spec: Path, objective: str, lora: bool):
     plan = build_plan(loaded)
     rows = load_rows(loaded, plan, settings.input, None)
     model, tok = load_student(settings, loaded.dir)
-    loss_before, _ = token_loss(model, tok, rows.train, settings.max_length)
     with tempfile.TemporaryDirectory() as work:
         trainer, _ = TRAINERS[objective](loaded, plan, settings, model, tok, rows,
                                          training_args(settings, 0, work))
+        loss_before = objective_loss(trainer)
         start = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
         trainer.train()
     trained = {n: p.detach() for n, p in trainer.model.named_parameters() if p.requires_grad}
-    loss_after, _ = token_loss(trainer.model, tok, rows.train, settings.max_length)
-    return trainer, tok, start, trained, loss_before, loss_after
+    return trainer, tok, start, trained, loss_before, objective_loss(trainer)
+
+
+def objective_loss(trainer) -> float:
+    """The trainer's own loss (CE for sft, alpha * CE + (1 - alpha) * T^2 * D for kd) on all training rows at once."""
+    data = trainer.train_dataset
+    batch = trainer.data_collator([dict(data[i]) for i in range(len(data))])
+    trainer.model.eval()
+    with torch.no_grad():
+        return float(trainer.compute_loss(trainer.model, {k: v for k, v in batch.items()}))
 
 
 def check_round_trip(model, tok, tmp_path: Path):
