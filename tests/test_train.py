@@ -39,7 +39,7 @@ def probe(model, tok):
 def train_pieces(spec: Path, objective: str, lora: bool):
     """The steps `datagen train` takes, one by one, so the test can look at the model between them."""
     loaded = load_spec(spec)
-    settings = loaded.spec.train.model_copy(update={"objective": objective, "max_steps": 3})
+    settings = loaded.spec.train.model_copy(update={"objective": objective, "max_steps": 2})
     if not lora:
         settings = settings.model_copy(update={"lora": None, "learning_rate": 1e-4})
     plan = build_plan(loaded)
@@ -93,7 +93,8 @@ def test_kd_trains_every_weight(store, tmp_path):
     assert after < before, (before, after)
     # the teacher's strings were mapped to ids and matched the student's tokens almost everywhere
     collator = trainer.data_collator
-    assert collator.positions > 0 and collator.aligned / collator.positions > 0.8
+    # (the chat template's end-of-turn tokens are not part of the reply, so they have no teacher data)
+    assert collator.positions > 0 and collator.aligned / collator.positions > 0.75
     check_round_trip(trainer.model, tok, tmp_path)
 
 

@@ -46,8 +46,8 @@ train:
   objective: {objective}
   kd: {{alpha: 0.5, temperature: 2.0, divergence: forward}}
   max_steps: 2
-  batch_size: 4
-  max_length: 96
+  batch_size: 2
+  max_length: 64
   learning_rate: 1.0e-3
 {extra}
 """
