@@ -67,7 +67,7 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        llm = self.teacher.engine()
+        llm = self.teacher.llm()
         params = [SamplingParams(temperature=self.temperature, max_tokens=m, stop=stop or None) for m in max_tokens]
         outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         return [(o.outputs[0].text, o.outputs[0].finish_reason != "length") for o in outs]

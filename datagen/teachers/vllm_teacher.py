@@ -74,7 +74,7 @@ class VLLMTeacher:
             self._watchdog.scan()
         return self._llm
 
-    def engine(self):
+    def llm(self):
         """The started `vllm.LLM`, for callers that send token prompts themselves (budget forcing)."""
         return self._start()
 
