@@ -102,8 +102,11 @@ def training_args(settings, seed: int, work_dir: str) -> dict:
     """TrainingArguments every objective shares (its own config class adds the objective's keys)."""
     import torch
 
+    # TRL turns bf16 on by default; on a CPU that runs as autocast on fallback kernels (several times slower than
+    # float32 on CPUs without native bf16), so only a GPU that supports it gets bf16.
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return dict(
-        output_dir=work_dir, num_train_epochs=settings.epochs, max_steps=settings.max_steps or -1,
+        output_dir=work_dir, bf16=bf16, num_train_epochs=settings.epochs, max_steps=settings.max_steps or -1,
         learning_rate=settings.learning_rate, per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=settings.batch_size, seed=seed, data_seed=seed, logging_steps=1,
         save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(), disable_tqdm=True,

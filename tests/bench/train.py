@@ -1,7 +1,7 @@
 """Training throughput: `datagen train` (objective sft) against a plain TRL `SFTTrainer` on the same rows and
 settings, in one process. Rows: GSM8K questions with their reference solutions as the teacher's replies (served by
 the scripted OpenAI-compatible teacher, so the store is real). Both sides train the bundled model, full weights,
-the same steps, batch and max_length; tokens/s is non-padding tokens seen per second of `trainer.train()`. The two
+the same steps, batch, max_length and precision (float32 on CPU); tokens/s is non-padding tokens seen per second of `trainer.train()`. The two
 sides alternate and each keeps its best of `--repeats` runs. Target: ratio >= 0.95.
 
 Run: .venv/bin/python tests/bench/train.py   (a few minutes on 2 cores)
@@ -78,7 +78,7 @@ def plain_trl(spec: Path) -> float:
         config = SFTConfig(output_dir=work, max_steps=settings.max_steps, learning_rate=settings.learning_rate,
                            per_device_train_batch_size=settings.batch_size, max_length=settings.max_length,
                            seed=loaded.spec.seed, data_seed=loaded.spec.seed, logging_steps=1, save_strategy="no",
-                           report_to="none", use_cpu=True, disable_tqdm=True)
+                           report_to="none", use_cpu=True, disable_tqdm=True, bf16=False)
         trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tok)
         start = time.perf_counter()
         trainer.train()
