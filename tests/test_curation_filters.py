@@ -144,11 +144,22 @@ def test_verify_code_runs_in_an_empty_temp_dir_without_network(tmp_path):
     probe = ("import os, socket\nassert os.listdir('.') == ['main.py'], os.listdir('.')\n"
              "assert 'HOME' not in os.environ and 'HTTPS_PROXY' not in os.environ\n")
     assert run_program(probe).passed
-    if not network_isolated():
-        pytest.skip("no usable `unshare` here: programs keep this process's network")
+    assert network_isolated(), "`unshare -n` / `unshare -rn` must work here (util-linux; root or user namespaces)"
     net = "import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=2)\n"
     result = run_program(net)
     assert not result.passed and "unreachable" in result.reason.lower()
+
+
+def test_verify_code_without_unshare_still_runs_and_says_so(monkeypatch):
+    import curation.filters.verify_code as vc
+
+    monkeypatch.setattr(vc.shutil, "which", lambda name: None)
+    vc._unshare_prefix.cache_clear()
+    try:
+        assert not vc.network_isolated()
+        assert run_program("print('ok')\n").passed and not run_program("raise SystemExit(3)\n").passed
+    finally:
+        vc._unshare_prefix.cache_clear()
 
 
 # --- decontamination -------------------------------------------------------------------------------------------
