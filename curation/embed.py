@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 
 from curation.text import text_hash
+from datagen.store.writes import transaction
 
 CHUNK = 4096  # texts encoded and stored per transaction: an interrupted run keeps what it finished
 _MODELS: dict[str, object] = {}
@@ -96,11 +97,7 @@ def _store(con, model: str, row_ids: list[str], hashes: list[str], vectors: np.n
     batch = pa.table({"row_id": row_ids, "model": [model] * len(hashes), "text_hash": hashes, "vector": lists})
     con.register("_embed_batch", batch)
     try:
-        con.execute("BEGIN")
-        con.execute("INSERT INTO embeddings SELECT row_id, model, text_hash, vector FROM _embed_batch")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+        with transaction(con):
+            con.execute("INSERT INTO embeddings SELECT row_id, model, text_hash, vector FROM _embed_batch")
     finally:
         con.unregister("_embed_batch")

@@ -18,6 +18,7 @@ import duckdb
 from curation.stages import PREFIXES, dedup_stages, filter_stages, stage_names
 from curation.text import as_text
 from datagen.store.connection import arrow_table, quote_ident
+from datagen.store.writes import transaction
 
 
 @dataclass
@@ -194,18 +195,14 @@ def write_results(con: duckdb.DuckDBPyConnection, input_name: str, decisions: li
     con.register("_decisions_batch", table)
     con.register("_curated_batch", ranks)
     try:
-        con.execute("BEGIN")
-        con.execute(f"DELETE FROM decisions WHERE {_curation_stage_sql()}")
-        con.execute("INSERT INTO decisions (row_id, stage, kept, reason, score, duplicate_of, created_at) "
-                    "SELECT row_id, stage, kept, reason, score, duplicate_of, created_at FROM _decisions_batch")
-        con.execute("DELETE FROM _curated")
-        con.execute("INSERT INTO _curated SELECT row_id, rank FROM _curated_batch")
-        con.execute(f"CREATE OR REPLACE VIEW curated AS SELECT i.* FROM {quote_ident(input_name)} i "
-                    "JOIN _curated c ON c.row_id = i._id ORDER BY c.rank")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+        with transaction(con):
+            con.execute(f"DELETE FROM decisions WHERE {_curation_stage_sql()}")
+            con.execute("INSERT INTO decisions (row_id, stage, kept, reason, score, duplicate_of, created_at) "
+                        "SELECT row_id, stage, kept, reason, score, duplicate_of, created_at FROM _decisions_batch")
+            con.execute("DELETE FROM _curated")
+            con.execute("INSERT INTO _curated SELECT row_id, rank FROM _curated_batch")
+            con.execute(f"CREATE OR REPLACE VIEW curated AS SELECT i.* FROM {quote_ident(input_name)} i "
+                        "JOIN _curated c ON c.row_id = i._id ORDER BY c.rank")
     finally:
         con.unregister("_decisions_batch")
         con.unregister("_curated_batch")

@@ -103,11 +103,8 @@ def _stored(con, keys: list[str]) -> dict[str, tuple[str | None, str | None]]:
 
 
 def _write(con, records: list[tuple]) -> None:
-    con.execute("BEGIN")
-    try:
+    from datagen.store.writes import transaction
+
+    with transaction(con):
         con.executemany("INSERT OR REPLACE INTO student_probes (key, student, messages, text, finish_reason, error) "
                         "VALUES (?, ?, ?, ?, ?, ?)", records)
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise

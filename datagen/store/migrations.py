@@ -9,6 +9,8 @@ from typing import Callable
 
 import duckdb
 
+from datagen.store.writes import transaction
+
 
 def m001_core(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(
@@ -186,13 +188,8 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
     for name, fn in MIGRATIONS:
         if name in done:
             continue
-        con.execute("BEGIN")
-        try:
+        with transaction(con):
             fn(con)
             con.execute("INSERT INTO _migrations VALUES (?, current_timestamp)", [name])
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
         applied.append(name)
     return applied

@@ -6,6 +6,7 @@ import duckdb
 
 from datagen.spec.plan import Plan, PlannedStep, create_table_from_rows, query_view_sql
 from datagen.store.connection import quote_ident as q
+from datagen.store.writes import transaction
 
 
 def source_table(name: str) -> str:
@@ -14,8 +15,7 @@ def source_table(name: str) -> str:
 
 def sync_sources(con: duckdb.DuckDBPyConnection, plan: Plan) -> None:
     """Reload file and inline sources into their tables (a changed file is picked up) and (re)create every view."""
-    con.execute("BEGIN")
-    try:
+    with transaction(con):
         for name, rows in plan.source_rows.items():
             create_table_from_rows(con, source_table(name), rows, plan.loaded, ("sources", name))
         for kind, name in plan.order:
@@ -27,10 +27,6 @@ def sync_sources(con: duckdb.DuckDBPyConnection, plan: Plan) -> None:
                 con.execute(f"CREATE OR REPLACE VIEW {q(name)} AS {query_view_sql(source.query, cols, source.limit)}")
             else:
                 con.execute(f"CREATE OR REPLACE VIEW {q(name)} AS {step_view_sql(plan.step(name))}")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
 
 
 def step_view_sql(st: PlannedStep) -> str:
