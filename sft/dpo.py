@@ -19,7 +19,7 @@ from datagen.errors import UserError
 def load_pairs(loaded, plan, input_name: str | None, eval_split: float | None):
     """The judge step's pairs as {prompt, chosen, rejected, completion, row} records, split train/held-out."""
     from datagen.export import fetch_input, preference_record, resolve_input, split_records
-    from datagen.store.connection import open_store
+    from datagen.store.connection import arrow_table, open_store, quote_ident
     from sft.rows import TrainRows
 
     name = input_name or plan.spec.steps[-1].name
@@ -27,9 +27,12 @@ def load_pairs(loaded, plan, input_name: str | None, eval_split: float | None):
     if not inp.pairs:
         raise UserError(f"train.input: `objective: dpo` trains on preference pairs, and `{name}` builds none; set "
                         "`train.input` to a judge step with `pairs:` (or `revise: true`)")
+    judged = plan.step(plan.step(name).input)  # the step whose answers are the two sides
     con = open_store(loaded.store_path, read_only=True)
     try:
-        table = fetch_input(con, inp)
+        pairs = fetch_input(con, inp).to_pylist()
+        # a record's `row` is the chosen answer's row (the input's columns, e.g. a reference answer for verifiers)
+        answers = {r["_id"]: r for r in arrow_table(con.sql(f"SELECT * FROM {quote_ident(judged.name)}")).to_pylist()}
     except UserError:
         raise UserError(f"no preference pairs in `{name}` yet; run `datagen run` first (and see "
                         f"`datagen query SPEC \"select reason, count(*) from decisions where stage = 'pairs:{name}' "
@@ -37,8 +40,9 @@ def load_pairs(loaded, plan, input_name: str | None, eval_split: float | None):
     finally:
         con.close()
     records, rows = [], []
-    for row in table.to_pylist():
-        rec = preference_record(row)
+    for pair in pairs:
+        rec = preference_record(pair)
+        row = {**answers.get(pair["chosen_id"], {}), "_parent_id": pair["_parent_id"], "_pair_id": pair["_id"]}
         records.append({**rec, "completion": rec["chosen"], "row": row})
         rows.append(row)
     if eval_split:
@@ -46,7 +50,7 @@ def load_pairs(loaded, plan, input_name: str | None, eval_split: float | None):
         train, held = parts["train"], parts.get("test", [])
     else:
         train, held = records, []
-    return TrainRows(name, plan.step(plan.step(name).input).spec.output, train, held)
+    return TrainRows(input=name, output_column=judged.spec.output, step=judged.name, train=train, eval=held)
 
 
 def dpo_trainer(loaded, plan, settings, model, tok, rows, args: dict):

@@ -75,7 +75,7 @@ def test_dpo_steps_change_every_lora_tensor_and_lower_the_loss(tmp_path, monkeyp
                          max_steps=3, max_length=128)
     model, tok = load_student(settings, tmp_path)
     records = pair_records()
-    rows = TrainRows("grade", "solution", records, records)
+    rows = TrainRows(input="grade", output_column="solution", step="attempt", train=records, eval=records)
     before_metrics = preference_metrics(model, tok, records)
     trainer, _ = dpo_trainer(None, None, settings, model, tok, rows, training_args(settings, 0, str(tmp_path)))
     lora = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
