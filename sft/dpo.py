@@ -16,13 +16,28 @@ from __future__ import annotations
 from datagen.errors import UserError
 
 
+def check_dpo(loaded, plan) -> None:
+    """`datagen validate`: `objective: dpo` needs `train.input` to be a judge step that builds pairs."""
+    from datagen.export import default_input, resolve_input
+
+    name = loaded.spec.train.input or default_input(plan)
+    try:
+        inp = resolve_input(plan, name, "preference")
+    except UserError as exc:
+        raise loaded.error(("train", "input"), str(exc)) from None
+    if not inp.pairs:
+        raise loaded.error(("train", "input") if loaded.spec.train.input else ("train", "objective"),
+                           f"`objective: dpo` trains on preference pairs, and `{name}` builds none; set "
+                           "`train.input` to a judge step with `pairs:` (or `revise: true`)")
+
+
 def load_pairs(loaded, plan, input_name: str | None, eval_split: float | None):
     """The judge step's pairs as {prompt, chosen, rejected, completion, row} records, split train/held-out."""
-    from datagen.export import fetch_input, preference_record, resolve_input, split_records
+    from datagen.export import default_input, fetch_input, preference_record, resolve_input, split_records
     from datagen.store.connection import arrow_table, open_store, quote_ident
     from sft.rows import TrainRows
 
-    name = input_name or plan.spec.steps[-1].name
+    name = input_name or default_input(plan)
     inp = resolve_input(plan, name, "preference")
     if not inp.pairs:
         raise UserError(f"train.input: `objective: dpo` trains on preference pairs, and `{name}` builds none; set "

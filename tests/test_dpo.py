@@ -96,3 +96,18 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return bool(torch.equal(a, b.detach()))
+
+
+@pytest.mark.parametrize("train, message", [
+    ("train: {objective: dpo, input: attempt}\n", r"train\.input: `objective: dpo` trains on preference pairs, and "
+                                                  r"`attempt` builds none"),
+    ("train: {objective: dpo}\n", r"train\.objective: `objective: dpo` trains on preference pairs, and `grade`"),
+    ("train: {objective: dpo, dpo: {beta: 0}}\n", r"train\.dpo\.beta"),
+])
+def test_dpo_train_block_is_checked_by_the_plan(tmp_path, train, message):
+    from datagen.errors import UserError
+    from datagen.spec.plan import build_plan
+
+    spec = write_spec(tmp_path, "http://127.0.0.1:9/v1", GRADE, extra=train)
+    with pytest.raises(UserError, match=message):
+        build_plan(load_spec(spec))

@@ -32,7 +32,7 @@ def test_feedback_loop_example_end_to_end(tmp_path, vllm_server):
     spec = example(tmp_path, vllm_server)
     out = datagen("run", str(spec), timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    n = json.loads(json.dumps(yaml.safe_load(spec.read_text())["steps"][0]["n"]))
+    n = yaml.safe_load(spec.read_text())["steps"][0]["n"]
     attempts = query_json(spec, "select _id, _parent_id from attempt")
     assert len(attempts) == 4 * n
     grades = query_json(spec, "select score, score_reason, _parent_id from grade")
@@ -48,8 +48,13 @@ def test_feedback_loop_example_end_to_end(tmp_path, vllm_server):
                          {"parent_id": p["rejected_id"], "role": "rejected"}]
     out = datagen("train", str(spec), timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    runs = query_json(spec, "select objective, before, after from train_runs")
-    assert runs[-1]["objective"] == "dpo"
+    runs = query_json(spec, "select objective, status, steps, loss_before, loss_after, metrics_before, "
+                            "metrics_after from train_runs")
+    assert runs[-1]["objective"] == "dpo" and runs[-1]["status"] == "done" and runs[-1]["steps"] == 2
+    assert runs[-1]["loss_before"] > 0 and runs[-1]["loss_after"] > 0
+    for when in ("metrics_before", "metrics_after"):
+        metrics = json.loads(runs[-1][when])
+        assert 0 <= metrics["preference_accuracy"] <= 1 and "logp_margin" in metrics
     student = tmp_path / "out" / "student"
     assert (student / "config.json").is_file() and (student / "model.safetensors").is_file()
     out = datagen("export", str(spec))
