@@ -154,6 +154,9 @@ def status(spec: Path = typer.Argument(..., help="the spec file")):
                 print(f"    {n} x {error[:150]}")
             for line in strategy_status(con, step):  # expansion: accepted and rejected; curate: coverage
                 print(line)
+            for stage, kept, dropped in r.get("derived", []):  # judge: pairs built; self: samples kept
+                what = "pairs built" if stage.startswith("pairs:") else "samples kept"
+                print(f"    {stage}: {kept} {what}, {dropped} dropped (reasons in `decisions`)")
         _print_funnel(read_funnel(con, loaded.spec.curation))
     finally:
         con.close()

@@ -28,8 +28,12 @@ def step_status(store: Path, steps: list[str]) -> list[dict]:
                 """,
                 [step],
             ).fetchall()
+            # what judge and self steps derive from their rows: pairs, kept samples (datagen/strategies/)
+            derived = con.execute(
+                "SELECT stage, count(*) FILTER (WHERE kept), count(*) FILTER (WHERE NOT kept) FROM decisions "
+                "WHERE stage IN (?, ?) GROUP BY 1", [f"pairs:{step}", f"self:{step}"]).fetchall()
             out.append({"step": step, "done": row[0], "failed": row[1], "pending": row[2],
-                        "completion_tokens": row[3], "top_errors": errors})
+                        "completion_tokens": row[3], "top_errors": errors, "derived": derived})
         return out
     finally:
         con.close()

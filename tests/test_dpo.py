@@ -46,3 +46,68 @@ def test_preference_export_loads_and_dpo_trainer_accepts_it(pairs_spec, tmp_path
     assert tokenized["chosen_ids"] != tokenized["rejected_ids"]
     out = trainer.train()
     assert out.global_step == 1 and out.training_loss > 0
+
+
+PAIRS = [
+    ("What is 2 plus 3?", "2 plus 3 is 5. #### 5", "2 plus 3 is 6. #### 6"),
+    ("What is 4 plus 4?", "4 plus 4 is 8. #### 8", "4 plus 4 is 9. #### 9"),
+    ("What is 10 plus 7?", "10 plus 7 is 17. #### 17", "10 plus 7 is 3. #### 3"),
+    ("What is 6 plus 1?", "6 plus 1 is 7. #### 7", "6 plus 1 is 61. #### 61"),
+]
+
+
+def pair_records() -> list[dict]:
+    return [{"prompt": [{"role": "user", "content": q}], "chosen": [{"role": "assistant", "content": c}],
+             "rejected": [{"role": "assistant", "content": r}], "completion": [{"role": "assistant", "content": c}],
+             "row": {"_parent_id": q}} for q, c, r in PAIRS]
+
+
+def test_dpo_steps_change_every_lora_tensor_and_lower_the_loss(tmp_path, monkeypatch):
+    """A few DPO steps with LoRA on the bundled model: every LoRA tensor moves and the DPO loss on the batch falls."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from datagen.spec.models import TrainSpec
+    from sft.dpo import dpo_trainer, preference_metrics
+    from sft.rows import TrainRows
+    from sft.student import load_student
+    from sft.train import training_args
+
+    settings = TrainSpec(objective="dpo", lora={"r": 8, "alpha": 16}, learning_rate=1e-3, batch_size=4,
+                         max_steps=3, max_length=128)
+    model, tok = load_student(settings, tmp_path)
+    records = pair_records()
+    rows = TrainRows(input="grade", output_column="solution", step="attempt", train=records, eval=records)
+    before_metrics = preference_metrics(model, tok, records)
+    trainer, _ = dpo_trainer(None, None, settings, model, tok, rows, training_args(settings, 0, str(tmp_path)))
+    lora = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
+    assert lora and all(p.requires_grad for n, p in trainer.model.named_parameters() if "lora_" in n)
+    loss_before = trainer.evaluate()["eval_loss"]
+    assert abs(loss_before - 0.6931) < 1e-3  # the policy starts as its own reference: -log sigmoid(0)
+    out = trainer.train()
+    assert out.global_step == 3
+    after = dict(trainer.model.named_parameters())
+    unchanged = [n for n, p in lora.items() if torch_equal(p, after[n])]
+    assert not unchanged, f"{len(unchanged)} of {len(lora)} LoRA tensors did not change: {unchanged[:3]}"
+    assert trainer.evaluate()["eval_loss"] < loss_before
+    after_metrics = preference_metrics(trainer.model, tok, records)
+    assert after_metrics["logp_margin"] > before_metrics["logp_margin"]
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b.detach()))
+
+
+@pytest.mark.parametrize("train, message", [
+    ("train: {objective: dpo, input: attempt}\n", r"train\.input: `objective: dpo` trains on preference pairs, and "
+                                                  r"`attempt` builds none"),
+    ("train: {objective: dpo}\n", r"train\.objective: `objective: dpo` trains on preference pairs, and `grade`"),
+    ("train: {objective: dpo, dpo: {beta: 0}}\n", r"train\.dpo\.beta"),
+])
+def test_dpo_train_block_is_checked_by_the_plan(tmp_path, train, message):
+    from datagen.errors import UserError
+    from datagen.spec.plan import build_plan
+
+    spec = write_spec(tmp_path, "http://127.0.0.1:9/v1", GRADE, extra=train)
+    with pytest.raises(UserError, match=message):
+        build_plan(load_spec(spec))

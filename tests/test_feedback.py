@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from typer.testing import CliRunner
+
+from datagen.cli import app
 from datagen.errors import UserError
 from datagen.run import run
 from datagen.spec.load import load_spec
@@ -141,6 +144,8 @@ def test_pairs_by_score_with_margin(tmp_path):
         assert len(server.bodies) == sent
     assert len(store_rows(spec, "select * from pairs")) == 3
     assert len(store_rows(spec, "select * from decisions where stage = 'pairs:grade'")) == 4
+    status = CliRunner().invoke(app, ["status", str(spec)])
+    assert status.exit_code == 0 and "pairs:grade: 3 pairs built, 1 dropped" in status.output
 
 
 PAIRWISE = """\

@@ -334,6 +334,11 @@ class KDSpec(Model):
     divergence: Literal["forward", "reverse"] = "forward"
 
 
+class DPOSpec(Model):
+    beta: float = Field(0.1, gt=0)  # how far the student may move from the reference (smaller: further)
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
+
+
 class LoraSpec(Model):
     r: int = Field(16, ge=1)
     alpha: int = Field(32, ge=1)
@@ -354,6 +359,7 @@ class TrainSpec(Model):
     output: str = "out/student"
     objective: Literal["sft", "kd", "dpo"] = "sft"
     kd: KDSpec = KDSpec()
+    dpo: DPOSpec = DPOSpec()  # used when objective is dpo
     epochs: float = Field(1, gt=0)
     max_steps: int | None = Field(None, ge=1)
     learning_rate: float = Field(2e-5, gt=0)
