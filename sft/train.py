@@ -62,7 +62,13 @@ def train(loaded: LoadedSpec, out: str | Path | None = None, max_steps: int | No
         settings = settings.model_copy(update={"max_steps": max_steps})
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # only local models: never wait on a hub
     plan = build_plan(loaded)
-    rows = load_rows(loaded, plan, settings.input, settings.eval.split if settings.eval else None)
+    split = settings.eval.split if settings.eval else None
+    if settings.objective == "dpo":  # preference pairs (sft/dpo.py), not prompt/completion rows
+        from sft.dpo import load_pairs
+
+        rows = load_pairs(loaded, plan, settings.input, split)
+    else:
+        rows = load_rows(loaded, plan, settings.input, split)
     log(f"training on `{rows.input}`: {len(rows.train)} rows, {len(rows.eval)} held out"
         + (f"; {rows.skipped} rows with an empty output left out" if rows.skipped else ""))
     target = output_dir(loaded, out)
@@ -73,7 +79,7 @@ def train(loaded: LoadedSpec, out: str | Path | None = None, max_steps: int | No
                        batch_size=settings.batch_size, spec_dir=loaded.dir)
     run_id = runs.start_run(loaded.store_path, settings, rows.input, str(target), len(rows.train), len(rows.eval))
     try:
-        before = evaluate(model, tok, rows.eval, **eval_kwargs)
+        before = evaluate(model, tok, rows.eval, **eval_kwargs) | objective_metrics(settings, model, tok, rows)
         with tempfile.TemporaryDirectory(prefix="datagen-train-") as work:
             trainer, notes = TRAINERS[settings.objective](loaded, plan, settings, model, tok, rows,
                                                           training_args(settings, loaded.spec.seed, work))
@@ -83,7 +89,7 @@ def train(loaded: LoadedSpec, out: str | Path | None = None, max_steps: int | No
             model = trainer.model
             tokens = int(getattr(trainer, "_total_train_tokens", 0))
             notes += getattr(trainer, "datagen_notes", lambda: [])()
-        after = evaluate(model, tok, rows.eval, **eval_kwargs)
+        after = evaluate(model, tok, rows.eval, **eval_kwargs) | objective_metrics(settings, model, tok, rows)
         result = TrainResult(run_id, target, settings.objective, rows.input, len(rows.train), len(rows.eval),
                              output.global_step, tokens, seconds, float(output.training_loss), before, after, notes)
         meta = {"spec": loaded.spec.name, "run_id": run_id, "input": rows.input, "settings": settings.model_dump(),
@@ -96,6 +102,15 @@ def train(loaded: LoadedSpec, out: str | Path | None = None, max_steps: int | No
         runs.fail_run(loaded.store_path, run_id, f"{type(exc).__name__}: {exc}")
         raise
     return result
+
+
+def objective_metrics(settings, model, tok, rows) -> dict:
+    """Metrics only one objective has: for dpo, preference accuracy and log-probability margin on held-out pairs."""
+    if settings.objective != "dpo":
+        return {}
+    from sft.dpo import preference_metrics
+
+    return preference_metrics(model, tok, rows.eval, settings.max_length, settings.batch_size)
 
 
 def training_args(settings, seed: int, work_dir: str) -> dict:
@@ -177,4 +192,11 @@ def kd_trainer(loaded, plan, settings, model, tok, rows, args: dict):
     return trainer, notes
 
 
-TRAINERS = {"sft": sft_trainer, "kd": kd_trainer}
+def dpo_trainer(loaded, plan, settings, model, tok, rows, args: dict):
+    """TRL's DPOTrainer on the pairs a judge step built (sft/dpo.py)."""
+    from sft.dpo import dpo_trainer as build
+
+    return build(loaded, plan, settings, model, tok, rows, args)
+
+
+TRAINERS = {"sft": sft_trainer, "kd": kd_trainer, "dpo": dpo_trainer}

@@ -16,6 +16,10 @@ def check_train(loaded: LoadedSpec, plan) -> None:
         return
     from datagen.export import resolve_input
 
+    if train.objective == "dpo":
+        from sft.dpo import check_dpo
+
+        return check_dpo(loaded, plan)
     try:
         inp = resolve_input(plan, train.input)
     except UserError as exc:

@@ -125,8 +125,6 @@ def build_plan(loaded: LoadedSpec) -> Plan:
 
 def _refuse_unbuilt(loaded: LoadedSpec) -> None:
     spec = loaded.spec
-    if spec.train is not None and spec.train.objective == "dpo":
-        raise loaded.error(("train", "objective"), f"`objective: dpo` {NOT_YET}; use sft or kd")
     for i, step in enumerate(spec.steps):
         if step.strategy not in ("label", "expand", "curate", "judge", "self"):
             raise loaded.error(("steps", i, "strategy"), f"strategy `{step.strategy}` {NOT_YET}; use `label`")
