@@ -60,6 +60,10 @@ def load_pairs(loaded, plan, input_name: str | None, eval_split: float | None):
         row = {**answers.get(pair["chosen_id"], {}), "_parent_id": pair["_parent_id"], "_pair_id": pair["_id"]}
         records.append({**rec, "completion": rec["chosen"], "row": row})
         rows.append(row)
+    if not records:
+        raise UserError(f"nothing to train on: `{name}` has no preference pairs; see `datagen query SPEC \"select "
+                        f"reason, count(*) from decisions where stage = 'pairs:{name}' group by 1\"` for why candidates "
+                        "were not paired (a smaller `pairs.min_margin` keeps more)")
     if eval_split:
         parts = split_records(records, rows, eval_split, loaded.spec.seed)
         train, held = parts["train"], parts.get("test", [])

@@ -314,6 +314,7 @@ def test_json_verdicts_are_constrained_and_parsed(tmp_path):
     schema = judged[0]["response_format"]["json_schema"]["schema"]
     assert schema["properties"]["score"] == {"type": "integer", "enum": [0, 1, 2, 3, 4, 5]}
     assert list(schema["properties"]) == ["reason", "score"]
+    assert schema["properties"]["reason"] == {"type": "string", "maxLength": 300}
     assert judged[0]["messages"][-1]["content"].endswith('"score": <a number from 0 to 5>}.')
     rows = store_rows(spec, "select score, score_reason from grade order by 1")
     assert [r[0] for r in rows] == [3.0] * 4 + [4.0] * 4 + [5.0] * 4 and rows[0][1] == "sample 0"

@@ -17,10 +17,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def example(tmp_path: Path, base_url: str) -> Path:
     spec = yaml.safe_load((ROOT / "specs" / "feedback_loop.yaml").read_text())
-    for name in ("student", "judge"):
+    for name in ("student", "judge"):  # the judge keeps the example's max_tokens: its verdict must fit
         teacher = spec["teachers"][name]
-        spec["teachers"][name] = {"backend": "openai", "base_url": base_url, "model": "smollm2",
-                                  "sampling": {**teacher["sampling"], "max_tokens": 96}}
+        sampling = {**teacher["sampling"], "max_tokens": 96} if name == "student" else teacher["sampling"]
+        spec["teachers"][name] = {"backend": "openai", "base_url": base_url, "model": "smollm2", "sampling": sampling}
     spec["sources"]["problems"].update(path=str(ROOT / "specs" / "data" / "gsm8k_train_500.jsonl"), limit=4)
     spec["train"].update(max_steps=2, batch_size=2)
     path = tmp_path / "feedback_loop.yaml"

@@ -88,6 +88,9 @@ def default_prompt(step: JudgeStep) -> str:
     return (PAIRWISE_PROMPT if step.pairwise else SCORE_PROMPT) + ASK[(step.pairwise, step.verdict_format)]
 
 
+REASON_MAX_CHARS = 300  # a JSON verdict's `reason`: "one or two sentences"
+
+
 def json_schema(step: JudgeStep) -> dict | None:
     """With `verdict_format: json`, the schema the backend constrains the verdict to (reason first, then verdict)."""
     if step.verdict_format != "json":
@@ -100,7 +103,8 @@ def json_schema(step: JudgeStep) -> dict | None:
             verdict = {"score": {"type": "integer", "enum": list(range(int(low), int(high) + 1))}}
         else:
             verdict = {"score": {"type": "number", "minimum": low, "maximum": high}}
-    return {"type": "object", "properties": {"reason": {"type": "string"}, **verdict},
+    # the cap closes a rambling reason in time for the verdict to fit in `max_tokens`
+    return {"type": "object", "properties": {"reason": {"type": "string", "maxLength": REASON_MAX_CHARS}, **verdict},
             "required": ["reason", *verdict]}
 
 
@@ -198,7 +202,9 @@ def parse_score(text: str) -> tuple[float | None, str]:
         return float(as_json["score"]), str(as_json.get("reason") or "")
     matches = list(SCORE_RE.finditer(text))
     if not matches:
-        return None, f"no score in the verdict (expected a last line `Score: N`): {_clip(text)}"
+        expected = "a JSON object with `score`" if text.lstrip().startswith("{") else "a last line `Score: N`"
+        return None, f"no score in the verdict (expected {expected}; a cut-off reply needs a larger " \
+                     f"`max_tokens`): {_clip(text)}"
     last = matches[-1]
     return float(last.group(1)), _reason(text, last.start())
 
@@ -210,7 +216,9 @@ def parse_verdict(text: str) -> tuple[str | None, str]:
         return _norm_verdict(str(as_json["winner"])), str(as_json.get("reason") or "")
     matches = list(VERDICT_RE.finditer(text))
     if not matches:
-        return None, f"no verdict in the reply (expected a last line `Winner: A`, `Winner: B` or `Winner: tie`): " \
+        expected = "a JSON object with `winner`" if text.lstrip().startswith("{") else \
+            "a last line `Winner: A`, `Winner: B` or `Winner: tie`"
+        return None, f"no verdict in the reply (expected {expected}; a cut-off reply needs a larger `max_tokens`): " \
                      f"{_clip(text)}"
     last = matches[-1]
     return _norm_verdict(last.group(1)), _reason(text, last.start())
