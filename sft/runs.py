@@ -64,7 +64,15 @@ def comparison_rows(before: dict, after: dict) -> list[tuple[str, str, str, str]
         name = "held-out loss per token" if key == "loss" else f"accuracy {key}"
         change = f"{a - b:+.4f}" if a is not None and b is not None else ""
         rows.append((name, _fmt(b), _fmt(a), change))
+    for key, name in PREFERENCE_METRICS.items():  # objective: dpo (sft/dpo.py)
+        b, a = before.get(key), after.get(key)
+        if b is not None or a is not None:
+            rows.append((name, _fmt(b), _fmt(a), f"{a - b:+.4f}" if a is not None and b is not None else ""))
     return rows
+
+
+PREFERENCE_METRICS = {"preference_accuracy": "held-out preference accuracy",
+                      "logp_margin": "held-out log-prob margin (chosen - rejected)"}
 
 
 def _fmt(v) -> str:

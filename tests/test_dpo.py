@@ -111,3 +111,14 @@ def test_dpo_train_block_is_checked_by_the_plan(tmp_path, train, message):
     spec = write_spec(tmp_path, "http://127.0.0.1:9/v1", GRADE, extra=train)
     with pytest.raises(UserError, match=message):
         build_plan(load_spec(spec))
+
+
+def test_before_after_table_shows_preference_metrics():
+    from sft.runs import comparison_rows
+
+    rows = comparison_rows({"loss": 1.5, "preference_accuracy": 0.25, "logp_margin": -0.5},
+                           {"loss": 1.25, "preference_accuracy": 0.75, "logp_margin": 0.5})
+    assert rows == [("held-out loss per token", "1.5000", "1.2500", "-0.2500"),
+                    ("held-out preference accuracy", "0.2500", "0.7500", "+0.5000"),
+                    ("held-out log-prob margin (chosen - rejected)", "-0.5000", "0.5000", "+1.0000")]
+    assert [r[0] for r in comparison_rows({"loss": 1.0}, {"loss": 0.5})] == ["held-out loss per token"]

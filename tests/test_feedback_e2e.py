@@ -48,6 +48,7 @@ def test_feedback_loop_example_end_to_end(tmp_path, vllm_server):
                          {"parent_id": p["rejected_id"], "role": "rejected"}]
     out = datagen("train", str(spec), timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert "held-out preference accuracy" in out.stdout and "log-prob margin" in out.stdout, out.stdout
     runs = query_json(spec, "select objective, status, steps, loss_before, loss_after, metrics_before, "
                             "metrics_after from train_runs")
     assert runs[-1]["objective"] == "dpo" and runs[-1]["status"] == "done" and runs[-1]["steps"] == 2
