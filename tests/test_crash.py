@@ -193,3 +193,40 @@ def test_sigint_cancels_in_flight_keeps_finished_and_resumes(tmp_path):
     assert check_consistent(spec) == 40
     assert all(server.counts[k] == counts_before[k] for k in done_before), "a kept reply was asked again"
     assert [s for (s,) in store(spec, "select status from _runs order by started_at")] == ["interrupted", "done"]
+
+
+def test_sigint_that_lands_on_another_thread_still_cancels_at_once(tmp_path):
+    """The OS may hand SIGINT to any thread of the process (DuckDB's, the resolver's). With every request in flight
+    hanging, the event loop must still wake and cancel them, not sleep until a reply comes."""
+    import ctypes
+    import platform
+
+    tgkill = {"x86_64": 234, "aarch64": 131}[platform.machine()]  # the syscall number; signal one chosen thread
+    questions = [f"What is {i} plus {i}?" for i in range(16)]
+    replied: list[int] = []
+
+    def script(body):
+        index = int(body["messages"][-1]["content"].split()[3])
+        time.sleep(60 if index >= 4 else 0.01)  # 4 quick replies, then only hanging requests
+        replied.append(index)
+        return "answer"
+
+    with ScriptedServer(script) as server:
+        spec = write_spec(tmp_path, server.base_url, questions, n=1, concurrency=8)
+        proc = subprocess.Popen(CLI + ["run", "-q", str(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        deadline = time.monotonic() + 60
+        while (len(replied) < 4 or len(server.bodies) < 8) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # the loop is now asleep in its selector, waiting on 8 hanging requests
+        others = sorted(int(t) for t in os.listdir(f"/proc/{proc.pid}/task") if int(t) != proc.pid)
+        assert others, "the run should have more than one thread"
+        sent = time.monotonic()
+        assert ctypes.CDLL(None, use_errno=True).syscall(tgkill, proc.pid, others[-1], signal.SIGINT) == 0
+        try:
+            _, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+        assert time.monotonic() - sent < 10, "Ctrl-C on another thread waited for a reply instead of cancelling"
+        assert proc.returncode == 130 and "interrupted" in err, err
+    assert store(spec, "select count(*) from requests where status = 'done'")[0][0] == 4

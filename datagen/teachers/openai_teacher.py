@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import signal
 import time
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -66,6 +67,7 @@ class OpenAITeacher:
             tasks = [[asyncio.create_task(one(i, j, r, idx))
                       for j, idx in enumerate(r.sample_indices or range(len(r.keys)))]
                      for i, r in enumerate(requests)]
+            interrupted = _cancel_on_sigint()
             try:
                 return [[await t for t in group] for group in tasks]
             except BaseException:  # Ctrl-C (the loop cancels us): cancel what is in flight, let it unwind
@@ -73,7 +75,11 @@ class OpenAITeacher:
                 for t in pending:
                     t.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
+                if interrupted.is_set():
+                    raise KeyboardInterrupt from None
                 raise
+            finally:
+                _restore_sigint()
 
     def payload(self, req: GenRequest, sample_index: int, options: GenOptions) -> dict[str, Any]:
         s = options.sampling
@@ -135,6 +141,33 @@ class OpenAITeacher:
             return min(retry_after, self.backoff_max_s * 4)
         ceiling = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
         return random.uniform(ceiling / 2, ceiling)  # jitter spreads retries so they do not arrive in a burst
+
+
+def _cancel_on_sigint() -> asyncio.Event:
+    """Ctrl-C cancels the running task through the loop's own signal handler, which also wakes the loop.
+
+    Python's default handler only runs when the main thread runs bytecode. When the OS hands SIGINT to another
+    thread (DuckDB's, the resolver's) while every request in flight is waiting on a slow server, the main thread
+    sleeps in the selector until a reply comes, which can be minutes. The loop's handler wakes it at once.
+    """
+    loop, task, interrupted = asyncio.get_running_loop(), asyncio.current_task(), asyncio.Event()
+
+    def on_sigint() -> None:
+        interrupted.set()
+        task.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no unix signals
+        pass
+    return interrupted
+
+
+def _restore_sigint() -> None:
+    try:
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)  # back to the default KeyboardInterrupt
+    except (NotImplementedError, RuntimeError, ValueError):
+        pass
 
 
 def _retry_after(resp: httpx.Response) -> float | None:
