@@ -15,7 +15,7 @@ from typing import Callable
 
 import duckdb
 
-from curation.stages import PREFIXES, dedup_stages, filter_stages, stage_names
+from curation.stages import NAMES, PREFIXES, dedup_stages, filter_stages, stage_names
 from curation.text import as_text
 from datagen.store.connection import arrow_table, quote_ident
 from datagen.store.writes import transaction
@@ -209,8 +209,9 @@ def write_results(con: duckdb.DuckDBPyConnection, input_name: str, decisions: li
 
 
 def _curation_stage_sql() -> str:
-    # constant prefixes, not user input: novelty decisions of generation steps use other stage names and stay
-    return " OR ".join(f"starts_with(stage, '{p}')" for p in PREFIXES)
+    # constants, not user input: a generation step's decisions (stage = its name, e.g. `selected_tasks`) stay
+    exact = ", ".join(f"'{n}'" for n in NAMES)
+    return f"(stage IN ({exact}) OR " + " OR ".join(f"starts_with(stage, '{p}')" for p in PREFIXES) + ")"
 
 
 def read_funnel(con: duckdb.DuckDBPyConnection, cur=None) -> list[dict]:

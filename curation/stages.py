@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-PREFIXES = ("filter:", "dedup:", "decontaminate", "select")  # every curation stage name starts with one of these
+# every curation stage name starts with one of PREFIXES or is one of NAMES; generation steps write decisions under
+# their own step names (expand, agreement), which are identifiers without ':' and never one of NAMES
+PREFIXES = ("filter:", "dedup:", "select:")
+NAMES = ("decontaminate", "select")
 
 
 def filter_stages(cur) -> list[str]:

@@ -104,7 +104,7 @@ def _smollm2_folder() -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:
         _convert_gguf(src, _GGUF_NAME, tmp)
-        _chmod_by_umask(tmp)
+        chmod_by_umask(tmp)
         try:
             os.rename(tmp, final)
         except OSError:
@@ -116,7 +116,7 @@ def _smollm2_folder() -> Path:
     return final
 
 
-def _chmod_by_umask(folder: Path) -> None:
+def chmod_by_umask(folder: Path) -> None:
     """mkdtemp (and the safetensors writer) create owner-only files; a shared cache should follow the umask."""
     umask = os.umask(0)
     os.umask(umask)

@@ -196,7 +196,7 @@ def to_records(table, inp: ExportInput, fmt: str, extra: list[str]) -> tuple[lis
         records.append(rec)
         kept.append(row)
     if not records:
-        raise UserError(f"nothing to export: every row of `{inp.name}` has an empty output")
+        raise UserError(f"every row of `{inp.name}` has an empty output: nothing to export or train on")
     return records, kept, skipped
 
 

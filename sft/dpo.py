@@ -33,25 +33,20 @@ def check_dpo(loaded, plan) -> None:
 
 def load_pairs(loaded, plan, input_name: str | None, eval_split: float | None):
     """The judge step's pairs as {prompt, chosen, rejected, completion, row} records, split train/held-out."""
-    from datagen.export import default_input, fetch_input, preference_record, resolve_input, split_records
+    from datagen.export import fetch_input, preference_record, resolve_input, split_records
     from datagen.store.connection import arrow_table, open_store, quote_ident
     from sft.rows import TrainRows
 
-    name = input_name or default_input(plan)
-    inp = resolve_input(plan, name, "preference")
-    if not inp.pairs:
-        raise UserError(f"train.input: `objective: dpo` trains on preference pairs, and `{name}` builds none; set "
-                        "`train.input` to a judge step with `pairs:` (or `revise: true`)")
-    judged = plan.step(plan.step(name).input)  # the step whose answers are the two sides
+    inp = resolve_input(plan, input_name, "preference")  # build_plan's check_dpo made sure it builds pairs
+    name = inp.name
+    judged = plan.step(inp.step.spec.input)  # the step whose answers are the two sides
     con = open_store(loaded.store_path, read_only=True)
     try:
         pairs = fetch_input(con, inp).to_pylist()
         # a record's `row` is the chosen answer's row (the input's columns, e.g. a reference answer for verifiers)
         answers = {r["_id"]: r for r in arrow_table(con.sql(f"SELECT * FROM {quote_ident(judged.name)}")).to_pylist()}
     except UserError:
-        raise UserError(f"no preference pairs in `{name}` yet; run `datagen run` first (and see "
-                        f"`datagen query SPEC \"select reason, count(*) from decisions where stage = 'pairs:{name}' "
-                        "group by 1\"` for why candidates were not paired)") from None
+        raise UserError(f"no preference pairs in `{name}` yet; run `datagen run` first") from None
     finally:
         con.close()
     records, rows = [], []
@@ -64,11 +59,8 @@ def load_pairs(loaded, plan, input_name: str | None, eval_split: float | None):
         raise UserError(f"nothing to train on: `{name}` has no preference pairs; see `datagen query SPEC \"select "
                         f"reason, count(*) from decisions where stage = 'pairs:{name}' group by 1\"` for why candidates "
                         "were not paired (a smaller `pairs.min_margin` keeps more)")
-    if eval_split:
-        parts = split_records(records, rows, eval_split, loaded.spec.seed)
-        train, held = parts["train"], parts.get("test", [])
-    else:
-        train, held = records, []
+    parts = split_records(records, rows, eval_split, loaded.spec.seed)
+    train, held = parts["train"], parts.get("test", [])
     return TrainRows(input=name, output_column=judged.spec.output, step=judged.name, train=train, eval=held)
 
 
@@ -102,7 +94,9 @@ def preference_metrics(model, tok, records: list[dict], max_length: int = 1024, 
 
 
 def _mean_logps(model, tok, items: list[tuple[list, list]], max_length: int, batch_size: int) -> list[float]:
-    from sft.evaluate import token_loss
+    """Each answer's mean log-probability per completion token (nan when truncation left it no token)."""
+    from sft.evaluate import record_losses
 
-    # token_loss averages over every token of its records; one record at a time gives each answer's own mean
-    return [-token_loss(model, tok, [{"prompt": p, "completion": c}], max_length, batch_size)[0] for p, c in items]
+    records = [{"prompt": p, "completion": c} for p, c in items]
+    losses = record_losses(model, tok, records, max_length, batch_size)
+    return [-total / n if n else float("nan") for total, n in losses]

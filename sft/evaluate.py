@@ -47,10 +47,18 @@ def completion_ids(tok, prompt: list[dict], completion: list[dict], max_length: 
 
 def token_loss(model, tok, records: list[dict], max_length: int = 1024, batch_size: int = 8) -> tuple[float, int]:
     """Mean loss per completion token over the records, and the number of tokens scored."""
+    per_record = record_losses(model, tok, records, max_length, batch_size)
+    total, count = sum(t for t, _ in per_record), sum(n for _, n in per_record)
+    return (total / count if count else float("nan")), count
+
+
+def record_losses(model, tok, records: list[dict], max_length: int = 1024,
+                  batch_size: int = 8) -> list[tuple[float, int]]:
+    """Per record: the summed loss over its completion tokens, and how many tokens that is."""
     import torch
 
     encoded = [completion_ids(tok, r["prompt"], r["completion"], max_length) for r in records]
-    total, count = 0.0, 0
+    out: list[tuple[float, int]] = []
     model.eval()
     with torch.no_grad():
         for i in range(0, len(encoded), batch_size):
@@ -67,9 +75,8 @@ def token_loss(model, tok, records: list[dict], max_length: int = 1024, batch_si
             target = labels[:, 1:]
             mask = target != -100
             nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target.clamp(min=0), reduction="none")
-            total += float((nll * mask).sum())
-            count += int(mask.sum())
-    return (total / count if count else float("nan")), count
+            out += [(float(t), int(n)) for t, n in zip((nll * mask).sum(dim=1), mask.sum(dim=1))]
+    return out
 
 
 def generate_answers(model, tok, prompts: list[list[dict]], max_new_tokens: int, batch_size: int = 8) -> list[str]:

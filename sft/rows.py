@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from datagen.errors import UserError
 from datagen.spec.load import LoadedSpec
 from datagen.store.connection import open_store
 
@@ -27,7 +26,7 @@ class TrainRows:
 
 def load_rows(loaded: LoadedSpec, plan, input_name: str | None, eval_split: float | None) -> TrainRows:
     """The selected rows as prompt/completion records, split into train and held-out parts."""
-    from datagen.export import MESSAGES_COLUMN, _record, fetch_input, resolve_input, split_records
+    from datagen.export import MESSAGES_COLUMN, fetch_input, resolve_input, split_records, to_records
 
     inp = resolve_input(plan, input_name)
     con = open_store(loaded.store_path, read_only=True)
@@ -35,22 +34,12 @@ def load_rows(loaded: LoadedSpec, plan, input_name: str | None, eval_split: floa
         table = fetch_input(con, inp)
     finally:
         con.close()
-    records, kept, skipped = [], [], 0
-    for row in table.to_pylist():
-        rec = _record(row, inp, "prompt_completion")
-        if rec is None:
-            skipped += 1
-            continue
+    records, kept, skipped = to_records(table, inp, "prompt_completion", [])
+    for rec, row in zip(records, kept):
         row.pop(MESSAGES_COLUMN, None)
-        records.append({**rec, "row": row})
-        kept.append(row)
-    if not records:
-        raise UserError(f"nothing to train on: every row of `{inp.name}` has an empty output")
-    if eval_split:
-        parts = split_records(records, kept, eval_split, loaded.spec.seed)
-        train, held = parts["train"], parts.get("test", [])
-    else:
-        train, held = records, []
+        rec["row"] = row
+    parts = split_records(records, kept, eval_split, loaded.spec.seed)
+    train, held = parts["train"], parts.get("test", [])
     return TrainRows(inp.name, inp.output, inp.step.name, train, held, skipped)
 
 

@@ -56,18 +56,14 @@ def fail_run(store_path, run_id: str, error: str) -> None:
 
 def comparison_rows(before: dict, after: dict) -> list[tuple[str, str, str, str]]:
     """(metric, before, after, change) for the printed before/after table."""
-    rows = []
-    keys = ["loss"] + sorted(k for k in (before.get("accuracy_by_verifier") or {}))
-    for key in keys:
-        b = before.get(key) if key == "loss" else before["accuracy_by_verifier"].get(key)
-        a = after.get(key) if key == "loss" else (after.get("accuracy_by_verifier") or {}).get(key)
-        name = "held-out loss per token" if key == "loss" else f"accuracy {key}"
-        change = f"{a - b:+.4f}" if a is not None and b is not None else ""
-        rows.append((name, _fmt(b), _fmt(a), change))
-    for key, name in PREFERENCE_METRICS.items():  # objective: dpo (sft/dpo.py)
-        b, a = before.get(key), after.get(key)
-        if b is not None or a is not None:
-            rows.append((name, _fmt(b), _fmt(a), f"{a - b:+.4f}" if a is not None and b is not None else ""))
+    def row(name: str, b, a) -> tuple[str, str, str, str]:
+        return name, _fmt(b), _fmt(a), (f"{a - b:+.4f}" if a is not None and b is not None else "")
+
+    rows = [row("held-out loss per token", before.get("loss"), after.get("loss"))]
+    acc_before, acc_after = before.get("accuracy_by_verifier") or {}, after.get("accuracy_by_verifier") or {}
+    rows += [row(f"accuracy {key}", acc_before.get(key), acc_after.get(key)) for key in sorted(acc_before)]
+    rows += [row(name, before.get(key), after.get(key))  # objective: dpo (sft/dpo.py)
+             for key, name in PREFERENCE_METRICS.items() if key in before or key in after]
     return rows
 
 

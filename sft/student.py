@@ -87,6 +87,8 @@ def save_student(model, tok, out: Path, meta: dict, spec_text: str | None = None
     the spec (`spec.yaml`) and the training settings and results (`datagen_train.json`) beside them.
 
     Written to a temporary folder and renamed into place, so the output folder is never half-written."""
+    from datagen.bundled import chmod_by_umask
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if hasattr(model, "merge_and_unload"):
@@ -98,7 +100,7 @@ def save_student(model, tok, out: Path, meta: dict, spec_text: str | None = None
         (tmp / "datagen_train.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
         if spec_text is not None:
             (tmp / "spec.yaml").write_text(spec_text)
-        tmp.chmod(0o755)
+        chmod_by_umask(tmp)  # mkdtemp made it owner-only
         if out.exists():
             old = out.with_name(f".{out.name}-old")
             shutil.rmtree(old, ignore_errors=True)

@@ -2,9 +2,9 @@
 
 One function, top to bottom: rows -> student -> score before -> train (TRL) -> score after -> save -> record.
 The objective only changes which trainer is built (`TRAINERS`): `sft` is TRL's SFTTrainer on prompt/completion
-rows (loss on the assistant tokens only); `kd` is the same trainer with the soft-label loss of sft/kd.py. Model
-loading, LoRA, evaluation, saving and the `train_runs` record are shared, so another objective plugs in as one more
-trainer function.
+rows (loss on the assistant tokens only); `kd` is the same trainer with the soft-label loss of sft/kd.py; `dpo`
+(sft/dpo.py) also reads different rows, a judge step's pairs, and adds preference metrics to the scores. Model
+loading, LoRA, evaluation, saving and the `train_runs` record are shared.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Callable
 
 from datagen.errors import UserError
 from datagen.spec.load import LoadedSpec
+from sft.dpo import dpo_trainer, load_pairs, preference_metrics
 
 
 @dataclass
@@ -64,8 +65,6 @@ def train(loaded: LoadedSpec, out: str | Path | None = None, max_steps: int | No
     plan = build_plan(loaded)
     split = settings.eval.split if settings.eval else None
     if settings.objective == "dpo":  # preference pairs (sft/dpo.py), not prompt/completion rows
-        from sft.dpo import load_pairs
-
         rows = load_pairs(loaded, plan, settings.input, split)
     else:
         rows = load_rows(loaded, plan, settings.input, split)
@@ -108,8 +107,6 @@ def objective_metrics(settings, model, tok, rows) -> dict:
     """Metrics only one objective has: for dpo, preference accuracy and log-probability margin on held-out pairs."""
     if settings.objective != "dpo":
         return {}
-    from sft.dpo import preference_metrics
-
     return preference_metrics(model, tok, rows.eval, settings.max_length, settings.batch_size)
 
 
@@ -192,11 +189,4 @@ def kd_trainer(loaded, plan, settings, model, tok, rows, args: dict):
     return trainer, notes
 
 
-def dpo_trainer(loaded, plan, settings, model, tok, rows, args: dict):
-    """TRL's DPOTrainer on the pairs a judge step built (sft/dpo.py)."""
-    from sft.dpo import dpo_trainer as build
-
-    return build(loaded, plan, settings, model, tok, rows, args)
-
-
-TRAINERS = {"sft": sft_trainer, "kd": kd_trainer, "dpo": dpo_trainer}
+TRAINERS = {"sft": sft_trainer, "kd": kd_trainer, "dpo": dpo_trainer}  # dpo: TRL's DPOTrainer on judge pairs

@@ -310,3 +310,25 @@ def test_difficulty_by_student_needs_its_columns_and_a_known_student(tmp_path):
         with pytest.raises(UserError) as err:
             build_plan(load_spec_text(text, tmp_path / "spec.yaml"))
         assert expect[new] in str(err.value) and "curation.select.difficulty" in str(err.value)
+
+
+def test_curation_replaces_only_its_own_decisions():
+    """A re-run of curation deletes its stages' decisions, never a generation step's (stage = the step's name)."""
+    import duckdb
+
+    from curation.run import _curation_stage_sql
+
+    stages = ["filter:length", "dedup:semantic", "decontaminate", "select", "select:difficulty",  # curation's
+              "selected_tasks", "decontaminated_q", "filters", "dedup_pass"]  # expand / agreement step names
+    con = duckdb.connect()
+    con.execute("CREATE TABLE decisions (stage VARCHAR)")
+    con.executemany("INSERT INTO decisions VALUES (?)", [[s] for s in stages])
+    matched = {s for (s,) in con.execute(f"SELECT stage FROM decisions WHERE {_curation_stage_sql()}").fetchall()}
+    assert matched == set(stages[:5])
+
+
+def test_a_step_cannot_take_a_curation_stage_name(tmp_path):
+    from datagen.errors import UserError
+
+    with pytest.raises(UserError, match="decontaminate.*taken by the store"):
+        load_spec_text(spec_text().replace("name: solve", "name: decontaminate"), tmp_path / "spec.yaml")

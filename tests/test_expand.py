@@ -253,3 +253,17 @@ def test_kill_9_mid_round_then_rerun_sends_nothing_twice_and_keeps_the_target(tm
     assert killed == store_rows(clean, "select instruction, _sample_index from new_tasks order by 2")
     assert store_rows(spec, "select count(*), count(distinct key) from outputs")[0] == \
         store_rows(spec, "select count(*), count(*) from requests where status = 'done'")[0]
+
+
+def test_a_demo_without_the_column_the_prompt_reads_says_why():
+    """With include_generated a generated demo has only the output column; the error says so, not a bare jinja one."""
+    from datagen.errors import UserError
+    from datagen.spec.models import ExpandStep
+    from datagen.strategies.expand import render
+
+    step = ExpandStep(name="new_tasks", strategy="expand", teacher="t", target=3, output="task",
+                      demos={"from": "seeds", "k": 2, "include_generated": True},
+                      prompt="{% for d in demos %}Task: {{ d.instruction.upper() }}\n{% endfor %}New task:")
+    assert render(step, [{"_id": "a", "instruction": "sort a list"}])[-1]["content"].startswith("Task: SORT A LIST")
+    with pytest.raises(UserError, match=r"new_tasks: the prompt failed on a demo row: .*include_generated.*`task`"):
+        render(step, [{"_id": "a", "instruction": "sort a list"}, {"_id": "b", "task": "a generated task"}])

@@ -21,7 +21,8 @@ SQL_RESERVED = set(
     "pivot_wider placing primary qualify references returning select show some summarize symmetric table then to "
     "trailing true union unique unpivot using variadic when where window with".split()
 )
-RESERVED_NAMES = {"requests", "lineage", "decisions", "curated", "train_runs", "outputs", "token_logprobs", "pairs"}
+RESERVED_NAMES = {"requests", "lineage", "decisions", "curated", "train_runs", "outputs", "token_logprobs", "pairs",
+                  "decontaminate"}  # a curation stage's name in `decisions`
 
 
 class Model(BaseModel):

@@ -18,12 +18,12 @@ from __future__ import annotations
 from typing import Callable
 
 import duckdb
-import jinja2
 
 from datagen.errors import UserError
 from datagen.keys import request_key
 from datagen.spec.models import ExpandStep
 from datagen.spec.plan import Plan, PlannedStep
+from datagen.templates import TemplateFailed
 from datagen.store.connection import quote_ident
 from datagen.store.views import current_outputs, output_columns
 from datagen.store.writes import insert_pending
@@ -57,9 +57,9 @@ def build_round(step: ExpandStep, round_no: int, count: int, first_index: int, p
 def render(step: ExpandStep, demo_rows: list[dict]) -> list[dict[str, str]]:
     try:
         return label.render_messages(step, {}, demo_rows)
-    except jinja2.UndefinedError as exc:
+    except TemplateFailed as exc:
         # plan time cannot see which attributes of a demo a template reads; a generated demo has only `output`
-        raise UserError(f"step {step.name}: the prompt failed on a demo row: {exc.message}. With include_generated, "
+        raise UserError(f"step {step.name}: the prompt failed on a demo row: {exc}. With include_generated, "
                         f"a new item shown as a demo has only the `{step.output}` column") from None
 
 

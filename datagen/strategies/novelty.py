@@ -74,23 +74,35 @@ class NoveltyIndex:
         self.embed = embed if max_cosine is not None else None
         self.rouge = RougeL() if max_rouge_l is not None else None
         self.ids: list[str] = []
-        self.texts: list[str] = []
         self.tokens: list[list[str]] = []
         self.exact: dict[str, str] = {}
-        self.vectors: np.ndarray | None = None
+        self._vectors = np.empty((0, 0), dtype=np.float32)  # rows [0, n) in use; grown by doubling
+        self._n = 0
+
+    @property
+    def vectors(self) -> np.ndarray:
+        return self._vectors[: self._n]
 
     def add_many(self, ids: list[str], texts: list[str], vectors: np.ndarray | None = None) -> None:
         if self.embed is not None and vectors is None and texts:
             vectors = self.embed(texts, ids)
-        for i, (rid, text) in enumerate(zip(ids, texts)):
+        for rid, text in zip(ids, texts):
             self.ids.append(rid)
-            self.texts.append(text)
             self.exact.setdefault(normalise(text), rid)
             if self.rouge is not None:
                 self.tokens.append(self.rouge.tokens(text))
         if self.embed is not None and texts:
-            block = np.asarray(vectors, dtype=np.float32)
-            self.vectors = block if self.vectors is None else np.vstack([self.vectors, block])
+            self._append(np.asarray(vectors, dtype=np.float32))
+
+    def _append(self, block: np.ndarray) -> None:
+        """Amortised O(1) per accepted item (a vstack per accept would copy the whole pool every time)."""
+        if self._n + len(block) > len(self._vectors):
+            grown = np.empty((max(2 * len(self._vectors), self._n + len(block), 64), block.shape[1]), np.float32)
+            if self._n:
+                grown[: self._n] = self._vectors[: self._n]
+            self._vectors = grown
+        self._vectors[self._n: self._n + len(block)] = block
+        self._n += len(block)
 
     def check(self, text: str, vector: np.ndarray | None = None) -> Verdict:
         if not text.strip():
@@ -98,12 +110,12 @@ class NoveltyIndex:
         same = self.exact.get(normalise(text))
         if same is not None:
             return Verdict(False, "exact duplicate (after case and spacing normalisation)", 1.0, same)
-        if self.rouge is not None and self.texts:
+        if self.rouge is not None and self.tokens:
             best = self.rouge.best_over(text, self.tokens, self.max_rouge_l)
             if best is not None:
                 i, f = best
                 return Verdict(False, f"ROUGE-L {f:.3f} >= max_rouge_l {self.max_rouge_l}", f, self.ids[i])
-        if self.embed is not None and self.vectors is not None and len(self.vectors):
+        if self.embed is not None and self._n:
             sims = self.vectors @ np.asarray(vector, dtype=np.float32)
             i = int(np.argmax(sims))
             if sims[i] >= self.max_cosine - EPS_COSINE:
