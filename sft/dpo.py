@@ -57,8 +57,8 @@ def load_pairs(loaded, plan, input_name: str | None, eval_split: float | None):
         rows.append(row)
     if not records:
         raise UserError(f"nothing to train on: `{name}` has no preference pairs; see `datagen query SPEC \"select "
-                        f"reason, count(*) from decisions where stage = 'pairs:{name}' group by 1\"` for why candidates "
-                        "were not paired (a smaller `pairs.min_margin` keeps more)")
+                        f"reason, count(*) from decisions where stage = 'pairs:{name}' group by 1\"` for why "
+                        "candidates were not paired (a smaller `pairs.min_margin` keeps more)")
     parts = split_records(records, rows, eval_split, loaded.spec.seed)
     train, held = parts["train"], parts.get("test", [])
     return TrainRows(input=name, output_column=judged.spec.output, step=judged.name, train=train, eval=held)
