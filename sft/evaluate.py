@@ -110,7 +110,7 @@ def accuracy(model, tok, records: list[dict], checks: list[Verifier], output_col
 
     answers = generate_answers(model, tok, [r["prompt"] for r in records], max_new_tokens)
     rows = [{**r["row"], output_column: a} for r, a in zip(records, answers)]
-    return {c.label: sum(bool(v[0]) for v in apply_filter(c.spec, rows, spec_dir)) / len(rows) for c in checks}
+    return {c.label: sum(v.kept for v in apply_filter(c.spec, rows, spec_dir)) / len(rows) for c in checks}
 
 
 def evaluate(model, tok, records: list[dict], checks: list[Verifier], output_column: str, max_length: int,

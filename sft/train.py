@@ -50,7 +50,7 @@ def output_dir(loaded: LoadedSpec, out: str | Path | None = None) -> Path:
 
 def train(loaded: LoadedSpec, out: str | Path | None = None, max_steps: int | None = None,
           log: Callable[[str], None] = print) -> TrainResult:
-    from datagen.spec.plan import build_plan
+    from datagen.planner import build_plan
     from sft import runs
     from sft.evaluate import evaluate, verifiers
     from sft.rows import load_rows

@@ -106,7 +106,7 @@ def torch_equal(a, b) -> bool:
 ])
 def test_dpo_train_block_is_checked_by_the_plan(tmp_path, train, message):
     from datagen.errors import UserError
-    from datagen.spec.plan import build_plan
+    from datagen.api import plan as build_plan
 
     spec = write_spec(tmp_path, "http://127.0.0.1:9/v1", GRADE, extra=train)
     with pytest.raises(UserError, match=message):

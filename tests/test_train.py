@@ -15,7 +15,7 @@ import torch
 
 from datagen.errors import UserError
 from datagen.spec.load import load_spec
-from datagen.spec.plan import build_plan
+from datagen.api import plan as build_plan
 from sft.evaluate import generate_answers
 from sft.rows import load_rows
 from sft.student import load_student, save_student

@@ -9,7 +9,7 @@ import json
 import math
 from pathlib import Path
 
-from datagen.run import run
+from datagen.api import run
 from datagen.spec.load import load_spec
 from tests.scripted_server import ScriptedServer, completion
 

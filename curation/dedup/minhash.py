@@ -7,7 +7,7 @@ with 128 permutations, so datasketch is not the bottleneck at 100k rows and rens
 
 from __future__ import annotations
 
-from curation.text import ngrams, words
+from datagen.text import ngrams, words
 
 
 def shingles(text: str, n: int) -> set[bytes]:

@@ -9,7 +9,7 @@ search, one block of queries at a time, keeping at most `max_neighbors` per row:
   compared across it.
 
 faiss was chosen over usearch because it gives exact range search (the flat index), IVF and k-means (also used by
-selection) in one well-kept package. Vectors must be L2-normalised (curation/embed.py does that), so inner product
+selection) in one well-kept package. Vectors must be L2-normalised (datagen/embed.py does that), so inner product
 is cosine similarity.
 """
 

@@ -236,13 +236,18 @@ class MetaColumnSpec(Model):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-class CurateStep(StepBase):
-    strategy: Literal["curate"]
+class MetaStep(StepBase):
+    strategy: Literal["meta", "curate"]  # `curate` is the old name, read as `meta` (the loader warns)
     prompt: str
     meta: dict[str, Union[list[Any], MetaColumnSpec]]
     combine: Literal["product", "sample"] = "product"
     count: int | None = Field(None, ge=1)
     per_combination: int = Field(1, ge=1)
+
+    @field_validator("strategy")
+    @classmethod
+    def _new_name(cls, v: str) -> str:
+        return "meta"
 
 
 class PairsSpec(Model):
@@ -302,7 +307,7 @@ class SelfStep(StepBase):
 
 
 StepSpec = Annotated[
-    Union[LabelStep, ExpandStep, CurateStep, JudgeStep, SelfStep], Field(discriminator="strategy")
+    Union[LabelStep, ExpandStep, MetaStep, JudgeStep, SelfStep], Field(discriminator="strategy")
 ]
 
 

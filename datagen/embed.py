@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from curation.text import text_hash
+from datagen.text import text_hash
 from datagen.store.writes import transaction
 
 CHUNK = 4096  # texts encoded and stored per transaction: an interrupted run keeps what it finished
