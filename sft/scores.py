@@ -2,7 +2,8 @@
 
 - always, on the held-out training rows (`eval.split`): `loss` and `accuracy` (sft/evaluate.py);
 - with `eval.source`: the same on the source's reference answers, as `reference_*` (sft/eval_source.py);
-- `objective: kd`: `kd_kl` and `kd_top1` to the teacher's stored top-k on the held-out rows (sft/kd_eval.py);
+- when the trained step kept logprobs (always for `kd`, and for `sft` on such rows, so the two compare): `kd_kl`
+  and `kd_top1` to the teacher's stored top-k on the held-out rows (sft/kd_eval.py);
 - `objective: dpo`: `preference_accuracy` and `logp_margin` on the held-out pairs (sft/dpo.py).
 
 Everything a score needs from the store is read once, before training, so a missing source fails early.
@@ -20,8 +21,8 @@ def scorer(loaded, plan, settings, tok, rows, checks, eval_kwargs: dict) -> Call
     parts = [lambda model: evaluate(model, tok, rows.eval, checks, **eval_kwargs)]
     if settings.eval is not None and settings.eval.source is not None:
         parts.append(source_part(loaded, plan, tok, rows, checks, eval_kwargs))
-    if settings.objective == "kd" and rows.eval:
-        parts.append(kd_part(loaded, plan, settings, tok, rows))
+    if settings.objective != "dpo" and rows.eval and plan.step(rows.step).spec.logprobs:
+        parts.append(kd_part(loaded, plan, settings, tok, rows))  # for sft too, so the two compare
     if settings.objective == "dpo":
         from sft.dpo import preference_metrics
 
