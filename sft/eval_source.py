@@ -119,6 +119,15 @@ def source_verifiers(checks: list, reference_column: str, columns: list[str]) ->
     return out
 
 
+def math_verifier(output_column: str, reference_column: str):
+    """`eval.verify: math`: verify_math on the answers against the reference, without a curation filter."""
+    from datagen.spec.curation_models import VerifyMathFilter
+    from sft.evaluate import Verifier
+
+    spec = VerifyMathFilter(type="verify_math", column=output_column, reference=reference_column)
+    return Verifier(f"verify_math({output_column})", spec)
+
+
 def evaluate_source(model, tok, records: list[dict], checks: list, source: str, **kwargs) -> dict:
     """evaluate() on the source's records, its metrics renamed reference_* (loss, tokens, accuracy)."""
     from sft.evaluate import evaluate

@@ -18,6 +18,8 @@ def scorer(loaded, plan, settings, tok, rows, checks, eval_kwargs: dict) -> Call
     """model -> every metric, merged into one dict."""
     from sft.evaluate import evaluate
 
+    if settings.eval is not None and settings.eval.verify == "none":
+        checks = []  # no accuracy: no greedy generation, which is most of the scoring time
     parts = [lambda model: evaluate(model, tok, rows.eval, checks, **eval_kwargs)]
     if settings.eval is not None and settings.eval.source is not None:
         parts.append(source_part(loaded, plan, tok, rows, checks, eval_kwargs))
@@ -45,6 +47,8 @@ def source_part(loaded, plan, tok, rows, checks, eval_kwargs: dict):
     records = eval_source.source_records(loaded, plan, rows.step, rows.train)
     columns = list(records[0]["row"])
     on_source = eval_source.source_verifiers(checks, spec.reference, columns)
+    if spec.verify == "math" and not any(c.spec.type == "verify_math" for c in on_source):
+        on_source.append(eval_source.math_verifier(rows.output_column, spec.reference))
     return lambda model: eval_source.evaluate_source(model, tok, records, on_source, spec.source, **eval_kwargs)
 
 

@@ -107,11 +107,36 @@ def test_eval_prompts_are_rendered_as_the_training_rows_were(store):
      r"train\.eval\.source: the student trains on answers to `problems`'s rows"),
     ("  eval: {source: heldout, prompt: problem}\n", r"train\.eval: .*needs `prompt: COLUMN` and `reference: COLUMN`"),
     ("  eval: {split: 0, max_new_tokens: 4}\n", r"train\.eval: .*needs a held-out share"),
+    ("  eval: {verify: math}\n", r"train\.eval: .*eval\.verify: math judges the answers to `eval\.source`"),
 ])
 def test_eval_source_is_checked_by_the_plan(store, eval_line, message):
     spec = with_train(store, eval_line=eval_line, name="bad.yaml")
     with pytest.raises(UserError, match=message):
         build_plan(load_spec(spec))
+
+
+def test_eval_verify_none_skips_accuracy_and_math_adds_it(store):
+    from sft.evaluate import verifiers
+    from sft.rows import load_rows
+    from sft.scores import scorer
+    from sft.student import load_student
+
+    line = EVAL.replace("reference: worked", "reference: worked, verify: MODE").replace("12", "4")
+    kwargs = dict(output_column="solution", max_length=64, max_new_tokens=4, batch_size=4, spec_dir=store.parent)
+    for mode in ("none", "math"):
+        loaded = load_spec(with_train(store, eval_line=line.replace("MODE", mode), name=f"verify_{mode}.yaml"))
+        plan = build_plan(loaded)
+        rows = load_rows(loaded, plan, None, 0.25)
+        model, tok = load_student(loaded.spec.train, loaded.dir)
+        # `math` judges the source's answers with verify_math even when no curation filter verifies (checks=[])
+        checks = verifiers(loaded, "solution") if mode == "none" else []
+        metrics = scorer(loaded, plan, loaded.spec.train, tok, rows, checks, kwargs)(model)
+        assert metrics["reference_loss"] > 0 and metrics["loss"] > 0
+        if mode == "none":
+            assert not any("accuracy" in k for k in metrics), metrics
+        else:
+            assert list(metrics["reference_accuracy_by_verifier"]) == ["verify_math(solution)"]
+            assert "accuracy" not in metrics  # the held-out rows keep `auto`: no filter given, no accuracy
 
 
 # --- hidden states ------------------------------------------------------------------------------------------

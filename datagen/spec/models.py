@@ -375,6 +375,7 @@ class EvalSpec(Model):
     source: str | None = None  # a source whose rows the student never saw, scored against its references
     prompt: str | None = None  # the source's question column
     reference: str | None = None  # the source's reference-answer column
+    verify: Literal["auto", "math", "none"] = "auto"  # how greedy answers are judged (specs/train.md)
 
     @model_validator(mode="after")
     def _source(self) -> "EvalSpec":
@@ -383,6 +384,9 @@ class EvalSpec(Model):
                              "and reference-answer columns)")
         if self.source is None and (self.prompt is not None or self.reference is not None):
             raise ValueError("eval.prompt and eval.reference name columns of `eval.source`; set the source too")
+        if self.verify == "math" and self.source is None:
+            raise ValueError("eval.verify: math judges the answers to `eval.source` against `eval.reference`; set "
+                             "the source, or leave verify at auto")
         if not self.split and self.source is None:
             raise ValueError("eval needs a held-out share (`split: 0.1`) or a `source:` to score, or both")
         return self

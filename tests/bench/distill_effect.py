@@ -15,10 +15,12 @@ and cached, and each finished training run is cached too (`results.jsonl`), so a
                                                   #  forward / reverse, + hidden-state term), same rows
 
 Arms of `curation`: `curated` = truncated + verify_math filters, decontamination against the test questions, MinHash
-dedup of questions, s1 selection (difficulty by length, k-center diversity); `random` = decontamination, then a
-uniform random pick (stratified over `_id`, seeded). Both select the same number of rows: --n training rows plus
---held held-out teacher rows, capped by what the curated arm keeps (the cap is printed). The `kd` table trains every
-config on one selection per seed (--kd-data: `random`, the default, or `curated`).
+dedup of questions, s1 selection (difficulty by length, k-center diversity); `curated-noverify` = the same without
+verify_math (the bundled teacher solves few GSM8K questions: 0 of 40 in the smoke run, so verification alone may
+leave too few rows); `random` = decontamination, then a uniform random pick (stratified over `_id`, seeded). All
+select the same number of rows: --n training rows plus --held held-out teacher rows, capped by what the curated arms
+keep (printed); an arm keeping fewer than --min-rows is left out (printed). The `kd` table trains every config on
+one selection per seed (--kd-data, default `random`).
 
 Smoke run (2 cores, nothing else running):  --pool 40 --test 8 --n 16 --held 4 --seeds 1 --max-new-tokens 32
 TIME_NOTE
@@ -44,6 +46,7 @@ TIME_NOTE = ("Full run (defaults: --pool 2000 --test 300 --n 256 --seeds 3), est
              "and per-row times: pool about 40 min of vLLM on CPU; `curation` 6 runs, about 1.5 h; `kd` 33 runs, "
              "about 8 h. Run it under `nice` on a shared machine.")
 
+CURATED = ("curated", "curated-noverify")  # the second: the s1 recipe without verify_math, for weak teachers
 KD_CONFIGS = {  # name -> train block changes
     "sft": {"objective": "sft"},
     "kd a1 (control)": {"objective": "kd", "kd": {"alpha": 1.0, "temperature": 1.0}},
@@ -80,7 +83,9 @@ def arguments(argv=None):
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--max-new-tokens", type=int, default=256, help="greedy answer length for accuracy")
-    parser.add_argument("--kd-data", choices=["random", "curated"], default="random")
+    parser.add_argument("--kd-data", choices=["random", *CURATED], default="random",
+                        help="the kd table's training rows")
+    parser.add_argument("--min-rows", type=int, default=16, help="an arm keeping fewer rows is left out")
     parser.add_argument("--configs", default=None, help="kd table: comma-separated config names (default all)")
     parser.add_argument("--logprobs-mode", choices=["raw", "processed"], default=None,
                         help="passed to the pool step as `logprobs_mode` (issue 17 item 4; needs a datagen with it)")
@@ -167,8 +172,10 @@ def pool_stats(spec: Path) -> None:
 def curation_block(arm: str, n: int) -> dict:
     select: dict = {"n": n}
     block: dict = {"input": "solve", "decontaminate": {"against": "gsm8k_test", "column": "question", "ngram": 8}}
-    if arm == "curated":
-        block["filters"] = [{"type": "truncated"}, {"type": "verify_math", "column": "solution", "reference": "answer"}]
+    if arm in CURATED:
+        block["filters"] = [{"type": "truncated"}]
+        if arm == "curated":
+            block["filters"].append({"type": "verify_math", "column": "solution", "reference": "answer"})
         block["dedup"] = [{"type": "minhash", "column": "question", "threshold": 0.8}]
         select |= {"difficulty": {"column": "solution", "by": "length"},
                    "diversity": {"method": "kcenter", "column": "question"}}
@@ -182,7 +189,7 @@ def train_block(args, n_rows: int, changes: dict) -> dict:
              "epochs": args.epochs, "learning_rate": args.lr, "batch_size": args.batch,
              "max_length": args.max_length,
              "eval": {"split": round(args.held / n_rows, 4), "source": "gsm8k_test", "prompt": "question",
-                      "reference": "answer", "max_new_tokens": args.max_new_tokens}}
+                      "reference": "answer", "max_new_tokens": args.max_new_tokens, "verify": "math"}}
     return {**block, **copy.deepcopy(changes)}
 
 
@@ -228,14 +235,17 @@ def train_run(args, folder: Path, table: str, name: str, seed: int, spec: Path) 
             rec = json.loads(line)
             if rec["key"] == key:
                 return rec
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="distill-student-") as out:
         r = train(load_spec(spec), out=Path(out) / "student", log=lambda m: print(m, flush=True))
     rec = {"key": key, "table": table, "name": name, "seed": seed, "train_rows": r.train_rows,
-           "eval_rows": r.eval_rows, "steps": r.steps, "train_seconds": r.train_seconds, "before": r.before,
+           "eval_rows": r.eval_rows, "steps": r.steps, "train_seconds": r.train_seconds,
+           "run_seconds": time.perf_counter() - started, "before": r.before,
            "after": r.after, "notes": r.notes}
     with results.open("a") as fh:
         fh.write(json.dumps(rec, default=str) + "\n")
-    print(f"{table} {name} seed {seed}: {summary(rec['after'])} ({r.train_seconds:.0f} s training)", flush=True)
+    print(f"{table} {name} seed {seed}: {summary(rec['after'])} ({r.steps} steps in {r.train_seconds:.0f} s; "
+          f"{rec['run_seconds']:.0f} s with loading and scoring)", flush=True)
     return rec
 
 
@@ -243,15 +253,23 @@ def summary(metrics: dict) -> str:
     return ", ".join(f"{label} {metrics[key]:.4f}" for key, label in METRICS if metrics.get(key) is not None)
 
 
-def selection_size(args, folder: Path, seed: int) -> int:
-    """Rows every arm selects for this seed: --n + --held, capped by what the curated arm keeps."""
+def selection_size(args, folder: Path, seed: int, arms) -> tuple[int, list[str]]:
+    """Rows every arm selects for this seed (--n + --held, capped by what the curated arms keep), and the arms that
+    keep enough rows to train on (at least --min-rows)."""
     want = args.n + args.held
-    spec = arm_spec(args, folder, "curated", seed, curation_block("curated", want), train_block(args, want, {}))
-    kept = curate(spec)
-    if kept < want:
-        print(f"seed {seed}: the curated arm keeps {kept} rows (< {want} wanted); every arm selects {kept}",
+    kept = {}
+    for arm in arms:
+        if arm in CURATED:
+            spec = arm_spec(args, folder, arm, seed, curation_block(arm, want), train_block(args, want, {}))
+            kept[arm] = curate(spec)
+    usable = [a for a in arms if kept.get(a, want) >= args.min_rows]
+    for arm in set(arms) - set(usable):
+        print(f"seed {seed}: arm `{arm}` keeps {kept[arm]} rows (< --min-rows {args.min_rows}); left out", flush=True)
+    size = min([want] + [kept[a] for a in usable if a in kept])
+    if size < want:
+        print(f"seed {seed}: the curated arms keep {kept} rows (< {want} wanted); every arm selects {size}",
               flush=True)
-    return kept
+    return size, usable
 
 
 # --- tables -----------------------------------------------------------------------------------------------------
@@ -260,8 +278,8 @@ def selection_size(args, folder: Path, seed: int) -> int:
 def curation_table(args, folder: Path) -> list[dict]:
     runs = []
     for seed in range(1, args.seeds + 1):
-        size = selection_size(args, folder, seed)
-        for arm in ("curated", "random"):
+        size, arms = selection_size(args, folder, seed, CURATED + ("random",))
+        for arm in arms:
             spec = arm_spec(args, folder, arm, seed, curation_block(arm, size), train_block(args, size, {}))
             curate(spec)
             runs.append(train_run(args, folder, "curation", arm, seed, spec))
@@ -275,7 +293,9 @@ def kd_table(args, folder: Path) -> list[dict]:
         sys.exit(f"unknown --configs {unknown}; known: {', '.join(KD_CONFIGS)}")
     runs = []
     for seed in range(1, args.seeds + 1):
-        size = selection_size(args, folder, seed) if args.kd_data == "curated" else args.n + args.held
+        size, usable = selection_size(args, folder, seed, (args.kd_data,))
+        if not usable:
+            sys.exit(f"the `{args.kd_data}` selection keeps too few rows to train on; use --kd-data random")
         block = curation_block(args.kd_data, size)
         curate(arm_spec(args, folder, f"kd-data-{args.kd_data}", seed, block, train_block(args, size, {})))
         for name in names:  # same curation block, so `curated` stays the same rows for every config
