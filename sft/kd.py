@@ -20,6 +20,8 @@ The teacher's tokens are matched to the student's tokenization of the completion
 where the two tokenizations of the same text differ loses only the positions that differ.
 
 This is a custom loss on top of TRL's SFTTrainer (same data preparation, batching, optimiser and LoRA handling).
+With `kd.hidden`, a frozen teacher model runs beside the student and weight * H (a hidden-state loss) is added to it
+(sft/hidden.py).
 """
 
 from __future__ import annotations

@@ -54,8 +54,8 @@ def train(loaded: LoadedSpec, out: str | Path | None = None, max_steps: int | No
     from datagen.spec.plan import build_plan
     from sft import runs
     from sft.evaluate import verifiers
-    from sft.scores import scorer
     from sft.rows import load_rows
+    from sft.scores import scorer
     from sft.student import load_student, save_student
 
     settings = loaded.spec.train

@@ -69,7 +69,8 @@ def shared_data() -> Path:
 
 
 def arguments(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.replace("TIME_NOTE", TIME_NOTE), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.replace("TIME_NOTE", TIME_NOTE),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("table", choices=["pool", "curation", "kd"])
     parser.add_argument("--cache", type=Path, default=None, help="default: <datagen cache>/bench/distill_effect")
     parser.add_argument("--data", type=Path, default=shared_data(), help="folder of gsm8k_train/test.jsonl")
@@ -325,7 +326,8 @@ def print_table(title: str, runs: list[dict]) -> None:
         mine = [r for r in runs if r["name"] == name]
         cells = [spread([r["after"][k] for r in mine if r["after"].get(k) is not None]) for k, _ in METRICS]
         sizes = f"{mine[0]['train_rows']}/{mine[0]['eval_rows']}"
-        print(f"| {name} | {sizes} | " + " | ".join(cells) + f" | {statistics.fmean(r['train_seconds'] for r in mine):.0f} |")
+        seconds = statistics.fmean(r["train_seconds"] for r in mine)
+        print(f"| {name} | {sizes} | " + " | ".join(cells) + f" | {seconds:.0f} |")
     print(f"ref NLL / ref acc: GSM8K test references ({runs[0]['after'].get('reference_rows')} questions); "
           "KL to T / top-1 =T: held-out teacher rows; held-out NLL: the teacher's held-out answers")
 
