@@ -256,3 +256,26 @@ def test_layer_pairs():
     assert layer_pairs(auto, "pretrained", None, 4, 4, False) == [(i, i) for i in range(4)]
     assert layer_pairs(auto, "pretrained", None, 3, 6, False) == [(0, 1), (1, 3), (2, 5)]  # evenly, last to last
     assert layer_pairs(HiddenSpec(layers={1: 4}), "truncate", None, 3, 6, True) == [(1, 4)]
+
+
+def test_hidden_term_with_lora_reaches_the_adapters(store):
+    """With `lora:` the student is a PEFT model: its layers are found through the wrapper and H trains the adapters."""
+    from peft import get_peft_model
+
+    from sft.hidden import build_distiller, catch_outputs
+    from sft.student import load_student, lora_config
+
+    loaded = load_spec(with_train(store, kd=HIDDEN, name="hidden_lora.yaml"))
+    from datagen.spec.models import LoraSpec
+
+    settings = loaded.spec.train.model_copy(update={"lora": LoraSpec(r=4, alpha=8)})
+    model, tok = load_student(settings, loaded.dir)
+    student = get_peft_model(model, lora_config(settings.lora))
+    hidden = build_distiller(settings, loaded.dir, student, tok, "cpu")
+    inputs = tok(["What is 2 plus 3?", "What is 10 plus 7? It is 17."], return_tensors="pt", padding=True)
+    with catch_outputs(student, hidden.student_layers()) as caught:
+        student(**inputs, use_cache=False)
+    hidden.loss(caught, dict(inputs)).backward()
+    lora = {n: p for n, p in student.named_parameters() if "lora_B" in n}
+    # B starts at zero, so its gradient is where H first moves the adapters
+    assert lora and all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in lora.values())
