@@ -22,7 +22,8 @@ select the same number of rows: --n training rows plus --held held-out teacher r
 keep (printed); an arm keeping fewer than --min-rows is left out (printed). The `kd` table trains every config on
 one selection per seed (--kd-data, default `random`).
 
-Smoke run (2 cores, nothing else running):  --pool 40 --test 8 --n 16 --held 4 --seeds 1 --max-new-tokens 32
+Smoke run (run here, under nice, on 2 cores shared with other jobs), for each table:
+  --cache /tmp/smoke --pool 40 --test 8 --n 16 --held 4 --seeds 1 --max-new-tokens 32 --min-rows 8
 TIME_NOTE
 """
 
@@ -42,16 +43,22 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))
 POOL_SPEC = Path(__file__).resolve().parent / "distill_pool.yaml"
-TIME_NOTE = ("Full run (defaults: --pool 2000 --test 300 --n 256 --seeds 3), estimated from the smoke run's per-token "
-             "and per-row times: pool about 40 min of vLLM on CPU; `curation` 6 runs, about 1.5 h; `kd` 33 runs, "
-             "about 8 h. Run it under `nice` on a shared machine.")
-
+TIME_NOTE = """\
+How long (measured here on 2 shared cores, then multiplied out): the smoke run above took 189 s for the pool (40
+solutions, 7,631 tokens, with the vLLM start), 480 s for `curation` (2 arms) and 1,641 s for `kd` (11 configs, 4
+steps each). A training step (8 rows of about 300 tokens, 15-layer student) took 7.5 s on quiet cores and up to 50 s
+while other jobs shared them; greedy answers came at about 130 tokens/s (batch 8); the reference NLL of 16 answers
+took 4.7 s. A full run (defaults: --pool 2000 --test 300 --n 256 --held 32 --epochs 2 --seeds 3) is then: the pool,
+about 380k tokens, 20 to 60 min of vLLM; each training run 64 steps (about 8 min) plus two scorings (before and
+after) of 300 greedy answers of up to 256 tokens (about 10 min each), so about 30 min; `curation` 6 to 9 runs, 3 to 5
+h; `kd` 33 runs, about 16 h; two to four times that on shared cores. Generation is most of it: --test 100 or
+--max-new-tokens 128 cut the scoring, --configs runs part of the kd table (finished runs are cached)."""
 CURATED = ("curated", "curated-noverify")  # the second: the s1 recipe without verify_math, for weak teachers
 KD_CONFIGS = {  # name -> train block changes
     "sft": {"objective": "sft"},
     "kd a1 (control)": {"objective": "kd", "kd": {"alpha": 1.0, "temperature": 1.0}},
-    **{f"kd a{a:g} T{t:g} {d[:3]}": {"objective": "kd", "kd": {"alpha": a, "temperature": t, "divergence": d}}
-       for d in ("forward", "reverse") for a in (0.5, 0.0) for t in (1.0, 2.0)},
+    **{f"kd a{a:g} T{t:g} {short}": {"objective": "kd", "kd": {"alpha": a, "temperature": t, "divergence": d}}
+       for d, short in (("forward", "fwd"), ("reverse", "rev")) for a in (0.5, 0.0) for t in (1.0, 2.0)},
     "kd a0.5 T2 fwd + hidden": {"objective": "kd", "kd": {"alpha": 0.5, "temperature": 2.0, "divergence": "forward",
                                                           "hidden": {"weight": 1.0, "layers": "auto",
                                                                      "loss": "cosine"}}},
@@ -235,7 +242,7 @@ def train_run(args, folder: Path, table: str, name: str, seed: int, spec: Path) 
         for line in results.read_text().splitlines():
             rec = json.loads(line)
             if rec["key"] == key:
-                return rec
+                return {**rec, "table": table, "name": name}  # names may have been reworded since
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="distill-student-") as out:
         r = train(load_spec(spec), out=Path(out) / "student", log=lambda m: print(m, flush=True))
@@ -319,8 +326,8 @@ def print_table(title: str, runs: list[dict]) -> None:
     print(f"\n{title}: mean ± sample sd over seeds {seeds}; after training unless marked")
     header = ["arm", "rows (train/held)"] + [label for _, label in METRICS] + ["train s"]
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-    first = runs[0]["before"]
-    print("| untrained student | - | " + " | ".join(spread([first[k]] if first.get(k) is not None else [])
+    untrained = [r["before"] for r in runs if r["name"] == names[0]]  # one per seed (held-out rows follow the seed)
+    print("| untrained student | - | " + " | ".join(spread([b[k] for b in untrained if b.get(k) is not None])
                                                        for k, _ in METRICS) + " | - |")
     for name in names:
         mine = [r for r in runs if r["name"] == name]
