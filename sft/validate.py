@@ -22,9 +22,8 @@ def check_train(loaded: LoadedSpec, plan) -> None:
         from sft.dpo import check_dpo
 
         check_dpo(loaded, plan)
-        name = train.input or resolve_input(plan, None, "preference").name
-        step = plan.step(resolve_input(plan, name, "preference").step.spec.input)  # the judged step: its answers
-        return check_eval(loaded, plan, step)
+        judge = resolve_input(plan, train.input, "preference").step
+        return check_eval(loaded, plan, plan.step(judge.spec.input))  # the judged step wrote the answers
     try:
         inp = resolve_input(plan, train.input)
     except UserError as exc:

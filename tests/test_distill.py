@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 from pathlib import Path
 
 import duckdb
@@ -142,7 +141,7 @@ def test_eval_verify_none_skips_accuracy_and_math_adds_it(store):
 # --- hidden states ------------------------------------------------------------------------------------------
 
 
-def kd_pieces(spec: Path, max_steps: int = 2):
+def kd_pieces(spec: Path, work: Path, max_steps: int = 2):
     from sft.rows import load_rows
     from sft.student import load_student
     from sft.train import TRAINERS, training_args
@@ -152,13 +151,12 @@ def kd_pieces(spec: Path, max_steps: int = 2):
     plan = build_plan(loaded)
     rows = load_rows(loaded, plan, None, None)
     model, tok = load_student(settings, loaded.dir)
-    work = tempfile.mkdtemp()
-    trainer, notes = TRAINERS["kd"](loaded, plan, settings, model, tok, rows, training_args(settings, 0, work))
+    trainer, notes = TRAINERS["kd"](loaded, plan, settings, model, tok, rows, training_args(settings, 0, str(work)))
     return trainer, notes
 
 
-def test_hidden_term_reaches_every_student_weight_and_never_the_teacher(store):
-    trainer, _ = kd_pieces(with_train(store, kd=HIDDEN, name="hidden.yaml"))
+def test_hidden_term_reaches_every_student_weight_and_never_the_teacher(store, tmp_path):
+    trainer, _ = kd_pieces(with_train(store, kd=HIDDEN, name="hidden.yaml"), tmp_path)
     hidden, student = trainer.hidden, trainer.model
     assert hidden.pairs == [(0, 0), (1, 15)]  # auto: the layers the truncated copy kept
     teacher_before = {n: p.detach().clone() for n, p in hidden.teacher.named_parameters()}
@@ -216,7 +214,7 @@ def test_a_teacher_of_another_hidden_size_needs_a_projection(store, narrow_teach
     spec = with_train(store, kd="kd: {hidden: {teacher: '%s', project: true, layers: {1: 1}}}" % narrow_teacher,
                       name="projected.yaml")
     build_plan(load_spec(spec))
-    trainer, _ = kd_pieces(spec, max_steps=2)
+    trainer, _ = kd_pieces(spec, tmp_path / "work", max_steps=2)
     project = trainer.hidden.project
     assert trainer.hidden.pairs == [(1, 1)] and project["1"].weight.shape == (64, 576)
     start = project["1"].weight.detach().clone()
@@ -279,3 +277,24 @@ def test_hidden_term_with_lora_reaches_the_adapters(store):
     lora = {n: p for n, p in student.named_parameters() if "lora_B" in n}
     # B starts at zero, so its gradient is where H first moves the adapters
     assert lora and all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in lora.values())
+
+
+def test_dpo_eval_source_is_checked_against_the_judged_step(tmp_path):
+    """With `objective: dpo` the answers are the judged step's, so its prompt renders the source's questions."""
+    from tests.test_feedback import GRADE, write_spec
+
+    def plan_with(eval_block: str):
+        spec = write_spec(tmp_path, "http://127.0.0.1:9/v1", GRADE + "    pairs: {by: score, min_margin: 2}\n",
+                          extra=f"train: {{objective: dpo, eval: {eval_block}}}\n")
+        spec.write_text(spec.read_text().replace(
+            "  problems: {path: problems.jsonl}\n",
+            "  problems: {path: problems.jsonl}\n  heldout: {inline: [{q: 3 plus 4, a: '#### 7'}]}\n"))
+        return build_plan(load_spec(spec))
+
+    plan = plan_with("{split: 0.25, source: heldout, prompt: q, reference: a}")
+    from sft.eval_source import binding
+
+    assert binding(plan.step("attempt").spec, "q") == {"question": "q"}
+    with pytest.raises(UserError, match=r"train\.eval\.source: the student trains on answers to `problems`'s rows "
+                                        r"\(step `attempt` reads it\)"):
+        plan_with("{source: problems, prompt: question, reference: answer}")
