@@ -59,16 +59,28 @@ def comparison_rows(before: dict, after: dict) -> list[tuple[str, str, str, str]
     def row(name: str, b, a) -> tuple[str, str, str, str]:
         return name, _fmt(b), _fmt(a), (f"{a - b:+.4f}" if a is not None and b is not None else "")
 
-    rows = [row("held-out loss per token", before.get("loss"), after.get("loss"))]
+    rows = []
+    if "loss" in before or "loss" in after:
+        rows.append(row("held-out loss per token", before.get("loss"), after.get("loss")))
     acc_before, acc_after = before.get("accuracy_by_verifier") or {}, after.get("accuracy_by_verifier") or {}
     rows += [row(f"accuracy {key}", acc_before.get(key), acc_after.get(key)) for key in sorted(acc_before)]
-    rows += [row(name, before.get(key), after.get(key))  # objective: dpo (sft/dpo.py)
-             for key, name in PREFERENCE_METRICS.items() if key in before or key in after]
+    source = before.get("reference_source") or after.get("reference_source")
+    if source:  # eval.source (sft/eval_source.py)
+        rows.append(row(f"reference loss per token ({source})", before.get("reference_loss"),
+                        after.get("reference_loss")))
+        acc_before = before.get("reference_accuracy_by_verifier") or {}
+        acc_after = after.get("reference_accuracy_by_verifier") or {}
+        rows += [row(f"accuracy {key} ({source})", acc_before.get(key), acc_after.get(key))
+                 for key in sorted(acc_before)]
+    rows += [row(name, before.get(key), after.get(key))  # kd (sft/kd_eval.py) and dpo (sft/dpo.py)
+             for key, name in OBJECTIVE_METRICS.items() if key in before or key in after]
     return rows
 
 
-PREFERENCE_METRICS = {"preference_accuracy": "held-out preference accuracy",
-                      "logp_margin": "held-out log-prob margin (chosen - rejected)"}
+OBJECTIVE_METRICS = {"kd_kl": "held-out KL(teacher || student) on its top-k",
+                     "kd_top1": "held-out top-1 agreement with the teacher",
+                     "preference_accuracy": "held-out preference accuracy",
+                     "logp_margin": "held-out log-prob margin (chosen - rejected)"}
 
 
 def _fmt(v) -> str:
