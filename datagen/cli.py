@@ -227,7 +227,7 @@ def train(spec: Path = typer.Argument(..., help="the spec file"),
           out: Optional[Path] = typer.Option(None, "--out", "-o", help="student folder (default: train.output)"),
           max_steps: Optional[int] = typer.Option(None, "--max-steps", help="stop after this many optimiser steps")):
     """Train the spec's student on the selected rows (sft or kd), score it before and after, and save it."""
-    from sft.runs import print_result
+    from sft.results import print_result
     from sft.train import train as train_spec
 
     print_result(train_spec(_load(spec), out=out, max_steps=max_steps))

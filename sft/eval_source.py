@@ -92,12 +92,13 @@ def source_records(loaded, plan, step_name: str, train_records: list[dict]) -> l
 
 
 def read_source(store_path, name: str) -> list[dict]:
-    """Every row of a source's view in the store. (SQL kept here until it moves into datagen/store.)"""
-    from datagen.store.connection import arrow_table, open_store, quote_ident
+    """Every row of a source's view in the store."""
+    from datagen.store import reads
+    from datagen.store.connection import open_store
 
     con = open_store(store_path, read_only=True)
     try:
-        return arrow_table(con.sql(f"SELECT * FROM {quote_ident(name)}")).to_pylist()
+        return reads.rows(con, name)
     except Exception as exc:  # noqa: BLE001  a missing view: the spec has not been run
         raise UserError(f"train.eval.source: cannot read `{name}` from the store ({type(exc).__name__}); run "
                         "`datagen run SPEC` first") from None

@@ -76,7 +76,7 @@ def layer_pairs(hidden, init: str, keep_layers, n_student: int, n_teacher: int,
 
 def layer_list(model):
     """The decoder layers of a (possibly PEFT-wrapped) causal LM."""
-    from sft.student import decoder_layers
+    from sft.model import decoder_layers
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return decoder_layers(base)

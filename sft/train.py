@@ -52,11 +52,11 @@ def output_dir(loaded: LoadedSpec, out: str | Path | None = None) -> Path:
 def train(loaded: LoadedSpec, out: str | Path | None = None, max_steps: int | None = None,
           log: Callable[[str], None] = print) -> TrainResult:
     from datagen.planner import build_plan
-    from sft import runs
+    from sft import results
     from sft.evaluate import verifiers
     from sft.rows import load_rows
     from sft.scores import scorer
-    from sft.student import load_student, save_student
+    from sft.model import load_student, save_student
 
     settings = loaded.spec.train
     if settings is None:
@@ -78,7 +78,7 @@ def train(loaded: LoadedSpec, out: str | Path | None = None, max_steps: int | No
                        max_new_tokens=settings.eval.max_new_tokens if settings.eval else 256,
                        batch_size=settings.batch_size, spec_dir=loaded.dir)
     score = scorer(loaded, plan, settings, tok, rows, verifiers(loaded, rows.output_column), eval_kwargs)
-    run_id = runs.start_run(loaded.store_path, settings, rows.input, str(target), len(rows.train), len(rows.eval))
+    run_id = results.start_run(loaded.store_path, settings, rows.input, str(target), len(rows.train), len(rows.eval))
     try:
         before = score(model)
         with tempfile.TemporaryDirectory(prefix="datagen-train-") as work:
@@ -97,10 +97,10 @@ def train(loaded: LoadedSpec, out: str | Path | None = None, max_steps: int | No
                 "train_rows": len(rows.train), "eval_rows": len(rows.eval), "steps": result.steps,
                 "train_loss": result.train_loss, "before": before, "after": after}
         save_student(model, tok, target, meta, loaded.path.read_text())
-        runs.finish_run(loaded.store_path, run_id, steps=result.steps, train_tokens=tokens, train_seconds=seconds,
+        results.finish_run(loaded.store_path, run_id, steps=result.steps, train_tokens=tokens, train_seconds=seconds,
                         train_loss=result.train_loss, before=before, after={**after, "notes": notes})
     except BaseException as exc:
-        runs.fail_run(loaded.store_path, run_id, f"{type(exc).__name__}: {exc}")
+        results.fail_run(loaded.store_path, run_id, f"{type(exc).__name__}: {exc}")
         raise
     return result
 
@@ -126,7 +126,7 @@ def sft_trainer(loaded, plan, settings, model, tok, rows, args: dict):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from sft.student import lora_config
+    from sft.model import lora_config
 
     data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows.train])
     config = SFTConfig(**args, max_length=settings.max_length, completion_only_loss=True)
@@ -143,7 +143,7 @@ def kd_trainer(loaded, plan, settings, model, tok, rows, args: dict):
 
     from sft import kd
     from sft.rows import load_logprobs
-    from sft.student import lora_config
+    from sft.model import lora_config
 
     step = plan.step(rows.step)
     teacher_name = step.teachers[0]

@@ -76,7 +76,7 @@ class OnFakeDevice:
 def small(bundled_model_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sft.student import truncate_layers
+    from sft.model import truncate_layers
 
     tok = AutoTokenizer.from_pretrained(bundled_model_path)
     model = AutoModelForCausalLM.from_pretrained(bundled_model_path, dtype=torch.float32)

@@ -18,7 +18,7 @@ import torch
 
 from datagen.errors import UserError
 from datagen.spec.load import load_spec
-from datagen.spec.plan import build_plan
+from datagen.api import plan as build_plan
 from tests.train_fixtures import make_store
 
 HELDOUT = [(3, 4), (5, 5), (2, 9), (8, 8), (6, 7), (4, 11)]
@@ -118,7 +118,7 @@ def test_eval_verify_none_skips_accuracy_and_math_adds_it(store):
     from sft.evaluate import verifiers
     from sft.rows import load_rows
     from sft.scores import scorer
-    from sft.student import load_student
+    from sft.model import load_student
 
     line = EVAL.replace("reference: worked", "reference: worked, verify: MODE").replace("12", "4")
     kwargs = dict(output_column="solution", max_length=64, max_new_tokens=4, batch_size=4, spec_dir=store.parent)
@@ -143,7 +143,7 @@ def test_eval_verify_none_skips_accuracy_and_math_adds_it(store):
 
 def kd_pieces(spec: Path, work: Path, max_steps: int = 2):
     from sft.rows import load_rows
-    from sft.student import load_student
+    from sft.model import load_student
     from sft.train import TRAINERS, training_args
 
     loaded = load_spec(spec)
@@ -223,7 +223,7 @@ def test_a_teacher_of_another_hidden_size_needs_a_projection(store, narrow_teach
     names = {n for n, _ in trainer.model.named_parameters()}
     assert not any("project" in n for n in names)
 
-    from sft.student import save_student
+    from sft.model import save_student
 
     out = save_student(trainer.model, trainer.processing_class, tmp_path / "student", {})
     from safetensors import safe_open
@@ -261,7 +261,7 @@ def test_hidden_term_with_lora_reaches_the_adapters(store):
     from peft import get_peft_model
 
     from sft.hidden import build_distiller, catch_outputs
-    from sft.student import load_student, lora_config
+    from sft.model import load_student, lora_config
 
     loaded = load_spec(with_train(store, kd=HIDDEN, name="hidden_lora.yaml"))
     from datagen.spec.models import LoraSpec

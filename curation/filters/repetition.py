@@ -22,7 +22,8 @@ def repetition_filter(spec, rows: list[dict]) -> list[Verdict]:
     for row in rows:
         share = repeated_share(as_text(row.get(spec.column)), spec.ngram)
         if share > spec.max_share:
-            out.append(Verdict(False, f"{share:.0%} of {spec.ngram}-grams repeat (max_share {spec.max_share:g})", share))
+            out.append(Verdict(False, f"{share:.0%} of {spec.ngram}-grams repeat (max_share {spec.max_share:g})",
+                               share))
         else:
             out.append(Verdict(True, None, share))
     return out

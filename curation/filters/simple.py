@@ -14,7 +14,7 @@ def truncated_filter(spec, rows: list[dict]) -> list[Verdict]:
     for row in rows:
         reason = row.get("_finish_reason")
         if reason == "length":
-            out.append(Verdict(False, "truncated: finish reason is `length` (raise max_tokens to keep such rows)", None))
+            out.append(Verdict(False, "truncated: finish reason is `length` (raise max_tokens to keep such rows)"))
         else:
             out.append(Verdict(True, None, None))
     return out

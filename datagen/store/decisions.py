@@ -64,8 +64,8 @@ def replace_pairs(con: duckdb.DuckDBPyConnection, step: str, stage: str, pairs: 
 
     lineage = [{"child_id": p["_id"], "parent_id": p[f"{role}_id"], "role": role}
                for p in pairs for role in ("chosen", "rejected")]
-    rows = [{**p, "prompt": p["prompt"] if isinstance(p["prompt"], str) else json.dumps(p["prompt"], ensure_ascii=False)}
-            for p in pairs]
+    rows = [{**p, "prompt": p["prompt"] if isinstance(p["prompt"], str)
+             else json.dumps(p["prompt"], ensure_ascii=False)} for p in pairs]
     with transaction(con):
         con.execute("DELETE FROM lineage WHERE child_id IN (SELECT _id FROM pairs WHERE step = ?)", [step])
         con.execute("DELETE FROM pairs WHERE step = ?", [step])

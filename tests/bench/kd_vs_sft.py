@@ -73,7 +73,7 @@ def main() -> None:
     from datagen.api import plan as build_plan
     from sft.evaluate import token_loss
     from sft.rows import load_rows
-    from sft.student import load_student
+    from sft.model import load_student
     from sft.train import train
 
     problems = [json.loads(line) for line in DATA.read_text().splitlines()][: args.rows]
