@@ -49,6 +49,26 @@ def check_curation(loaded, plan) -> None:
             check.model(loc + ("model",), d.model)
     if cur.select is not None:
         _check_select(loaded, check, cur.select)
+        available = plan.max_rows(cur.input)
+        if available is not None and cur.select.n > available:
+            plan.warnings.append(f"curation.select.n: {cur.select.n} rows asked for, but `{cur.input}` can hold at "
+                                 f"most {available} (before filters and dedup), so every surviving row is selected; "
+                                 f"lower n or add inputs{loaded.doc.at(LOC + ('select', 'n'))}")
+
+
+def describe_curation(cur: CurationSpec | None) -> list[str]:
+    """The curation block's stages, in the order they run, for the plan `datagen validate` prints."""
+    if cur is None:
+        return []
+    stages = [f"filter {f.name or f.type}" + (f" on {f.column}" if getattr(f, "column", None) else "")
+              for f in cur.filters]
+    if cur.decontaminate is not None:
+        stages.append(f"decontaminate {cur.decontaminate.column} against {cur.decontaminate.against}")
+    stages += [f"dedup {d.type} on {d.column}" for d in cur.dedup]
+    if cur.select is not None:
+        criteria = [k for k in ("quality", "difficulty", "diversity") if getattr(cur.select, k) is not None]
+        stages.append(f"select {cur.select.n}" + (f" by {', '.join(criteria)}" if criteria else ""))
+    return [f"  curation of {cur.input}: {' -> '.join(stages) or 'no stages'} -> curated"]
 
 
 def _check_decontaminate(loaded, plan, check: "_Checker", cur: CurationSpec) -> None:

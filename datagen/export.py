@@ -64,7 +64,11 @@ class ExportResult:
 
 def default_input(plan: Plan) -> str:
     spec = plan.spec
-    return "curated" if spec.curation is not None else spec.steps[-1].name
+    if spec.curation is not None:
+        return "curated"
+    if not spec.steps:
+        raise UserError("a spec without steps or curation has no default rows: set `input:` to a source")
+    return spec.steps[-1].name
 
 
 PAIR_COLUMNS = ["prompt", "chosen", "rejected", "_id", "_parent_id", "method", "chosen_id", "rejected_id",
@@ -315,6 +319,17 @@ def describe(result: ExportResult) -> str:
         lines.append(f"  left out {result.skipped} rows with an empty output")
     lines += [f"  {p.relative_to(result.path)}" for p in result.files]
     return "\n".join(lines)
+
+
+def describe_export(loaded: LoadedSpec, plan: Plan) -> list[str]:
+    """The export block, for the plan `datagen validate` prints."""
+    settings = loaded.spec.export
+    if settings is None:
+        return []
+    inp = resolve_input(plan, settings.input)
+    hub = f", then `datagen push` to {settings.hub.repo_id}" if settings.hub else ""
+    fmt = settings.format if inp.step is not None else "columns"
+    return [f"  export: {inp.name} as {fmt} -> {export_dir(loaded)}{hub}"]
 
 
 def check_export(loaded: LoadedSpec, plan: Plan) -> None:

@@ -26,6 +26,8 @@ def build_plan(loaded: LoadedSpec) -> Plan:
     spec = loaded.spec
     plan = Plan(loaded)
     _check_teachers(loaded)
+    _check_sampling(loaded)
+    plan.warnings += _unset_keys(loaded)
     shape = shapes.open_shape()
     try:
         _load_file_sources(loaded, plan, shape)
@@ -52,8 +54,15 @@ def build_plan(loaded: LoadedSpec) -> Plan:
 def describe(plan: Plan) -> str:
     spec = plan.spec
     lines = [f"spec {spec.name}: store {plan.loaded.store_path}"]
+    if plan.loaded.limit:
+        lines.append(f"  --limit {plan.loaded.limit}: the first {plan.loaded.limit} rows of every source a step reads "
+                     "as its input, in a store of their own")
     for name, cols in plan.source_columns.items():
         size = f"{len(plan.source_rows[name])} rows" if name in plan.source_rows else "SQL view"
+        info = plan.source_info.get(name, {})
+        if "fingerprint" in info:
+            size += " of dataset " + " ".join(f"{k} {info[k]}" for k in ("dataset", "config", "split", "revision",
+                                                                         "fingerprint") if info.get(k))
         lines.append(f"  source {name}: {size}; columns {', '.join(c for c in cols if c != '_id')}")
     for st in plan.steps:
         s = st.spec
@@ -62,7 +71,7 @@ def describe(plan: Plan) -> str:
                      f"{', '.join(st.teachers)}, n={s.n}{extra} -> {', '.join(st.produced)}")
     if spec.train is not None:
         t = spec.train
-        source = t.input or ("curated" if spec.curation is not None else spec.steps[-1].name)
+        source = t.input or ("curated" if spec.curation is not None else spec.steps[-1].name if spec.steps else "?")
         init = f", truncated to {len(t.keep_layers) if t.keep_layers else 'every other'} layers" \
             if t.init == "truncate" else ""
         lines.append(f"  train: {t.objective} of {t.student}{init} on {source} -> {t.output}")
@@ -82,6 +91,44 @@ def _check_teachers(loaded: LoadedSpec) -> None:
         except ValueError as exc:
             hint = "" if "bundled" in str(exc) else "; give an existing model folder, a hub id or a bundled: model"
             raise loaded.error(("teachers", name, "model"), f"{exc}{hint}") from None
+
+
+# Sampling keys a backend cannot honour; a run would otherwise fail on the first request, as an internal error.
+UNSUPPORTED_SAMPLING = {"transformers": ("presence_penalty", "frequency_penalty")}
+
+
+def _check_sampling(loaded: LoadedSpec) -> None:
+    spec = loaded.spec
+    for name, teacher in spec.teachers.items():
+        for key in UNSUPPORTED_SAMPLING.get(teacher.backend, ()):
+            if getattr(teacher.sampling, key) is not None:
+                raise loaded.error(("teachers", name, "sampling", key), _unsupported(key, teacher.backend))
+    for i, step in enumerate(spec.steps):
+        names = step.teacher if isinstance(step.teacher, list) else [step.teacher]
+        for name in names:
+            backend = spec.teachers[name].backend if name in spec.teachers else None
+            for key in UNSUPPORTED_SAMPLING.get(backend, ()):
+                if step.sampling is not None and getattr(step.sampling, key) is not None:
+                    raise loaded.error(("steps", i, "sampling", key),
+                                       f"{_unsupported(key, backend)} (teacher `{name}`)")
+
+
+def _unsupported(key: str, backend: str) -> str:
+    return (f"{key} is not supported by the {backend} backend (transformers' generate has no such penalty); "
+            "remove it, use `repetition_penalty`, or use a vllm or openai teacher")
+
+
+def _unset_keys(loaded: LoadedSpec) -> list[str]:
+    """A key variable that is not set would stop `run` at once; `validate` says so beforehand."""
+    import os
+
+    out = []
+    for name, teacher in loaded.spec.teachers.items():
+        var = getattr(teacher, "api_key_env", None)
+        if var and not os.environ.get(var):
+            out.append(f"teachers.{name}.api_key_env: the environment variable {var} is not set, so `datagen run` "
+                       f"would stop at once; export it first{loaded.doc.at(('teachers', name, 'api_key_env'))}")
+    return out
 
 
 def _reads(step) -> list[tuple[str, tuple]]:
@@ -108,22 +155,43 @@ def _check_unique_names(loaded: LoadedSpec, step_names: list[str]) -> None:
 
 
 def _load_file_sources(loaded: LoadedSpec, plan: Plan, shape: duckdb.DuckDBPyConnection) -> None:
+    fed = input_sources(loaded)
     for name, source in loaded.spec.sources.items():
         if source.query is not None:
             continue
-        path = loaded.resolve_path(source.path) if source.path is not None else None
-        if path is not None and not path.exists():
-            raise loaded.error(("sources", name, "path"), f"file not found: {path}; fix the path "
-                               "(relative paths start at the spec's folder)")
+        if source.path is not None and not loaded.resolve_path(source.path).exists():
+            raise loaded.error(("sources", name, "path"), f"file not found: {loaded.resolve_path(source.path)}; "
+                               "fix the path (relative paths start at the spec's folder)")
         try:
-            rows = src.load_rows(name, path, source.inline, source.limit)
+            rows, identity = _source_rows(loaded, name, source)
+            if loaded.limit and name in fed:
+                rows = rows[:loaded.limit]  # `run --limit N`: a trial on the first N inputs
             if not rows:
                 raise UserError("the source has no rows")
             create_table_from_rows(shape, name, rows)
         except UserError as exc:
-            raise loaded.error(("sources", name), str(exc)) from None
+            key = "dataset" if source.dataset is not None else None
+            raise loaded.error(("sources", name) + ((key,) if key else ()), str(exc)) from None
         plan.source_rows[name] = rows
         plan.source_columns[name] = src.columns_of(rows)
+        plan.source_info[name] = identity
+
+
+def _source_rows(loaded: LoadedSpec, name: str, source) -> tuple[list[dict], dict]:
+    """A file, inline or `dataset:` source's rows (with `_id`s) and what identifies them (for the plan and card)."""
+    if source.dataset is not None:
+        from datagen.datasets_source import load_dataset_rows
+
+        rows, identity = load_dataset_rows(source, loaded.dir)
+        return src.with_ids(name, rows), identity
+    path = loaded.resolve_path(source.path) if source.path is not None else None
+    rows = src.load_rows(name, path, source.inline, source.limit)
+    return rows, ({"path": path.name} if path is not None else {"inline": True})
+
+
+def input_sources(loaded: LoadedSpec) -> set[str]:
+    """The sources some step reads as its `input` (what `run --limit` cuts)."""
+    return {s.input for s in loaded.spec.steps if getattr(s, "input", None) in loaded.spec.sources}
 
 
 def referenced_names(sql: str, names: list[str]) -> list[str]:
@@ -151,9 +219,12 @@ def _ensure(loaded: LoadedSpec, plan: Plan, shape: duckdb.DuckDBPyConnection, cr
         if dep in all_steps and dep not in earlier_steps:
             raise loaded.error(qloc, f"the query reads step `{dep}`, which has not run when `{name}` is needed")
         _ensure(loaded, plan, shape, created, dep, qloc, earlier_steps)
+    limit = source.limit
+    if loaded.limit and name in input_sources(loaded):
+        limit = min(limit or loaded.limit, loaded.limit)
     try:
-        plan.source_columns[name] = shapes.create_query_view(shape, name, source.query, source.limit)
+        plan.source_columns[name] = shapes.create_query_view(shape, name, source.query, limit)
     except duckdb.Error as exc:
         raise loaded.error(qloc, f"the query does not run: {str(exc).splitlines()[0]}") from None
     created.add(name)
-    plan.views.append(QueryView(name, source.query, source.limit))
+    plan.views.append(QueryView(name, source.query, limit))

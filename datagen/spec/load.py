@@ -15,14 +15,35 @@ from datagen.spec.yaml_loader import PositionedDoc, format_loc, load_yaml, load_
 
 
 class LoadedSpec:
-    """A validated spec with the document it came from (for positions) and its folder (for relative paths)."""
+    """A validated spec with the document it came from (for positions) and its folder (for relative paths).
 
-    def __init__(self, spec: Spec, doc: PositionedDoc, warnings: list[str] | None = None):
+    `limit` (`datagen run --limit N`) keeps the first N input rows of every step fed by a source, in a store of its
+    own (`<name>.limitN.duckdb`), so a trial run is never mistaken for the full one.
+    """
+
+    def __init__(self, spec: Spec, doc: PositionedDoc, warnings: list[str] | None = None, base_dir: Path | None = None):
         self.spec = spec
         self.doc = doc
         self.path = doc.path
-        self.dir = doc.path.resolve().parent
+        self.dir = Path(base_dir).resolve() if base_dir is not None else doc.path.resolve().parent
         self.warnings = warnings or []  # deprecated spellings that still work, each with the fix
+        self.limit: int | None = None
+
+    def with_limit(self, limit: int | None) -> "LoadedSpec":
+        if limit is not None and limit < 1:
+            raise UserError(f"--limit must be at least 1, got {limit}")
+        copy = LoadedSpec(self.spec, self.doc, self.warnings, self.dir)
+        copy.path, copy.limit = self.path, limit
+        return copy
+
+    @property
+    def text(self) -> str:
+        """The spec as YAML text: the file as written, or a dict spec dumped."""
+        if self.doc.positions is not None and self.path.is_file():
+            return self.path.read_text(encoding="utf-8")
+        import yaml
+
+        return yaml.safe_dump(self.doc.data, sort_keys=False, allow_unicode=True)
 
     def error(self, loc: tuple, message: str) -> UserError:
         return self.doc.error(loc, message)
@@ -33,9 +54,13 @@ class LoadedSpec:
 
     @property
     def store_path(self) -> Path:
-        if self.spec.store:
-            return self.resolve_path(self.spec.store)
-        return self.dir / "runs" / f"{self.spec.name}.duckdb"
+        path = self.resolve_path(self.spec.store) if self.spec.store else self.dir / "runs" / f"{self.spec.name}.duckdb"
+        return path.with_name(f"{path.stem}.limit{self.limit}{path.suffix}") if self.limit else path
+
+    @property
+    def log_path(self) -> Path:
+        """Where engine and library messages go (beside the store), unless `--verbose`."""
+        return self.store_path.with_suffix(".log")
 
 
 def load_spec(path: str | Path) -> LoadedSpec:
@@ -43,14 +68,27 @@ def load_spec(path: str | Path) -> LoadedSpec:
     return validate_doc(doc)
 
 
+def load_spec_data(data: dict, base_dir: str | Path | None = None) -> LoadedSpec:
+    """A spec given as a dict with the YAML's shape; relative paths resolve against `base_dir` (default: the working
+    directory). Errors name the key path (there is no file, so no line)."""
+    import copy
+
+    if not isinstance(data, dict):
+        raise UserError(f"a spec is a mapping of keys (name, teachers, sources, steps, ...), got a "
+                        f"{type(data).__name__}")
+    base = Path(base_dir or Path.cwd()).resolve()
+    doc = PositionedDoc(copy.deepcopy(data), None, base / "<spec dict>")
+    return validate_doc(doc, base)
+
+
 def load_spec_text(text: str, path: str | Path = "spec.yaml") -> LoadedSpec:
     return validate_doc(load_yaml_text(text, Path(path)))
 
 
-def validate_doc(doc: PositionedDoc) -> LoadedSpec:
+def validate_doc(doc: PositionedDoc, base_dir: Path | None = None) -> LoadedSpec:
     if not isinstance(doc.data, dict):
         raise UserError(f"a spec is a mapping of keys (name, teachers, sources, steps, ...), got a "
-                        f"{type(doc.data).__name__} ({doc.where(())})")
+                        f"{type(doc.data).__name__}{doc.at(())}")
     try:
         spec = Spec.model_validate(doc.data)
     except ValidationError as exc:
@@ -59,7 +97,7 @@ def validate_doc(doc: PositionedDoc) -> LoadedSpec:
         if more > 0:
             lines.append(f"... and {more} more")
         raise UserError("invalid spec:\n  " + "\n  ".join(lines)) from None
-    return LoadedSpec(spec, doc, _deprecations(doc))
+    return LoadedSpec(spec, doc, _deprecations(doc), base_dir)
 
 
 def _deprecations(doc: PositionedDoc) -> list[str]:
@@ -67,7 +105,7 @@ def _deprecations(doc: PositionedDoc) -> list[str]:
     for i, step in enumerate(doc.data.get("steps") or []):
         if isinstance(step, dict) and step.get("strategy") == "curate":
             out.append(f"steps.{i}.strategy: `curate` is the old name of `meta` (meta-information synthesis); "
-                       f"write `strategy: meta` ({doc.where(('steps', i, 'strategy'))})")
+                       f"write `strategy: meta`{doc.at(('steps', i, 'strategy'))}")
     return out
 
 
@@ -103,7 +141,7 @@ def _describe(err: dict, doc: PositionedDoc) -> str:
         msg = f"`{loc[-1]}` is required here; add it"
     elif kind == "union_tag_not_found":
         tag = err.get("ctx", {}).get("discriminator", "").strip("'")
-        choices = "vllm, openai, transformers" if tag == "backend" else "label, expand, curate, judge, self"
+        choices = "vllm, openai, transformers" if tag == "backend" else "label, expand, meta, judge, self"
         msg = f"`{tag}` is required here: one of {choices}"
     elif kind == "union_tag_invalid":
         ctx = err.get("ctx", {})
@@ -115,8 +153,8 @@ def _describe(err: dict, doc: PositionedDoc) -> str:
     elif kind.endswith(("_type", "_parsing")) or kind.startswith(("greater", "less", "literal")):
         msg = f"{msg}, got {_short(err.get('input'))}"
     if not loc:
-        return f"{msg} ({doc.where(())})"
-    return f"{format_loc(loc)}: {msg} ({doc.where(loc)})"
+        return f"{msg}{doc.at(())}"
+    return f"{format_loc(loc)}: {msg}{doc.at(loc)}"
 
 
 def _short(value: Any) -> str:

@@ -129,15 +129,25 @@ class SourceSpec(Model):
     path: str | None = None
     inline: list[dict[str, Any]] | None = None
     query: str | None = None
+    dataset: str | None = None  # anything `datasets.load_dataset` takes: a Hub id or a local folder
+    config: str | None = None
+    split: str | None = None
+    revision: str | None = None
+    columns: list[str] | None = None
     limit: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _one_kind(self) -> "SourceSpec":
-        given = [k for k in ("path", "inline", "query") if getattr(self, k) is not None]
+        given = [k for k in ("path", "inline", "query", "dataset") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(f"a source needs exactly one of path, inline or query; got {given or 'none'}")
+            raise ValueError(f"a source needs exactly one of path, inline, query or dataset; got {given or 'none'}")
         if self.inline is not None and not self.inline:
             raise ValueError("inline needs at least one row")
+        extra = [k for k in ("config", "split", "revision", "columns") if getattr(self, k) is not None]
+        if extra and self.dataset is None:
+            raise ValueError(f"{', '.join(extra)} only apply to a `dataset:` source; remove them")
+        if self.columns is not None and not self.columns:
+            raise ValueError("columns needs at least one column name, or leave it out for all columns")
         return self
 
 
@@ -265,7 +275,9 @@ class JudgeStep(StepBase):
     pairs: PairsSpec | None = None
     revise: bool = False
     scale: tuple[float, float] = (1, 10)
-    verdict_format: Literal["text", "json"] = "text"  # json: the verdict is constrained to a JSON schema
+    # json: the verdict is constrained to a JSON schema; unset, the plan picks json wherever the teacher's backend
+    # constrains output (vllm, openai) and text otherwise (transformers, and always for `revise`)
+    verdict_format: Literal["text", "json"] | None = None
 
     @model_validator(mode="after")
     def _modes(self) -> "JudgeStep":
@@ -435,9 +447,9 @@ class Spec(Model):
     description: str | None = None
     seed: int = 0
     store: str | None = None
-    teachers: dict[str, TeacherSpec]
+    teachers: dict[str, TeacherSpec] = {}
     sources: dict[str, SourceSpec] = {}
-    steps: list[StepSpec]
+    steps: list[StepSpec] = []
     curation: CurationSpec | None = None
     export: ExportSpec | None = None
     train: TrainSpec | None = None
@@ -449,13 +461,6 @@ class Spec(Model):
             raise ValueError(f"name {v!r} must be letters, digits, '.', '_' or '-' (it names the store file)")
         return v
 
-    @field_validator("teachers")
-    @classmethod
-    def _teachers(cls, v: dict) -> dict:
-        if not v:
-            raise ValueError("at least one teacher is needed")
-        return v
-
     @field_validator("sources")
     @classmethod
     def _sources(cls, v: dict) -> dict:
@@ -463,9 +468,17 @@ class Spec(Model):
             check_name(name, "source")
         return v
 
-    @field_validator("steps")
-    @classmethod
-    def _steps(cls, v: list) -> list:
-        if not v:
-            raise ValueError("at least one step is needed")
-        return v
+    @model_validator(mode="after")
+    def _generates_or_curates(self) -> "Spec":
+        """Steps need teachers; a spec without steps curates data the user has: sources plus a block that uses
+        them (curation, export or train)."""
+        if self.steps and not self.teachers:
+            raise ValueError("the steps need at least one teacher: add a `teachers:` block (see specs/README.md)")
+        if not self.steps:
+            if not self.sources:
+                raise ValueError("a spec needs `steps` (with `teachers`) to generate data, or `sources` plus a "
+                                 "`curation:` block to curate data you already have; add one of them")
+            if self.curation is None and self.export is None and self.train is None:
+                raise ValueError("a spec without steps curates the data it has: add a `curation:` block (or "
+                                 "`export:`/`train:`) that reads a source")
+        return self

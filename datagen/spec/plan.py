@@ -34,6 +34,7 @@ class PlannedStep:
     output_is_text: bool = True  # False when the output column is parsed from the reply (a judge's score)
     makes_pairs: bool = False  # the step builds preference pairs (the `pairs` table)
     score_scale: tuple[float, float] | None = None  # the output is a score on this scale (a judge's)
+    max_rows: int | None = None  # the most rows the step's view can hold, where the plan can tell (else None)
 
     @property
     def name(self) -> str:
@@ -52,6 +53,8 @@ class Plan:
     source_columns: dict[str, list[str]] = field(default_factory=dict)
     steps: list[PlannedStep] = field(default_factory=list)
     views: list = field(default_factory=list)  # store views (sources, queries, steps) in creation order
+    source_info: dict[str, dict[str, Any]] = field(default_factory=dict)  # what identifies each loaded source
+    warnings: list[str] = field(default_factory=list)  # not errors, but likely mistakes (`datagen validate` says)
 
     @property
     def spec(self):
@@ -59,6 +62,13 @@ class Plan:
 
     def step(self, name: str) -> PlannedStep:
         return next(s for s in self.steps if s.name == name)
+
+    def max_rows(self, name: str | None) -> int | None:
+        """The most rows a source or step can have, where the plan knows it (a query source: unknown)."""
+        if name in self.source_rows:
+            return len(self.source_rows[name])
+        found = [s for s in self.steps if s.name == name]
+        return found[0].max_rows if found else None
 
 
 def effective_sampling(teacher_sampling: SamplingSpec, step_sampling: SamplingSpec | None) -> dict:

@@ -13,23 +13,33 @@ Loc = tuple  # a key path such as ("steps", 1, "sampling", "top_p")
 
 
 class PositionedDoc:
-    """A parsed YAML document plus the (line, column) of every key path, both 1-based."""
+    """A parsed YAML document plus the (line, column) of every key path, both 1-based.
 
-    def __init__(self, data: Any, positions: dict[Loc, tuple[int, int]], path: Path):
+    A spec given as a Python dict has no file and no positions (`positions` None): its errors name the key path only.
+    """
+
+    def __init__(self, data: Any, positions: dict[Loc, tuple[int, int]] | None, path: Path):
         self.data = data
         self.positions = positions
         self.path = path
 
     def where(self, loc: Loc) -> str:
-        """`file:line:col` of the deepest prefix of `loc` that exists in the document."""
+        """`file:line:col` of the deepest prefix of `loc` that exists in the document ("" without positions)."""
+        if self.positions is None:
+            return ""
         loc = tuple(loc)
         while loc and loc not in self.positions:
             loc = loc[:-1]
         line, col = self.positions.get(loc, (1, 1))
         return f"{self.path.name}:{line}:{col}"
 
+    def at(self, loc: Loc) -> str:
+        """` (file:line:col)` to end a message with, or nothing for a dict spec."""
+        where = self.where(loc)
+        return f" ({where})" if where else ""
+
     def error(self, loc: Loc, message: str) -> UserError:
-        return UserError(f"{format_loc(loc)}: {message} ({self.where(loc)})" if loc else f"{message} ({self.where(loc)})")
+        return UserError(f"{format_loc(loc)}: {message}{self.at(loc)}" if loc else f"{message}{self.at(loc)}")
 
 
 def format_loc(loc: Loc) -> str:

@@ -14,7 +14,9 @@ import duckdb
 from datagen.store.sql import literal, quote_ident as q, transaction
 from datagen.store.writes import create_table_from_rows
 
-SYSTEM_COLUMNS = ["_id", "_parent_id", "_sample_index", "_teacher", "_finish_reason", "_created_at"]
+OUTPUT_COLUMNS = ["_id", "_parent_id", "_sample_index", "_teacher", "_finish_reason", "_created_at"]
+# `_messages`: the rendered chat request the row answers (JSON), so what was asked is one column away
+SYSTEM_COLUMNS = OUTPUT_COLUMNS + ["_messages"]
 
 
 @dataclass
@@ -88,8 +90,8 @@ def step_view_sql(v: StepView) -> str:
         else:
             cols.append(f"TRY_CAST(json_extract_string(o.fields, {literal('$.' + json_key(col))}) AS {kind}) "
                         f"AS {q(col)}")
-    cols += [f"o.{c}" for c in SYSTEM_COLUMNS]
-    sql = f"SELECT {', '.join(cols)} FROM outputs o"
+    cols += [f"o.{c}" for c in OUTPUT_COLUMNS] + ["CAST(r.messages AS JSON) AS _messages"]
+    sql = f"SELECT {', '.join(cols)} FROM outputs o JOIN requests r ON r.key = o.key"
     if v.input:
         sql += f" JOIN {q(v.input)} p ON o._parent_id = p._id"
     if v.decisions:

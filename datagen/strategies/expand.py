@@ -71,7 +71,9 @@ def plan(loaded, plan, shape, i: int, step: ExpandStep) -> PlannedStep:
     produced = produced_columns(loaded, loc, step.output, None)
     # the view holds the accepted candidates of the current spec's rounds
     view = step_view(step, None, [], produced, decisions=step.name, kept_only=True)
-    return PlannedStep(step, i, None, [], produced, names, view)
+    planned = PlannedStep(step, i, None, [], produced, names, view)
+    planned.max_rows = step.target
+    return planned
 
 
 def describe(st: PlannedStep) -> str:

@@ -26,6 +26,9 @@ from datagen.strategies.base import Job, PlannedRequest, Round
 
 def plan(loaded, plan, shape, i: int, step: LabelStep) -> PlannedStep:
     planned = plan_rows(loaded, shape, i, step, several_teachers=True)
+    inputs = plan.max_rows(step.input)
+    if inputs is not None:
+        planned.max_rows = inputs if step.vote == "majority" else inputs * step.n * len(planned.teachers)
     if step.agreement is not None or step.vote is not None:
         loc = ("steps", i)
         planned.produced.update(agreement.plan_agreement(loaded, loc, step, planned.input_columns, planned.produced,

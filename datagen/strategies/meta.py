@@ -60,7 +60,10 @@ def plan(loaded, plan, shape, i: int, step: MetaStep) -> PlannedStep:
         check_template(loaded, loc + ("system",), step.system, context, step.name)
     produced = dict(types)
     produced.update(produced_columns(loaded, loc, step.output, None))
-    return PlannedStep(step, i, None, [], produced, names, step_view(step, None, [], produced))
+    planned = PlannedStep(step, i, None, [], produced, names, step_view(step, None, [], produced))
+    if all(s is not None for s in sizes):
+        planned.max_rows = (step.count or math.prod(sizes)) * step.per_combination
+    return planned
 
 
 def _plan_dim(loaded, plan, shape, loc: tuple, dim: str, values, output: str

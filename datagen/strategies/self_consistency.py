@@ -32,6 +32,8 @@ def stage(step_name: str) -> str:
 def plan(loaded, plan, shape, i: int, step: SelfStep) -> PlannedStep:
     loc = ("steps", i)
     planned = label.plan_rows(loaded, shape, i, step)
+    inputs = plan.max_rows(step.input)
+    planned.max_rows = inputs * step.n if inputs is not None else None
     answer = f"{step.output}_answer"
     check_clash(loaded, loc, {answer: "VARCHAR"}, planned.input_columns, step.input)
     planned.produced[answer] = "VARCHAR"
