@@ -1,3 +1,40 @@
-"""datagen: declarative synthetic-dataset curation and distillation-data generation."""
+"""datagen: declarative synthetic-dataset curation and distillation-data generation.
 
-__version__ = "0.1.0"
+The Python API (specs/python.md): `datagen.run(spec)`, `curate`, `status`, `query`, `load`, `export`, `train`,
+`validate`, `plan`, `open_spec` (and `datagen.api.push`, `datagen.api.report`). They are looked up lazily, so
+`import datagen` stays light: no duckdb, torch or vLLM until a function is called.
+"""
+
+import sys
+import types
+
+from datagen.version import __version__
+
+API = ("run", "curate", "status", "query", "load", "export", "train", "validate", "plan", "open_spec")
+__all__ = ["__version__", *API]
+
+
+def __getattr__(name: str):
+    if name in API:
+        from datagen import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'datagen' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(API))
+
+
+class _Package(types.ModuleType):
+    """`export` and `status` name both API functions and submodules (datagen/export.py, datagen/status.py). Loading a
+    submodule binds it to its package's attribute, which would shadow the function from then on; this package
+    keeps the function. The submodules stay importable as usual (`from datagen.export import ...`)."""
+
+    def __setattr__(self, name, value):
+        if name in API and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

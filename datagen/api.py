@@ -1,26 +1,73 @@
-"""The library's front door: what the `datagen` command does, as functions (the CLI is a thin layer over them).
+"""The library's front door (specs/python.md): what the `datagen` command does, as functions that return structured
+results instead of printing. The CLI is a thin layer over these.
 
-Each takes a loaded spec (`datagen.spec.load.load_spec(path)`), checks the whole spec first (`plan`), and returns
-structured results rather than printing.
+`spec` is a path to a spec file, a dict with the YAML's shape (relative paths resolve against the working
+directory; errors name the key path, without a line), or an already loaded spec. Every function checks the whole
+spec first. Every function also works inside a running event loop (a notebook, an async application): the HTTP
+teacher runs an event loop of its own, which cannot run in a thread that already has one, so there the work runs in
+a worker thread while the caller waits (see `_loop_safe`).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import functools
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Union
 
+from datagen.errors import UserError
 from datagen.spec.load import LoadedSpec
 from datagen.spec.plan import Plan
 
+if TYPE_CHECKING:
+    import pyarrow
+
 Log = Callable[[str], None]
+SpecLike = Union[str, "os.PathLike[str]", dict, LoadedSpec]
+
+_logger = logging.getLogger("datagen")
 
 
-def plan(loaded: LoadedSpec) -> Plan:
-    """The plan with every check: the steps (each by its strategy), then the curation, export and train blocks."""
+def _default_log(message: str) -> None:
+    _logger.info(message)
+
+
+def _loop_safe(fn):
+    """Run `fn` here, or, when this thread runs an event loop, in a worker thread (see datagen/threads.py)."""
+    from datagen.threads import outside_event_loop
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return outside_event_loop(fn, *args, **kwargs)
+
+    return wrapper
+
+
+def open_spec(spec: SpecLike, limit: int | None = None) -> LoadedSpec:
+    """A loaded, model-validated spec (the plan's checks come later, in `plan`)."""
+    from datagen.spec.load import load_spec, load_spec_data
+
+    if isinstance(spec, LoadedSpec):
+        loaded = spec
+    elif isinstance(spec, dict):
+        loaded = load_spec_data(spec)
+    elif isinstance(spec, (str, os.PathLike)):
+        loaded = load_spec(Path(spec))
+    else:
+        raise UserError(f"a spec is a path to a YAML file, a dict or a loaded spec, got {type(spec).__name__}")
+    return loaded.with_limit(limit) if limit is not None else loaded
+
+
+def plan(spec: SpecLike, limit: int | None = None) -> Plan:
+    """The plan with every check: the steps (each by its strategy), then the curation, export and train blocks.
+    Warnings (likely mistakes that are not errors) are in `plan.warnings`."""
     from curation.validate import check_curation
     from datagen.export import check_export
     from datagen.planner import build_plan
     from sft.validate import check_train
 
+    loaded = open_spec(spec, limit)
     p = build_plan(loaded)
     check_curation(loaded, p)
     check_export(loaded, p)
@@ -29,44 +76,149 @@ def plan(loaded: LoadedSpec) -> Plan:
 
 
 def describe(p: Plan) -> str:
+    """The plan as text: sources, steps, the curation stages, the export and training (what `validate` prints)."""
+    from curation.validate import describe_curation
+    from datagen.export import describe_export
     from datagen.planner import describe as describe_plan
 
-    return describe_plan(p)
+    text = describe_plan(p).split("\n")
+    train = [line for line in text if line.startswith("  train:")]
+    rest = [line for line in text if not line.startswith("  train:")]
+    return "\n".join(rest + describe_curation(p.spec.curation) + describe_export(p.loaded, p) + train)
 
 
-def run(loaded: LoadedSpec, progress=None, log: Log = print, checked: Plan | None = None):
-    """Generate every step (resuming finished work), then run the `curation:` block. Returns the RunSummary."""
+@_loop_safe
+def validate(spec: SpecLike) -> Plan:
+    """Check a spec without loading any model; the plan, with its warnings. Raises UserError for a bad spec."""
+    return plan(spec)
+
+
+@_loop_safe
+def run(spec: SpecLike, *, limit: int | None = None, verbose: bool = False, progress=None, log: Log | None = None,
+        checked: Plan | None = None):
+    """Generate every step (resuming finished work), then run the `curation:` block. Returns the RunSummary.
+
+    `limit`: the first N input rows of every step fed by a source, in a store of their own. Engine and library
+    output goes to the log file beside the store unless `verbose`. `progress(step, done, total, output_tokens)` is
+    called as samples are committed."""
+    from datagen import console
     from datagen.runloop import run_steps
     from datagen.store.connection import open_store
     from datagen.store.views import sync_views
 
-    p = checked or plan(loaded)
-    con = open_store(loaded.store_path)
-    try:
-        sync_views(con, p.source_rows, p.views)
-        summary = run_steps(con, p, progress=progress, log=log)
-        if loaded.spec.curation is not None:
-            from curation.run import run_curation
+    import time
 
-            run_curation(con, loaded, p, log=log)
-    finally:
-        con.close()
+    started = time.monotonic()
+    log = log or _default_log
+    p = checked or plan(spec, limit)
+    loaded = p.loaded
+    with console.quiet(loaded.log_path, verbose):
+        con = open_store(loaded.store_path)
+        try:
+            sync_views(con, p.source_rows, p.views)
+            summary = run_steps(con, p, progress=progress, log=log)
+            if loaded.spec.curation is not None:
+                from curation.run import run_curation
+
+                summary.funnel = run_curation(con, loaded, p, log=log)
+        finally:
+            con.close()
+    summary.seconds = time.monotonic() - started  # the whole run: engine starts and curation included
     return summary
 
 
-def curate(loaded: LoadedSpec, log: Log = print) -> list[dict]:
-    """Re-run the curation block alone on stored rows. Returns the funnel (stage, rows_in, rows_out)."""
+@_loop_safe
+def curate(spec: SpecLike, *, verbose: bool = False, log: Log | None = None) -> list[dict]:
+    """Re-run the curation block alone on stored rows. Returns the funnel: [{stage, rows_in, rows_out}]."""
     from curation.run import run_curation
-    from datagen.errors import UserError
+    from datagen import console
     from datagen.store.connection import open_store
     from datagen.store.views import sync_views
 
+    p = plan(spec)
+    loaded = p.loaded
     if loaded.spec.curation is None:
-        raise UserError(f"{loaded.path} has no `curation:` block; add one (see specs/curation.md)")
-    p = plan(loaded)
-    con = open_store(loaded.store_path)
-    try:
-        sync_views(con, p.source_rows, p.views)
-        return run_curation(con, loaded, p, log=log)
-    finally:
-        con.close()
+        raise UserError(f"{loaded.path.name} has no `curation:` block; add one (see specs/curation.md)")
+    with console.quiet(loaded.log_path, verbose, what="curate"):
+        con = open_store(loaded.store_path)
+        try:
+            sync_views(con, p.source_rows, p.views)
+            return run_curation(con, loaded, p, log=log or _default_log)
+        finally:
+            con.close()
+
+
+@_loop_safe
+def status(spec: SpecLike, *, limit: int | None = None) -> dict:
+    """Per step: requests done, failed and pending, tokens, the commonest errors and what the strategy adds; and
+    the curation funnel: {"steps": [...], "funnel": [...]}."""
+    from datagen.planner import build_plan
+    from datagen.status import status as store_status
+
+    return store_status(build_plan(open_spec(spec, limit)))
+
+
+@_loop_safe
+def query(spec: SpecLike, sql: str, *, limit: int | None = None) -> "pyarrow.Table":
+    """Read-only SQL over the spec's store (or a `.duckdb` file); the last statement's result as an Arrow table."""
+    from datagen.store.readonly import query_arrow
+
+    return query_arrow(_store_of(spec, limit), sql)
+
+
+@_loop_safe
+def load(spec: SpecLike, name: str = "curated", *, limit: int | None = None):
+    """The rows of `name` (a step, a source, `curated`, or a store table) as a `datasets.Dataset`."""
+    from datagen.store.readonly import relation_arrow
+
+    table = relation_arrow(_store_of(spec, limit), name)
+    import datasets
+
+    return datasets.Dataset(table)
+
+
+@_loop_safe
+def export(spec: SpecLike, *, out: str | Path | None = None, format: str | None = None,
+           test_split: float | None = None):
+    """Write the export rows as Parquet shards plus a dataset card. Returns the ExportResult (path, files, splits)."""
+    from datagen.export import export as export_spec
+
+    p = plan(spec)
+    return export_spec(p.loaded, out=out, fmt=format, test_split=test_split, plan=p)
+
+
+@_loop_safe
+def push(spec: SpecLike, *, repo_id: str | None = None, public: bool = False, dry_run: bool = False,
+         out: str | Path | None = None):
+    """Export, then upload to a Hugging Face Hub dataset repository (token from HF_TOKEN). Returns the PushResult."""
+    from datagen.push import push as push_spec
+
+    return push_spec(plan(spec).loaded, repo_id=repo_id, public=public, dry_run=dry_run, out=out)
+
+
+@_loop_safe
+def report(spec: SpecLike, *, out: str | Path | None = None) -> Path:
+    """Write the self-contained HTML report; returns its path."""
+    from datagen.report import write_report
+
+    p = plan(spec)
+    return write_report(p.loaded, out=out, plan=p)
+
+
+@_loop_safe
+def train(spec: SpecLike, *, out: str | Path | None = None, max_steps: int | None = None, verbose: bool = False,
+          log: Log | None = None):
+    """Train the spec's student on the selected rows, score it before and after, save it. Returns the TrainResult."""
+    from datagen import console
+    from sft.train import train as train_spec
+
+    loaded = plan(spec).loaded
+    with console.quiet(loaded.log_path, verbose, what="train"):
+        return train_spec(loaded, out=out, max_steps=max_steps, log=log or _default_log)
+
+
+def _store_of(spec: Any, limit: int | None) -> Path:
+    """A `.duckdb` path as it is; otherwise the spec's store."""
+    if isinstance(spec, (str, os.PathLike)) and str(spec).endswith(".duckdb"):
+        return Path(spec)
+    return open_spec(spec, limit).store_path

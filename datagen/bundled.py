@@ -11,7 +11,6 @@ import importlib.metadata
 import importlib.util
 import os
 import shutil
-import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -100,7 +99,9 @@ def _smollm2_folder() -> Path:
     if final.is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    print(f"datagen: converting bundled model {SMOLLM2} (once) into {final}", file=sys.stderr, flush=True)
+    from datagen.console import say
+
+    say(f"converting bundled model {SMOLLM2} (once, about a minute) into {final}")
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:
         _convert_gguf(src, _GGUF_NAME, tmp)

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-import datagen
+from datagen.version import __version__
 from datagen.store import stats
 
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH", re.IGNORECASE)
@@ -45,7 +45,7 @@ def build_card(plan, con, result, repo_id: str | None = None) -> str:
     parts = [
         f"# {loaded.spec.name}",
         (loaded.spec.description or "").strip(),
-        f"Generated with datagen {datagen.__version__} on {datetime.now(timezone.utc).date().isoformat()} from the "
+        f"Generated with datagen {__version__} on {datetime.now(timezone.utc).date().isoformat()} from the "
         f"`{result.input.name}` rows of the spec below.",
         contents_section(result),
         usage_section(result, repo_id),
@@ -198,6 +198,7 @@ def how_made_section(plan, con) -> str:
         steps.append([s.name, s.strategy, st.input or "-", ", ".join(st.teachers), s.n, s.output,
                       "; ".join(extras) or "-", _sampling_text(sampling)])
     out = ["## How it was made",
+           "### Sources\n\n" + sources_text(plan),
            "### Teachers\n\n" + table(["teacher", "backend", "model", "endpoint", "sampling"], teachers),
            "### Steps and strategies\n\n" + table(
                ["step", "strategy", "input", "teacher", "samples per input", "output column", "details", "sampling"],
@@ -206,6 +207,24 @@ def how_made_section(plan, con) -> str:
            "### Selection\n\n" + stats.selection_method(plan),
            "### Tokens and time\n\n" + tokens_text(con)]
     return "\n\n".join(out)
+
+
+def sources_text(plan) -> str:
+    """Each source and what identifies it: a file's name, a dataset's id, config, split, revision and fingerprint
+    (which changes when the dataset's files do)."""
+    rows = []
+    for name, source in plan.spec.sources.items():
+        info = plan.source_info.get(name, {})
+        if source.dataset is not None:
+            what = "dataset `" + public_model(source.dataset, plan.loaded.dir) + "`"
+            what += "".join(f", {k} `{info[k]}`" for k in ("config", "split", "revision", "fingerprint") if info.get(k))
+        elif source.path is not None:
+            what = f"file `{Path(source.path).name}`"
+        else:
+            what = "rows written in the spec" if source.inline is not None else "SQL over earlier sources and steps"
+        size = len(plan.source_rows[name]) if name in plan.source_rows else "-"
+        rows.append([f"`{name}`", what, size])
+    return table(["source", "what", "rows"], rows) if rows else "No sources: every input was generated."
 
 
 def _sampling_text(sampling: dict) -> str:
@@ -236,7 +255,8 @@ def tokens_text(con) -> str:
              t["completion_tokens"], float(t["seconds"])] for t in totals]
     rows.append(["**total**", "", *(sum(r[i] for r in rows) for i in range(2, 8))])
     return table(["step", "teacher", "requests", "done", "failed", "prompt tokens", "completion tokens",
-                  "request seconds"], rows)
+                  "generation seconds"], rows) + "\n\nGeneration seconds are wall-clock time spent generating " \
+        "(each request holds its share; engine start not included), as in the run's table and the HTML report."
 
 
 # --- keeping local things out ----------------------------------------------------------------------------------
@@ -269,20 +289,20 @@ PATH_KEYS = {("store",), ("sources", "*", "path"), ("export", "path"), ("train",
 
 def spec_yaml(loaded) -> str:
     data = copy.deepcopy(loaded.doc.data)
-    _public_paths(data, (), loaded.dir)
+    _public_paths(data, (), loaded.dir, loaded.spec.name)
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=110)
 
 
-def _public_paths(node: Any, loc: tuple, spec_dir: Path) -> None:
+def _public_paths(node: Any, loc: tuple, spec_dir: Path, name: str) -> None:
     items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
     for key, value in list(items):
         here = loc + (key,)
         if isinstance(value, (dict, list)):
-            _public_paths(value, here, spec_dir)
+            _public_paths(value, here, spec_dir, name)
         elif isinstance(value, str):
             generic = tuple("*" if i == 1 and len(here) == 3 else p for i, p in enumerate(here))
             if here in PATH_KEYS or generic in PATH_KEYS:
-                node[key] = Path(value).name
+                node[key] = Path(value.replace("{name}", name)).name  # `out/{name}` would read `{name}`
             elif key in ("model", "student"):
                 node[key] = public_model(value, spec_dir)
             elif key == "base_url":

@@ -63,13 +63,26 @@ def _guard(fn):
     return wrapper
 
 
-def _load(spec: Path):
-    from datagen.spec.load import load_spec
+def _load(spec: Path, limit: Optional[int] = None):
+    from datagen import api
 
-    loaded = load_spec(spec)
+    loaded = api.open_spec(spec, limit)
     for warning in loaded.warnings:
         _stderr(f"warning: {warning}")
     return loaded
+
+
+def _plan(spec: Path, limit: Optional[int] = None):
+    """The checked plan, with its warnings said on stderr."""
+    from datagen import api
+
+    plan = api.plan(_load(spec, limit))
+    for warning in plan.warnings:
+        _stderr(f"warning: {warning}")
+    return plan
+
+
+VERBOSE = typer.Option(False, "--verbose", "-v", help="engine and library messages on the terminal, not in the log")
 
 
 @app.command()
@@ -78,34 +91,38 @@ def validate(spec: Path = typer.Argument(..., help="the spec file")):
     """Check a spec and print the plan, without loading any model."""
     from datagen import api
 
-    print(api.describe(api.plan(_load(spec))))
+    print(api.describe(_plan(spec)))
     print("ok: the spec is valid")
 
 
 @app.command()
 @_guard
 def run(spec: Path = typer.Argument(..., help="the spec file"),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output")):
-    """Generate every step (resuming finished work), storing rows and lineage in the spec's DuckDB store."""
-    from datagen import api
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
+        verbose: bool = VERBOSE,
+        limit: Optional[int] = typer.Option(None, "--limit", help="try the spec on the first N input rows of every "
+                                                                 "source-fed step (a separate store)")):
+    """Generate every step (resuming finished work), storing rows and lineage in the spec's DuckDB store.
+
+    Engine and library messages go to runs/<name>.log beside the store unless --verbose."""
+    from datagen import api, console
     from datagen.progress import ProgressReporter
 
-    loaded = _load(spec)
-    plan = api.plan(loaded)
+    plan = _plan(spec, limit)
     if not quiet:
         print(api.describe(plan), flush=True)
-    with ProgressReporter(enabled=not quiet) as reporter:
-        summary = api.run(loaded, progress=reporter.update, log=reporter.log, checked=plan)
+    with console.quiet(plan.loaded.log_path, verbose), ProgressReporter(enabled=not quiet) as reporter:
+        summary = api.run(plan.loaded, progress=reporter.update, log=reporter.log, checked=plan, verbose=verbose)
     _print_summary(summary)
 
 
 @app.command()
 @_guard
-def curate(spec: Path = typer.Argument(..., help="the spec file")):
+def curate(spec: Path = typer.Argument(..., help="the spec file"), verbose: bool = VERBOSE):
     """Re-run the curation block alone on stored rows (no generation; stored embeddings are reused)."""
-    from datagen import api
+    from datagen import api, console
 
-    _print_funnel(api.curate(_load(spec), log=lambda m: print(m, flush=True)))
+    _print_funnel(api.curate(_load(spec), verbose=verbose, log=console.say))
 
 
 def _print_funnel(funnel: list[dict]) -> None:
@@ -119,11 +136,15 @@ def _print_summary(summary) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"run finished in {summary.seconds:.1f} s; store {summary.store}")
-    for col in ("step", "requested", "cached", "generated", "failed", "prompt tokens", "completion tokens", "seconds"):
-        table.add_column(col, justify="left" if col == "step" else "right")
     from datagen.runloop import describe_summary
 
+    if not summary.steps:  # a spec that only curates: its funnel was the output
+        print(f"run finished in {summary.seconds:.1f} s; store {summary.store}")
+        return
+    table = Table(title=f"run finished in {summary.seconds:.1f} s; store {summary.store}")
+    for col in ("step", "requested", "cached", "generated", "failed", "prompt tokens", "completion tokens",
+                "generation seconds"):
+        table.add_column(col, justify="left" if col == "step" else "right")
     for row in describe_summary(summary):
         table.add_row(*row)
     Console(width=120).print(table)
@@ -131,12 +152,12 @@ def _print_summary(summary) -> None:
 
 @app.command()
 @_guard
-def status(spec: Path = typer.Argument(..., help="the spec file")):
+def status(spec: Path = typer.Argument(..., help="the spec file"),
+           limit: Optional[int] = typer.Option(None, "--limit", help="the store of `run --limit N`")):
     """Per step: requests done, failed and pending, and the commonest errors."""
-    from datagen.planner import build_plan
-    from datagen.status import status as store_status
+    from datagen import api
 
-    result = store_status(build_plan(_load(spec)))
+    result = api.status(_load(spec, limit))
     for r in result["steps"]:
         total = r["done"] + r["failed"] + r["pending"]
         if total == 0:
@@ -157,12 +178,13 @@ def query(target: Path = typer.Argument(..., help="a spec file (its store) or a 
           sql: str = typer.Argument(..., help="one or more SELECT statements; the last one's result is printed"),
           format: str = typer.Option("table", "--format", "-f", help="table | json | csv")):
     """Run read-only SQL over a store and print the result."""
-    from datagen.store.readonly import run_query
+    from datagen import api
 
     if format not in ("table", "json", "csv"):
         raise UserError(f"--format must be table, json or csv, got {format!r}")
-    store = target if target.suffix == ".duckdb" else _load(target).store_path
-    columns, rows = run_query(store, sql)
+    result = api.query(target if target.suffix == ".duckdb" else _load(target), sql)
+    columns = result.column_names
+    rows = list(zip(*(c.to_pylist() for c in result.columns)))
     if format == "json":
         print(json.dumps([dict(zip(columns, r)) for r in rows], default=str, ensure_ascii=False, indent=1))
     elif format == "csv":
@@ -193,9 +215,10 @@ def export(spec: Path = typer.Argument(..., help="the spec file"),
            eval_split: Optional[float] = typer.Option(None, "--eval-split",
                                                       help="share of inputs held out as a test split")):
     """Write the export rows as Parquet shards plus a dataset card, loadable with datasets.load_dataset."""
-    from datagen.export import describe, export as export_spec
+    from datagen import api
+    from datagen.export import describe
 
-    print(describe(export_spec(_load(spec), out=out, fmt=format, test_split=eval_split)))
+    print(describe(api.export(_load(spec), out=out, format=format, test_split=eval_split)))
 
 
 @app.command()
@@ -206,9 +229,10 @@ def push(spec: Path = typer.Argument(..., help="the spec file"),
          dry_run: bool = typer.Option(False, "--dry-run", help="export and list what would be uploaded; send nothing"),
          out: Optional[Path] = typer.Option(None, "--out", "-o", help="export folder (default: export.path)")):
     """Export, then upload to a Hugging Face Hub dataset repository (token from HF_TOKEN)."""
-    from datagen.push import describe, push as push_spec
+    from datagen import api
+    from datagen.push import describe
 
-    print(describe(push_spec(_load(spec), repo_id=repo_id, public=public, dry_run=dry_run, out=out)))
+    print(describe(api.push(_load(spec), repo_id=repo_id, public=public, dry_run=dry_run, out=out)))
 
 
 @app.command()
@@ -216,21 +240,44 @@ def push(spec: Path = typer.Argument(..., help="the spec file"),
 def report(spec: Path = typer.Argument(..., help="the spec file"),
            out: Optional[Path] = typer.Option(None, "--out", "-o", help="the HTML file to write")):
     """Write one self-contained HTML page: funnel, lengths, judge scores, meta coverage, embedding map, teachers."""
-    from datagen.report import write_report
+    from datagen import api
 
-    print(f"wrote {write_report(_load(spec), out=out)}")
+    print(f"wrote {api.report(_load(spec), out=out)}")
 
 
 @app.command()
 @_guard
 def train(spec: Path = typer.Argument(..., help="the spec file"),
           out: Optional[Path] = typer.Option(None, "--out", "-o", help="student folder (default: train.output)"),
-          max_steps: Optional[int] = typer.Option(None, "--max-steps", help="stop after this many optimiser steps")):
-    """Train the spec's student on the selected rows (sft or kd), score it before and after, and save it."""
+          max_steps: Optional[int] = typer.Option(None, "--max-steps", help="stop after this many optimiser steps"),
+          verbose: bool = VERBOSE):
+    """Train the spec's student on the selected rows (sft, kd or dpo), score it before and after, and save it."""
+    from datagen import api, console
     from sft.results import print_result
-    from sft.train import train as train_spec
 
-    print_result(train_spec(_load(spec), out=out, max_steps=max_steps))
+    print_result(api.train(_load(spec), out=out, max_steps=max_steps, verbose=verbose, log=console.say))
+
+
+@app.command()
+@_guard
+def init(template: Optional[str] = typer.Argument(None, help="label | reasoning | self-instruct | feedback | curate"),
+         folder: Optional[Path] = typer.Argument(None, help="where to write it (default: ./<template>)"),
+         list_: bool = typer.Option(False, "--list", help="list the templates and exit")):
+    """Write a starter spec and its data from a template; it validates at once and runs on the bundled model."""
+    from datagen.starters import TEMPLATES, write_starter
+
+    if list_ or template is None:
+        width = max(len(n) for n in TEMPLATES)
+        for name, starter in TEMPLATES.items():
+            print(f"{name:<{width}}  {starter.summary}")
+        if template is None and not list_:
+            print("\nrun `datagen init TEMPLATE [FOLDER]` to write one")
+        return
+    from datagen import api
+
+    spec = write_starter(template, folder or Path(template))
+    api.validate(spec)  # a starter that does not validate as written is our bug, not the user's
+    print(f"wrote {spec} and its data (valid); next:\n  datagen run {spec}")
 
 
 @app.command()

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
 
-import datagen
+from datagen.version import __version__
 from datagen import svg
 from datagen.card import public_model
 from datagen.spec.load import LoadedSpec
@@ -71,7 +71,7 @@ def build_html(plan: Plan, con) -> str:
             f'</title><meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>'
             f'<body><h1>{escape(spec.name)}</h1><p class="meta">{escape(spec.description or "")}</p>'
             f'<p class="meta">store {escape(plan.loaded.store_path.name)}; written {when} by datagen '
-            f'{escape(datagen.__version__)}</p><nav>{nav}</nav>{sections}</body></html>')
+            f'{escape(__version__)}</p><nav>{nav}</nav>{sections}</body></html>')
 
 
 def _anchor(title: str) -> str:
@@ -267,6 +267,10 @@ def pca_2d(vectors: list) -> tuple[list[tuple[float, float]], float]:
     return [tuple(c) for c in coords.tolist()], float((s[:2] ** 2).sum()) / total
 
 
+SECONDS_NOTE = ("Generation seconds are wall-clock time: each request holds its share of the time its step spent "
+                "generating (the engine's start not included), the same figure as the run's table and the card.")
+
+
 def teachers(plan: Plan, con) -> str:
     totals = stats.token_totals(con)
     if not totals:
@@ -282,13 +286,12 @@ def teachers(plan: Plan, con) -> str:
     charts = [_figure(svg.hbars([(n, t["completion_tokens"]) for n, t in per.items()], width=520),
                       "completion tokens per teacher"),
               _figure(svg.hbars([(n, round(t["seconds"], 1)) for n, t in per.items()], width=520,
-                                colour=svg.PALETTE[1], unit=" s"), "request seconds per teacher")]
+                                colour=svg.PALETTE[1], unit=" s"), "generation seconds per teacher")]
     by_step = _table(["step", "teacher", "requests", "done", "failed", "prompt tokens", "completion tokens",
-                      "request seconds"],
+                      "generation seconds"],
                      [[t["step"], t["teacher"], t["requests"], t["done"], t["failed"], t["prompt_tokens"],
                        t["completion_tokens"], float(t["seconds"])] for t in totals])
     return (f'<div class="charts">{"".join(charts)}</div>'
             + _table(["teacher", "backend", "model", "requests", "done", "failed", "prompt tokens",
-                      "completion tokens", "request seconds", "completion tokens per request second"], rows)
-            + by_step + _note("Request seconds add up each request's own time; concurrent requests overlap, so "
-                              "this is more than the wall-clock time."))
+                      "completion tokens", "generation seconds", "completion tokens per second"], rows)
+            + by_step + _note(SECONDS_NOTE))

@@ -47,9 +47,10 @@ class RunSummary:
     steps: list[StepSummary] = field(default_factory=list)
     seconds: float = 0.0
     models_loaded: list[str] = field(default_factory=list)
+    funnel: list[dict] = field(default_factory=list)  # the curation block's stages, when the spec has one
 
 
-Progress = Callable[[str, int, int], None]  # (step, done, total)
+Progress = Callable[[str, int, int, int], None]  # (step, samples done, samples planned, output tokens so far)
 
 
 def run_steps(con: duckdb.DuckDBPyConnection, plan: Plan, progress: Progress | None = None,
@@ -154,7 +155,8 @@ def _add(summary: StepSummary, counts: Counts) -> None:
 def _reporter(st: PlannedStep, summary: StepSummary, progress: Progress | None):
     def report() -> None:
         if progress:
-            progress(st.name, summary.cached + summary.generated + summary.failed, summary.planned)
+            progress(st.name, summary.cached + summary.generated + summary.failed, summary.planned,
+                     summary.completion_tokens)
     return report
 
 
@@ -162,9 +164,15 @@ def _teacher(plan: Plan, name: str, teachers: dict, log: Callable[[str], None]):
     if name not in teachers:
         from datagen.teachers import make_teacher
 
+        from datagen.teachers import start_message
+
         spec = plan.spec.teachers[name]
-        log(f"loading teacher {name} ({spec.backend}: {spec.model})")
-        teachers[name] = make_teacher(name, spec, plan.loaded.dir, plan.spec.seed)
+        log(start_message(name, spec, plan.loaded.dir))
+        started = time.monotonic()
+        teacher = make_teacher(name, spec, plan.loaded.dir, plan.spec.seed)
+        teachers[name] = teacher
+        if teacher.start():  # loads the model now, so the step's progress and seconds count generation only
+            log(f"teacher {name} ready in {time.monotonic() - started:.0f} s")
     return teachers[name]
 
 

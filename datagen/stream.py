@@ -51,7 +51,7 @@ def generate(con: duckdb.DuckDBPyConnection, teacher, teacher_name: str, todo: l
         return
     groups = group_by_prompt(todo)
     result = BatchResult()
-    last = start = time.monotonic()
+    last = time.monotonic()
     stream = teacher.stream([g for g, _ in groups], options)
     try:
         for finished in stream:
@@ -74,12 +74,14 @@ def generate(con: duckdb.DuckDBPyConnection, teacher, teacher_name: str, todo: l
                 write_batch(con, result)
         finally:
             stream.close()  # a stream stopped early cancels what it has in flight
-            counts.seconds += time.monotonic() - start
 
 
 def _record(result: BatchResult, req, sample: Sample, teacher_name: str, parse: Parse, counts: Counts) -> None:
     counts.prompt_tokens += sample.prompt_tokens or 0
     counts.completion_tokens += sample.completion_tokens or 0
+    # each sample's share of the stream's wall time (teachers split it): the run table, `requests.seconds`, the
+    # card and the report then show one figure per step, the engine's start not included
+    counts.seconds += sample.seconds or 0.0
     if sample.error is not None:
         counts.failed += 1
         result.add_failure(req.key, sample.error, sample)

@@ -63,7 +63,8 @@ def train(loaded: LoadedSpec, out: str | Path | None = None, max_steps: int | No
         raise UserError(f"{loaded.path} has no `train:` block; add one (see specs/train.md)")
     if max_steps is not None:
         settings = settings.model_copy(update={"max_steps": max_steps})
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # only local models: never wait on a hub
+    if all(_is_local(ref, loaded.dir) for ref in _model_refs(settings)):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # only local models: never wait on a hub
     plan = build_plan(loaded)
     split = settings.eval.split if settings.eval else None
     if settings.objective == "dpo":  # preference pairs (sft/dpo.py), not prompt/completion rows
@@ -96,13 +97,25 @@ def train(loaded: LoadedSpec, out: str | Path | None = None, max_steps: int | No
         meta = {"spec": loaded.spec.name, "run_id": run_id, "input": rows.input, "settings": settings.model_dump(),
                 "train_rows": len(rows.train), "eval_rows": len(rows.eval), "steps": result.steps,
                 "train_loss": result.train_loss, "before": before, "after": after}
-        save_student(model, tok, target, meta, loaded.path.read_text())
+        save_student(model, tok, target, meta, loaded.text)
         results.finish_run(loaded.store_path, run_id, steps=result.steps, train_tokens=tokens, train_seconds=seconds,
                         train_loss=result.train_loss, before=before, after={**after, "notes": notes})
     except BaseException as exc:
         results.fail_run(loaded.store_path, run_id, f"{type(exc).__name__}: {exc}")
         raise
     return result
+
+
+def _model_refs(settings) -> list[str]:
+    hidden = settings.kd.hidden if settings.objective == "kd" else None
+    return [settings.student] + ([hidden.teacher] if hidden is not None and hidden.teacher else [])
+
+
+def _is_local(ref: str, spec_dir: Path) -> bool:
+    """A bundled model or a folder; anything else is a Hub id, which needs the hub (or the user's HF cache)."""
+    from datagen.bundled import resolve_model
+
+    return ref.startswith("bundled:") or Path(resolve_model(ref, spec_dir)).is_dir()
 
 
 def training_args(settings, seed: int, work_dir: str) -> dict:

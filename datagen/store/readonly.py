@@ -1,4 +1,4 @@
-"""Read-only access for `datagen query` and `datagen status`: no writes, no ATTACH, no COPY TO, no INSTALL/LOAD."""
+"""Read-only access for `datagen query`, `status` and `datagen.load`: no writes, ATTACH, COPY TO, INSTALL/LOAD."""
 
 from __future__ import annotations
 
@@ -34,14 +34,35 @@ def check_readonly_sql(sql: str) -> None:
                             f"({st.query.strip()[:60]!r}); use SELECT")
 
 
-def run_query(path: Path, sql: str) -> tuple[list[str], list[tuple]]:
+def query_arrow(path: Path, sql: str):
+    """The last statement's result as an Arrow table; only SELECT and EXPLAIN, on a read-only connection."""
+    from datagen.store.sql import arrow_table
+
     check_readonly_sql(sql)
     con = open_readonly(path)
     try:
-        cur = con.execute(sql)
-        columns = [d[0] for d in cur.description] if cur.description else []
-        return columns, cur.fetchall()
+        statements = duckdb.extract_statements(sql)
+        for st in statements[:-1]:
+            con.execute(st.query)
+        return arrow_table(con.sql(statements[-1].query))
     except duckdb.Error as exc:
         raise UserError(f"query failed: {str(exc).splitlines()[0]}") from None
+    finally:
+        con.close()
+
+
+def relation_arrow(path: Path, name: str):
+    """Every row of a step, source, `curated` or store table, as an Arrow table."""
+    from datagen.store.reads import relation_exists, table
+
+    con = open_readonly(path)
+    try:
+        if not relation_exists(con, name):
+            known = [r[0] for r in con.execute(
+                "SELECT view_name FROM duckdb_views() WHERE NOT internal AND view_name NOT LIKE '\\_%' ESCAPE '\\' "
+                "ORDER BY 1").fetchall()]
+            hint = "; run the curation first (`datagen curate`)" if name == "curated" else ""
+            raise UserError(f"the store has no `{name}`{hint}; it has: {', '.join(known) or 'nothing yet'}")
+        return table(con, name)
     finally:
         con.close()

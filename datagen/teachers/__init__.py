@@ -22,6 +22,19 @@ def teacher_identity(spec, spec_dir) -> dict:
     return identity
 
 
+# Measured on this project's 2-core CPU machines, with the bundled model already converted: see specs/README.md.
+VLLM_START = "about 20 s on a 2-core CPU; a minute or more on a busy one"
+
+
+def start_message(name: str, spec, spec_dir) -> str:
+    """What the user waits for while a teacher gets ready (said before the wait, with its expected length)."""
+    if spec.backend == "vllm":
+        return f"starting vLLM engine for teacher {name} ({spec.model}) ... ({VLLM_START})"
+    if spec.backend == "transformers":
+        return f"loading {spec.model} with transformers for teacher {name} ..."
+    return f"teacher {name}: {spec.model} at {spec.base_url}"
+
+
 def make_teacher(name: str, spec, spec_dir, seed: int):
     """Create the teacher a spec entry describes. Loads nothing until the first generate call where possible."""
     if spec.backend == "openai":

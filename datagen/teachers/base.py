@@ -81,6 +81,10 @@ class Teacher(Protocol):
         iterator early (Ctrl-C, the caller's error) cancels what is in flight."""
         ...
 
+    def start(self) -> bool:
+        """Load the model or start the engine now (the first request would otherwise); True if that took work."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -60,6 +60,7 @@ class OpenAITeacher:
         client = loop.run_until_complete(self._client())
         signals = _Signals(loop)
         inflight: dict[asyncio.Task, tuple[int, int]] = {}
+        last_finish = time.monotonic()
         try:
             ready = [(i, []) for i in list(got) if not requests[i].keys]
             for i, _ in ready:
@@ -73,9 +74,15 @@ class OpenAITeacher:
                 waiter = loop.create_task(asyncio.wait(list(inflight), timeout=HEARTBEAT_SECONDS,
                                                        return_when=asyncio.FIRST_COMPLETED))
                 done, _ = signals.run(waiter)
+                # a sample's `seconds` is its share of the wall time since the last finish, as on every backend,
+                # so a step's seconds add up to its generation time however many requests overlapped
+                share = (time.monotonic() - last_finish) / len(done) if done else 0.0
+                if done:
+                    last_finish = time.monotonic()
                 for task in done:
                     i, j = inflight.pop(task)
                     got.setdefault(i, {})[j] = task.result()
+                    got[i][j].seconds = share
                     if len(got[i]) == len(requests[i].keys):
                         samples = got.pop(i)
                         ready.append((i, [samples[k] for k in range(len(samples))]))
@@ -87,6 +94,9 @@ class OpenAITeacher:
             signals.remove()
             loop.run_until_complete(_cancel_all(list(inflight), client))
             loop.close()
+
+    def start(self) -> bool:
+        return False  # nothing to load: each stream opens its own client
 
     def close(self) -> None:
         pass  # each stream opens and closes its own client

@@ -39,6 +39,11 @@ class TransformersTeacher:
             self._tokenizer = tok
         return self._model, self._tokenizer
 
+    def start(self) -> bool:
+        started = self._model is None
+        self._load()
+        return started
+
     def stream(self, requests: list[GenRequest], options: GenOptions) -> Iterator[list[tuple[int, list[Sample]]]]:
         """Batches of `generate` calls; each batch's requests come back when it ends (see base.Teacher)."""
         if options.json_schema is not None:

@@ -86,6 +86,11 @@ class VLLMTeacher:
             self._watchdog.scan()
         return self._llm
 
+    def start(self) -> bool:
+        started = self._llm is None
+        self._start()
+        return started
+
     def llm(self):
         """The started `vllm.LLM`, for callers that send token prompts themselves (budget forcing)."""
         return self._start()
