@@ -48,7 +48,9 @@ def quiet(log_path: Path, verbose: bool = False, what: str = "run"):
     with open(log_path, "ab") as log:
         log.write(f"\n==== datagen {what} at {time.strftime('%Y-%m-%d %H:%M:%S')} (pid {os.getpid()})\n".encode())
         log.flush()
-        term = os.fdopen(os.dup(saved[2]), "w", buffering=1, encoding="utf-8", errors="replace")
+        own = _writes_to_fd2(sys.stderr)  # else (a notebook, a test's capture) sys.stderr is not affected anyway
+        term = os.fdopen(os.dup(saved[2]), "w", buffering=1, encoding="utf-8", errors="replace") if own \
+            else sys.stderr
         try:
             os.dup2(log.fileno(), 1)
             os.dup2(log.fileno(), 2)
@@ -69,7 +71,15 @@ def quiet(log_path: Path, verbose: bool = False, what: str = "run"):
                 os.close(fd)
             with _lock:
                 _terminal = None
-            term.close()
+            if own:
+                term.close()
+
+
+def _writes_to_fd2(stream) -> bool:
+    try:
+        return stream.fileno() == 2
+    except Exception:  # noqa: BLE001  (io.UnsupportedOperation, or a stream without fileno at all)
+        return False
 
 
 def _has_fds() -> bool:

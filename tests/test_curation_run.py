@@ -217,8 +217,9 @@ def test_curate_before_any_generation_says_so(tmp_path, capsys):
     with pytest.raises(SystemExit) as done:
         main(["curate", str(spec)])
     assert done.value.code in (0, None)
-    out = capsys.readouterr().out
-    assert "`solve` has no rows yet; run `datagen run` first" in out and "select: 0 in, 0 out" in out
+    got = capsys.readouterr()
+    # messages go to stderr, the funnel (the result) to stdout
+    assert "`solve` has no rows yet; run `datagen run` first" in got.err and "select: 0 in, 0 out" in got.out
 
 
 # --- difficulty by student: questions the student already solves are dropped (s1) ----------------------------------
