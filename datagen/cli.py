@@ -72,12 +72,12 @@ def _load(spec: Path, limit: Optional[int] = None):
     return loaded
 
 
-def _plan(spec: Path, limit: Optional[int] = None):
-    """The checked plan, with its warnings said on stderr."""
+def _plan(spec: Path, limit: Optional[int] = None, keys: bool = True):
+    """The checked plan, with its warnings said on stderr (`keys`: also the unset key variables)."""
     from datagen import api
 
     plan = api.plan(_load(spec, limit))
-    for warning in plan.warnings:
+    for warning in plan.warnings + (plan.unset_keys if keys else []):
         _stderr(f"warning: {warning}")
     return plan
 
@@ -108,7 +108,7 @@ def run(spec: Path = typer.Argument(..., help="the spec file"),
     from datagen import api, console
     from datagen.progress import ProgressReporter
 
-    plan = _plan(spec, limit)
+    plan = _plan(spec, limit, keys=False)  # a teacher that needs its key says so when it starts
     if not quiet:
         print(api.describe(plan), flush=True)
     with console.quiet(plan.loaded.log_path, verbose), ProgressReporter(enabled=not quiet) as reporter:

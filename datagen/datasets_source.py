@@ -106,12 +106,12 @@ def _explain(exc: Exception, source, local: Path | None) -> str:
 @contextlib.contextmanager
 def _quiet():
     """`datasets` prints progress bars and notes ("Generating train split") on every load; a plan does not."""
+    import datasets
     from datasets.utils import logging as ds_logging
-    from datasets.utils import tqdm as ds_tqdm
 
-    bars = not ds_tqdm.are_progress_bars_disabled()
+    bars = not datasets.are_progress_bars_disabled()
     level = ds_logging.get_verbosity()
-    ds_tqdm.disable_progress_bars()
+    datasets.disable_progress_bars()
     ds_logging.set_verbosity_error()
     import logging
 
@@ -124,4 +124,4 @@ def _quiet():
         hub.setLevel(hub_level)
         ds_logging.set_verbosity(level)
         if bars:
-            ds_tqdm.enable_progress_bars()
+            datasets.enable_progress_bars()

@@ -27,7 +27,7 @@ def build_plan(loaded: LoadedSpec) -> Plan:
     plan = Plan(loaded)
     _check_teachers(loaded)
     _check_sampling(loaded)
-    plan.warnings += _unset_keys(loaded)
+    plan.unset_keys += _unset_keys(loaded)
     shape = shapes.open_shape()
     try:
         _load_file_sources(loaded, plan, shape)

@@ -278,3 +278,21 @@ def test_fuzz_character_edits_of_a_good_spec(pos, insert):
 
 def teardown_module(module):
     shutil.rmtree(FUZZ_DIR, ignore_errors=True)
+
+
+@pytest.mark.parametrize("where", ["teacher", "step"])
+def test_a_penalty_transformers_cannot_apply_is_exit_2_at_validate_and_run(tmp_path, where):
+    """transformers' generate has no presence or frequency penalty: the plan says so (it used to pass validate and
+    fail the run as an internal error, exit 1)."""
+    spec = make_spec(tmp_path, "good", "", "", {})
+    text = spec.read_text().replace("backend: openai", "backend: transformers").replace(
+        "    base_url: http://127.0.0.1:9/v1\n", "")
+    if where == "teacher":
+        text = text.replace("max_tokens: 64}", "max_tokens: 64, presence_penalty: 0.5}")
+        expected = ["teachers.big.sampling.presence_penalty", "not supported by the transformers backend", "spec.yaml:"]
+    else:
+        text = text.replace("    output: solution", "    output: solution\n    sampling: {frequency_penalty: 0.2}")
+        expected = ["steps.0.sampling.frequency_penalty", "not supported by the transformers backend", "spec.yaml:"]
+    spec.write_text(text)
+    assert_user_error(cli("validate", str(spec)), expected)
+    assert_user_error(cli("run", "-q", str(spec)), expected)

@@ -55,6 +55,9 @@ class Plan:
     views: list = field(default_factory=list)  # store views (sources, queries, steps) in creation order
     source_info: dict[str, dict[str, Any]] = field(default_factory=dict)  # what identifies each loaded source
     warnings: list[str] = field(default_factory=list)  # not errors, but likely mistakes (`datagen validate` says)
+    # key variables that are not set: `validate` warns; `run` says it only if it needs the teacher (a finished
+    # spec re-runs without one)
+    unset_keys: list[str] = field(default_factory=list)
 
     @property
     def spec(self):
