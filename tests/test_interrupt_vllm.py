@@ -72,7 +72,9 @@ def interrupt(spec: Path, sig: int, after: int, log: Path) -> tuple[int, str, li
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    return code, log.read_text(), kids
+    # what vLLM itself printed is in the run's log beside the store (the quiet console), not on the terminal
+    engine_log = spec.parent / "runs" / "interrupt.log"
+    return code, log.read_text() + (engine_log.read_text() if engine_log.exists() else ""), kids
 
 
 def left_behind(kids: list[psutil.Process]) -> list[str]:
