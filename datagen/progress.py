@@ -67,8 +67,8 @@ class ProgressReporter:
                 self._tasks[step] = self._progress.add_task(step, total=total, rate="")
             self._progress.update(self._tasks[step], completed=done, total=total, rate=text)
             return
-        if done < total and now - clock.printed < LINE_SECONDS:
-            return
+        if done < total and (done == clock.done0 or now - clock.printed < LINE_SECONDS):
+            return  # nothing new yet (an engine may be starting), or a line was printed a moment ago
         clock.printed = now
         console.say(f"{step}: {done}/{total} samples{', ' + text if text else ''}")
 

@@ -22,8 +22,9 @@ def teacher_identity(spec, spec_dir) -> dict:
     return identity
 
 
-# Measured on this project's 2-core CPU machines, with the bundled model already converted: see specs/README.md.
-VLLM_START = "about 20 s on a 2-core CPU; a minute or more on a busy one"
+# Measured on this project's 2-core CPU machines with the bundled model already converted, vLLM's import included:
+# 10 s and 12 s with the cores to itself, 33 s to 75 s while other jobs shared them.
+VLLM_START = "about 10 s on a 2-core CPU; a minute or more on a busy one"
 
 
 def start_message(name: str, spec, spec_dir) -> str:
