@@ -12,36 +12,11 @@ from typer.testing import CliRunner
 import datagen
 from datagen.cli import app
 from tests.scripted_server import ScriptedServer
-
-PROBLEMS = [{"question": f"What is {a} plus {b}?", "answer": f"#### {a + b}"} for a, b in
-            [(2, 3), (4, 4), (10, 7), (6, 1), (9, 9), (12, 30)]]
-
+from tests.test_run_scripted import PROBLEMS, make_spec
 
 def write_spec(tmp_path: Path, base_url: str, extra: str = "", teacher: str = "") -> Path:
-    (tmp_path / "problems.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PROBLEMS))
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(f"""\
-name: t
-teachers:
-  t:
-    backend: openai
-    base_url: {base_url}
-    model: scripted
-    sampling: {{max_tokens: 40}}
-{teacher}
-sources:
-  problems: {{path: problems.jsonl}}
-steps:
-  - name: solve
-    strategy: label
-    teacher: t
-    input: problems
-    demos: {{from: problems, k: 1, as: turns, user: question, assistant: answer}}
-    prompt: "{{{{ question }}}}"
-    n: 2
-    output: solution
-{extra}""")
-    return spec
+    """test_run_scripted's spec: 6 problems, a system prompt, 2 demos as turns, n=2, output `solution`."""
+    return make_spec(tmp_path, base_url, extra_step=extra, teacher_opts=teacher)
 
 
 def cli(*args: str):
@@ -77,7 +52,7 @@ def test_run_limit_tries_the_first_rows_in_a_store_of_its_own(tmp_path):
     assert "--limit 2: the first 2 rows" in out.stdout and "t.limit2.duckdb" in out.stdout
     assert (tmp_path / "runs" / "t.limit2.duckdb").exists() and not (tmp_path / "runs" / "t.duckdb").exists()
     questions = {m["messages"][-1]["content"] for m in server.bodies}
-    assert questions == {PROBLEMS[0]["question"], PROBLEMS[1]["question"]}
+    assert questions == {"Q: " + PROBLEMS[0]["question"], "Q: " + PROBLEMS[1]["question"]}
     status = cli("status", "--limit", "2", str(spec))
     assert status.exit_code == 0 and "solve: 4 done, 0 failed, 0 pending of 4" in status.stdout
 
@@ -108,7 +83,7 @@ def test_a_judge_constrains_its_verdict_to_json_by_default(tmp_path):
         graded[0]["messages"][-1]["content"]
     # transformers cannot constrain output: its judge asks for "Score: N" text (and no model loads to plan it)
     text = spec.read_text().replace("    backend: openai\n    base_url: " + server.base_url + "\n",
-                                    "    backend: transformers\n")
+                                    "    backend: transformers\n").replace("    max_attempts: 2\n", "")
     spec.write_text(text)
     planned = datagen.validate(spec).step("grade").spec
     assert planned.verdict_format == "text"
@@ -123,4 +98,5 @@ def test_the_cards_copy_of_the_spec_names_the_export_folder(tmp_path):
     con = duckdb.connect(str(tmp_path / "runs" / "t.duckdb"), read_only=True)
     asked = con.execute("select _messages from solve limit 1").fetchall()[0][0]
     con.close()
-    assert [m["role"] for m in json.loads(asked)] == ["user", "assistant", "user"]  # a demo turn, then the prompt
+    # the system prompt, two demo turns, then the prompt
+    assert [m["role"] for m in json.loads(asked)] == ["system", "user", "assistant", "user", "assistant", "user"]
