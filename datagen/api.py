@@ -34,24 +34,47 @@ def describe(p: Plan) -> str:
     return describe_plan(p)
 
 
-def run(loaded: LoadedSpec, progress=None, log: Log = print, checked: Plan | None = None):
-    """Generate every step (resuming finished work), then run the `curation:` block. Returns the RunSummary."""
+def run(loaded: LoadedSpec, progress=None, log: Log = print, checked: Plan | None = None, ray: str | None = None):
+    """Generate every step (resuming finished work), then run the `curation:` block. Returns the RunSummary.
+
+    `ray`: a Ray cluster's address (`auto`, `host:port`, or `local` to start one for the run); in-process teachers
+    then run as `replicas` actors on it."""
     from datagen.runloop import run_steps
     from datagen.store.connection import open_store
     from datagen.store.views import sync_views
 
     p = checked or plan(loaded)
+    _check_replicas(loaded, ray)
+    if ray:
+        from datagen.teachers.replicas import connect
+
+        connect(ray)
     con = open_store(loaded.store_path)
     try:
         sync_views(con, p.source_rows, p.views)
-        summary = run_steps(con, p, progress=progress, log=log)
+        summary = run_steps(con, p, progress=progress, log=log, ray=bool(ray))
         if loaded.spec.curation is not None:
             from curation.run import run_curation
 
             run_curation(con, loaded, p, log=log)
     finally:
         con.close()
+        if ray:
+            from datagen.teachers.replicas import disconnect
+
+            disconnect()
     return summary
+
+
+def _check_replicas(loaded: LoadedSpec, ray: str | None) -> None:
+    if ray:
+        return
+    for name, t in loaded.spec.teachers.items():
+        if getattr(t, "replicas", 1) > 1:
+            raise loaded.error(("teachers", name, "replicas"), f"replicas: {t.replicas} runs engine copies on a Ray "
+                                                               "cluster: run with `datagen run SPEC --ray ADDRESS` "
+                                                               "(`--ray local` starts one on this machine), or set "
+                                                               "replicas: 1")
 
 
 def curate(loaded: LoadedSpec, log: Log = print) -> list[dict]:

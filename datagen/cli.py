@@ -85,7 +85,9 @@ def validate(spec: Path = typer.Argument(..., help="the spec file")):
 @app.command()
 @_guard
 def run(spec: Path = typer.Argument(..., help="the spec file"),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output")):
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
+        ray: Optional[str] = typer.Option(None, "--ray", help="run in-process teachers as `replicas` on a Ray cluster: "
+                                                              "auto, host:port, or local")):
     """Generate every step (resuming finished work), storing rows and lineage in the spec's DuckDB store."""
     from datagen import api
     from datagen.progress import ProgressReporter
@@ -95,7 +97,7 @@ def run(spec: Path = typer.Argument(..., help="the spec file"),
     if not quiet:
         print(api.describe(plan), flush=True)
     with ProgressReporter(enabled=not quiet) as reporter:
-        summary = api.run(loaded, progress=reporter.update, log=reporter.log, checked=plan)
+        summary = api.run(loaded, progress=reporter.update, log=reporter.log, checked=plan, ray=ray)
     _print_summary(summary)
 
 

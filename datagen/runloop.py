@@ -53,11 +53,12 @@ Progress = Callable[[str, int, int], None]  # (step, done, total)
 
 
 def run_steps(con: duckdb.DuckDBPyConnection, plan: Plan, progress: Progress | None = None,
-              log: Callable[[str], None] = print) -> RunSummary:
-    """Generate every step of the plan into the store (its views already synced)."""
+              log: Callable[[str], None] = print, ray: bool = False) -> RunSummary:
+    """Generate every step of the plan into the store (its views already synced); with `ray`, in-process teachers run
+    as replicas on the Ray cluster this process has joined."""
     start = time.monotonic()
     summary = RunSummary(store=str(plan.loaded.store_path))
-    teachers: dict[str, object] = {}
+    teachers = Teachers(plan, ray, log)
     started = datetime.now(timezone.utc).replace(tzinfo=None)
     runs.start(con, started, os.getpid(), plan.spec.model_dump_json(by_alias=True))
     status = "failed"
@@ -69,9 +70,8 @@ def run_steps(con: duckdb.DuckDBPyConnection, plan: Plan, progress: Progress | N
         status = "interrupted"
         raise
     finally:
-        summary.models_loaded = list(teachers)
-        for teacher in teachers.values():
-            teacher.close()
+        summary.models_loaded = list(teachers.loaded)
+        teachers.close()
         summary.seconds = time.monotonic() - start
         runs.finish(con, started, status, canonical([s.__dict__ for s in summary.steps]))
     return summary
@@ -89,7 +89,8 @@ def teacher_setups(plan: Plan, st: PlannedStep) -> list[TeacherSetup]:
     return out
 
 
-def run_step(con: duckdb.DuckDBPyConnection, plan: Plan, st: PlannedStep, teachers: dict, progress: Progress | None,
+def run_step(con: duckdb.DuckDBPyConnection, plan: Plan, st: PlannedStep, teachers: "Teachers",
+             progress: Progress | None,
              log: Callable[[str], None]) -> StepSummary:
     strategy = strategy_of(st.spec)
     job = Job(con, plan, st, teacher_setups(plan, st), log)
@@ -111,7 +112,7 @@ def run_step(con: duckdb.DuckDBPyConnection, plan: Plan, st: PlannedStep, teache
     return summary
 
 
-def run_round(con, plan: Plan, job: Job, rnd: Round, teachers: dict, summary: StepSummary,
+def run_round(con, plan: Plan, job: Job, rnd: Round, teachers: "Teachers", summary: StepSummary,
               progress: Progress | None, log: Callable[[str], None]) -> None:
     st = job.st
     finished = reads.finished_keys(con, [r.key for r in rnd.requests], failed_too=not rnd.retry_failed)
@@ -125,7 +126,7 @@ def run_round(con, plan: Plan, job: Job, rnd: Round, teachers: dict, summary: St
         mine = [r for r in todo if r.teacher == setup.name]
         if not mine:
             continue
-        teacher = _teacher(plan, setup.name, teachers, log)
+        teacher = teachers.get(setup.name)
         options = GenOptions(Sampling(**setup.sampling), logprobs=st.spec.logprobs,
                              json_schema=strategy.json_schema(st.spec))
         counts = Counts()
@@ -158,14 +159,27 @@ def _reporter(st: PlannedStep, summary: StepSummary, progress: Progress | None):
     return report
 
 
-def _teacher(plan: Plan, name: str, teachers: dict, log: Callable[[str], None]):
-    if name not in teachers:
-        from datagen.teachers import make_teacher
+class Teachers:
+    """The run's teachers, each made when a step first has work for it, all closed at the end."""
 
-        spec = plan.spec.teachers[name]
-        log(f"loading teacher {name} ({spec.backend}: {spec.model})")
-        teachers[name] = make_teacher(name, spec, plan.loaded.dir, plan.spec.seed)
-    return teachers[name]
+    def __init__(self, plan: Plan, ray: bool, log: Callable[[str], None]):
+        self.plan, self.ray, self.log = plan, ray, log
+        self.loaded: dict[str, object] = {}
+
+    def get(self, name: str):
+        if name not in self.loaded:
+            from datagen.teachers import make_teacher
+
+            spec = self.plan.spec.teachers[name]
+            ray = self.ray and spec.backend != "openai"
+            where = f", {spec.replicas} replica{'s' if spec.replicas > 1 else ''} on Ray" if ray else ""
+            self.log(f"loading teacher {name} ({spec.backend}: {spec.model}{where})")
+            self.loaded[name] = make_teacher(name, spec, self.plan.loaded.dir, self.plan.spec.seed, ray=ray)
+        return self.loaded[name]
+
+    def close(self) -> None:
+        for teacher in self.loaded.values():
+            teacher.close()
 
 
 def check_budget(step, summary: StepSummary, final: bool = False) -> None:

@@ -78,6 +78,7 @@ class VLLMTeacherSpec(Model):
     model: str
     sampling: SamplingSpec = SamplingSpec()
     engine: EngineSpec = EngineSpec()
+    replicas: int = Field(1, ge=1, le=1024)  # engine copies, as Ray actors under `datagen run --ray`
 
 
 class OpenAITeacherSpec(Model):
@@ -122,6 +123,7 @@ class TransformersTeacherSpec(Model):
     device: str = "cpu"
     batch_size: int = Field(16, ge=1)
     sampling: SamplingSpec = SamplingSpec()
+    replicas: int = Field(1, ge=1, le=1024)  # model copies, as Ray actors under `datagen run --ray`
 
 
 TeacherSpec = Annotated[

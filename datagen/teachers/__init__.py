@@ -24,8 +24,9 @@ def teacher_identity(spec, spec_dir) -> dict:
     return identity
 
 
-def make_teacher(name: str, spec, spec_dir, seed: int):
-    """Create the teacher a spec entry describes. Loads nothing until the first generate call where possible."""
+def make_teacher(name: str, spec, spec_dir, seed: int, ray: bool = False):
+    """Create the teacher a spec entry describes. Loads nothing until the first generate call where possible. With
+    `ray`, an in-process backend runs as `replicas` Ray actors instead (replicas.py)."""
     if spec.backend == "openai":
         from datagen.teachers.openai_teacher import OpenAITeacher
 
@@ -42,6 +43,14 @@ def make_teacher(name: str, spec, spec_dir, seed: int):
     from datagen.bundled import resolve_model
 
     path = resolve_model(spec.model, spec_dir)
+    if ray:
+        from datagen.teachers.replicas import RayTeacher
+
+        if spec.backend == "vllm":
+            settings = {**spec.engine.model_dump(), "seed": seed}
+            return RayTeacher(name, "vllm", str(path), settings, spec.replicas, spec.engine.tensor_parallel_size)
+        settings = {"device": spec.device, "batch_size": spec.batch_size}
+        return RayTeacher(name, "transformers", str(path), settings, spec.replicas)
     if spec.backend == "vllm":
         from datagen.teachers.vllm_teacher import VLLMTeacher
 

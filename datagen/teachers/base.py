@@ -70,6 +70,8 @@ class GenOptions:
     json_schema: dict[str, Any] | None = None  # structured output
 
 
+WAIT = object()  # what a request feed answers when it has nothing yet but more may come (an engine replica's inbox)
+
 Finished = list[tuple[int, list[Sample]]]  # (index into the requests, one Sample per key) for each finished request
 
 

@@ -19,7 +19,7 @@ import os
 import time
 from typing import Any, Iterator
 
-from datagen.teachers.base import GenOptions, GenRequest, Sample, Sampling, TokenLogprobs
+from datagen.teachers.base import WAIT, GenOptions, GenRequest, Sample, Sampling, TokenLogprobs
 
 ENGINE_DEFAULTS: dict[str, Any] = {
     "enforce_eager": True,  # torch.compile triples the start time on CPU for ~15% more tokens/s
@@ -90,31 +90,40 @@ class VLLMTeacher:
         """The started `vllm.LLM`, for callers that send token prompts themselves (budget forcing)."""
         return self._start()
 
-    def stream(self, requests: list[GenRequest], options: GenOptions) -> Iterator[list[tuple[int, list[Sample]]]]:
-        """Feed the engine and yield each request's samples as soon as all of them are done (see base.Teacher)."""
+    def stream(self, requests, options: GenOptions) -> Iterator[list[tuple[int, list[Sample]]]]:
+        """Feed the engine and yield each request's samples as soon as all of them are done (see base.Teacher).
+
+        `requests` is a list, or a feed that may answer `WAIT` (nothing more yet, more to come: an engine replica
+        fed over Ray); requests are numbered in the order they are taken."""
         from vllm.exceptions import VLLMClientError
 
         engine = self._start().llm_engine
         window = WINDOW_FACTOR * self._max_num_seqs()
-        todo = iter(range(len(requests)))
-        inflight: dict[str, int] = {}  # engine request id -> index into `requests`
+        todo = iter(requests)
+        taken: dict[int, GenRequest] = {}  # the requests in the engine, by number
+        inflight: dict[str, int] = {}  # engine request id -> request number
         got: dict[int, list[Sample]] = {}
         ready: list[tuple[int, list[Sample]]] = []
         running = 0  # sequences in the engine
+        number = 0
         exhausted = False
         last_yield = last_finish = time.perf_counter()
         try:
             while True:
                 while running < window and not exhausted:
-                    i = next(todo, None)
-                    if i is None:
+                    request = next(todo, None)
+                    if request is None:
                         exhausted = True
                         break
+                    if request is WAIT:
+                        break
+                    i = number
+                    number += 1
                     try:
-                        running += self._add(engine, f"{i}", requests[i], options, inflight, i)
-                        got[i] = []
+                        running += self._add(engine, f"{i}", request, options, inflight, i)
+                        taken[i], got[i] = request, []
                     except (VLLMClientError, ValueError, TypeError) as exc:  # this prompt only
-                        ready.append((i, [Sample(text=None, error=_short(exc)) for _ in requests[i].keys]))
+                        ready.append((i, [Sample(text=None, error=_short(exc)) for _ in request.keys]))
                 if inflight:
                     finished = [out for out in engine.step() if out.finished]
                     now = time.perf_counter()
@@ -127,10 +136,13 @@ class VLLMTeacher:
                         i = inflight.pop(out.request_id)
                         running -= len(out.outputs)
                         got[i] += _samples(out, options.logprobs, share)
-                        if len(got[i]) == len(requests[i].keys):
+                        if len(got[i]) == len(taken[i].keys):
+                            taken.pop(i)
                             ready.append((i, got.pop(i)))
                 elif exhausted:
                     break
+                else:
+                    time.sleep(0.005)  # a feed with nothing to do yet
                 if ready or time.perf_counter() - last_yield >= HEARTBEAT_SECONDS or (exhausted and not inflight):
                     yield ready
                     ready, last_yield = [], time.perf_counter()
