@@ -28,23 +28,42 @@ def plan(loaded: LoadedSpec) -> Plan:
     return p
 
 
-def describe(p: Plan) -> str:
+def describe(p: Plan, max_usd: float | None = None) -> str:
+    """The plan, and what it would cost (specs/cost.md)."""
+    from datagen.estimate import describe_estimate, estimate
     from datagen.planner import describe as describe_plan
 
-    return describe_plan(p)
+    return describe_plan(p) + "\n" + describe_estimate(estimate(p), max_usd)
 
 
-def run(loaded: LoadedSpec, progress=None, log: Log = print, checked: Plan | None = None):
-    """Generate every step (resuming finished work), then run the `curation:` block. Returns the RunSummary."""
+def cancel_batches(loaded: LoadedSpec, log: Log = print) -> list[tuple]:
+    """Cancel the open provider batches of the spec's store: (teacher, batch id, status) of each."""
+    from datagen.runloop import cancel_batches as cancel
+    from datagen.store.connection import open_store
+
+    p = plan(loaded)
+    con = open_store(loaded.store_path)
+    try:
+        return cancel(con, p, log)
+    finally:
+        con.close()
+
+
+def run(loaded: LoadedSpec, progress=None, log: Log = print, checked: Plan | None = None,
+        max_usd: float | None = None):
+    """Generate every step (resuming finished work), then run the `curation:` block. Returns the RunSummary.
+    `max_usd` (else the spec's `budget.max_usd`) caps what the store spends in all (specs/cost.md)."""
     from datagen.runloop import run_steps
     from datagen.store.connection import open_store
     from datagen.store.views import sync_views
 
     p = checked or plan(loaded)
+    if max_usd is None and loaded.spec.budget is not None:
+        max_usd = loaded.spec.budget.max_usd
     con = open_store(loaded.store_path)
     try:
         sync_views(con, p.source_rows, p.views)
-        summary = run_steps(con, p, progress=progress, log=log)
+        summary = run_steps(con, p, progress=progress, log=log, max_usd=max_usd)
         if loaded.spec.curation is not None:
             from curation.run import run_curation
 

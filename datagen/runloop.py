@@ -15,10 +15,12 @@ from typing import Callable
 
 import duckdb
 
+from datagen.budget import Budget
+from datagen.cost import rates_of, usd
 from datagen.errors import RunFailed
 from datagen.keys import canonical
 from datagen.spec.plan import Plan, PlannedStep, effective_sampling
-from datagen.store import reads, runs
+from datagen.store import batches, reads, runs, stats
 from datagen.store.writes import insert_pending
 from datagen.stream import Counts, generate
 from datagen.strategies import strategy_of
@@ -39,6 +41,7 @@ class StepSummary:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
+    cost_usd: float = 0.0
 
 
 @dataclass
@@ -53,9 +56,11 @@ Progress = Callable[[str, int, int], None]  # (step, done, total)
 
 
 def run_steps(con: duckdb.DuckDBPyConnection, plan: Plan, progress: Progress | None = None,
-              log: Callable[[str], None] = print) -> RunSummary:
-    """Generate every step of the plan into the store (its views already synced)."""
+              log: Callable[[str], None] = print, max_usd: float | None = None) -> RunSummary:
+    """Generate every step of the plan into the store (its views already synced), spending at most `max_usd` in all
+    (what the store has spent included)."""
     start = time.monotonic()
+    budget = Budget(max_usd, stats.spent(con)) if max_usd is not None else None
     summary = RunSummary(store=str(plan.loaded.store_path))
     teachers: dict[str, object] = {}
     started = datetime.now(timezone.utc).replace(tzinfo=None)
@@ -63,7 +68,8 @@ def run_steps(con: duckdb.DuckDBPyConnection, plan: Plan, progress: Progress | N
     status = "failed"
     try:
         for st in plan.steps:
-            summary.steps.append(run_step(con, plan, st, teachers, progress, log))
+            summary.steps.append(run_step(con, plan, st, teachers, progress, log, budget))
+        batches.close_unplanned(con)
         status = "done"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -90,7 +96,7 @@ def teacher_setups(plan: Plan, st: PlannedStep) -> list[TeacherSetup]:
 
 
 def run_step(con: duckdb.DuckDBPyConnection, plan: Plan, st: PlannedStep, teachers: dict, progress: Progress | None,
-             log: Callable[[str], None]) -> StepSummary:
+             log: Callable[[str], None], budget: Budget | None = None) -> StepSummary:
     strategy = strategy_of(st.spec)
     job = Job(con, plan, st, teacher_setups(plan, st), log)
     summary = StepSummary(st.name)
@@ -100,7 +106,7 @@ def run_step(con: duckdb.DuckDBPyConnection, plan: Plan, st: PlannedStep, teache
         for rnd in rounds:
             keys += [r.key for r in rnd.requests]
             insert_pending(con, st.name, rnd.requests, keys)
-            run_round(con, plan, job, rnd, teachers, summary, progress, log)
+            run_round(con, plan, job, rnd, teachers, summary, progress, log, budget)
     except TemplateFailed as exc:
         raise plan.loaded.error(("steps", st.index), str(exc)) from None
     finally:
@@ -112,7 +118,7 @@ def run_step(con: duckdb.DuckDBPyConnection, plan: Plan, st: PlannedStep, teache
 
 
 def run_round(con, plan: Plan, job: Job, rnd: Round, teachers: dict, summary: StepSummary,
-              progress: Progress | None, log: Callable[[str], None]) -> None:
+              progress: Progress | None, log: Callable[[str], None], budget: Budget | None = None) -> None:
     st = job.st
     finished = reads.finished_keys(con, [r.key for r in rnd.requests], failed_too=not rnd.retry_failed)
     todo = [r for r in rnd.requests if r.key not in finished]
@@ -125,7 +131,7 @@ def run_round(con, plan: Plan, job: Job, rnd: Round, teachers: dict, summary: St
         mine = [r for r in todo if r.teacher == setup.name]
         if not mine:
             continue
-        teacher = _teacher(plan, setup.name, teachers, log)
+        teacher = _teacher(con, plan, setup.name, teachers, log)
         options = GenOptions(Sampling(**setup.sampling), logprobs=st.spec.logprobs,
                              json_schema=strategy.json_schema(st.spec))
         counts = Counts()
@@ -139,14 +145,15 @@ def run_round(con, plan: Plan, job: Job, rnd: Round, teachers: dict, summary: St
             check_budget(st.spec, summary)
 
         try:
-            generate(con, teacher, setup.name, mine, options, parse, counts, on_commit=committed)
+            generate(con, teacher, setup.name, mine, options, parse, counts, on_commit=committed,
+                     rates=rates_of(plan.spec.teachers[setup.name]), budget=budget)
         finally:
             _add(summary, counts)
 
 
 def _add(summary: StepSummary, counts: Counts) -> None:
     """Move what a stream counted so far into the step's summary (and zero it, so nothing counts twice)."""
-    for name in ("generated", "failed", "prompt_tokens", "completion_tokens", "seconds"):
+    for name in ("generated", "failed", "prompt_tokens", "completion_tokens", "seconds", "cost_usd"):
         setattr(summary, name, getattr(summary, name) + getattr(counts, name))
         setattr(counts, name, type(getattr(counts, name))())
 
@@ -158,14 +165,35 @@ def _reporter(st: PlannedStep, summary: StepSummary, progress: Progress | None):
     return report
 
 
-def _teacher(plan: Plan, name: str, teachers: dict, log: Callable[[str], None]):
+def _teacher(con, plan: Plan, name: str, teachers: dict, log: Callable[[str], None]):
     if name not in teachers:
         from datagen.teachers import make_teacher
 
         spec = plan.spec.teachers[name]
         log(f"loading teacher {name} ({spec.backend}: {spec.model})")
-        teachers[name] = make_teacher(name, spec, plan.loaded.dir, plan.spec.seed)
+        # a batch-mode teacher records its batches in the store before it waits on them
+        journal = batches.StoreJournal(con, name, log)
+        still_out = batches.open_batches(con, name)
+        if still_out and not (spec.backend == "openai" and spec.batch.enabled):
+            log(f"warning: teacher {name} has {len(still_out)} batches still open from an earlier run; their requests "
+                "are sent again now, and paid again; set `batch.enabled: true` to collect them instead")
+        teachers[name] = make_teacher(name, spec, plan.loaded.dir, plan.spec.seed, journal=journal)
     return teachers[name]
+
+
+def cancel_batches(con: duckdb.DuckDBPyConnection, plan: Plan, log: Callable[[str], None] = print) -> list[tuple]:
+    """Ask the provider to cancel every open batch of the spec's batch-mode teachers: (teacher, batch id, status).
+    The next run reads what they finished and sends the rest again."""
+    from datagen.teachers import make_teacher
+
+    out = []
+    for name, spec in plan.spec.teachers.items():
+        if spec.backend != "openai" or not batches.open_batches(con, name):
+            continue
+        spec = spec.model_copy(update={"batch": spec.batch.model_copy(update={"enabled": True})})
+        teacher = make_teacher(name, spec, plan.loaded.dir, plan.spec.seed, batches.StoreJournal(con, name, log))
+        out += [(name, batch_id, status) for batch_id, status in teacher.cancel_open()]
+    return out
 
 
 def check_budget(step, summary: StepSummary, final: bool = False) -> None:
@@ -186,5 +214,5 @@ def describe_summary(summary: RunSummary) -> list[list[str]]:
     rows = []
     for s in summary.steps:
         rows.append([s.step, str(s.planned), str(s.cached), str(s.generated), str(s.failed),
-                     str(s.prompt_tokens), str(s.completion_tokens), f"{s.seconds:.1f}"])
+                     str(s.prompt_tokens), str(s.completion_tokens), f"{s.seconds:.1f}", usd(s.cost_usd)])
     return rows

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from datagen.spec.cost_models import BatchSpec, BudgetSpec, PriceSpec
+
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Names the store itself uses; a step or source with one of these names would shadow a store table.
 # DuckDB's reserved keywords (duckdb_keywords() where keyword_category = 'reserved').
@@ -78,6 +80,7 @@ class VLLMTeacherSpec(Model):
     model: str
     sampling: SamplingSpec = SamplingSpec()
     engine: EngineSpec = EngineSpec()
+    price: PriceSpec | None = None  # a local engine costs nothing unless a price is declared (specs/cost.md)
 
 
 class OpenAITeacherSpec(Model):
@@ -91,6 +94,9 @@ class OpenAITeacherSpec(Model):
     timeout_s: float = Field(120, gt=0)
     max_attempts: int = Field(4, ge=1, le=20)
     sampling: SamplingSpec = SamplingSpec()
+    price: PriceSpec | None = None
+    batch_discount: float = Field(0.5, ge=0, le=1)  # the share of the price a batch job saves
+    batch: BatchSpec = BatchSpec()
 
     @field_validator("base_url")
     @classmethod
@@ -115,6 +121,7 @@ class TransformersTeacherSpec(Model):
     device: str = "cpu"
     batch_size: int = Field(16, ge=1)
     sampling: SamplingSpec = SamplingSpec()
+    price: PriceSpec | None = None
 
 
 TeacherSpec = Annotated[
@@ -441,6 +448,7 @@ class Spec(Model):
     curation: CurationSpec | None = None
     export: ExportSpec | None = None
     train: TrainSpec | None = None
+    budget: BudgetSpec | None = None  # a hard cap on spend (specs/cost.md)
 
     @field_validator("name")
     @classmethod
