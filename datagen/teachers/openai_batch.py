@@ -90,9 +90,10 @@ class _Api:
         self.t = teacher
         self.client = httpx.Client(timeout=teacher.timeout_s, headers=teacher._headers)
 
-    def call(self, method: str, path: str, **kwargs) -> httpx.Response:
+    def call(self, method: str, path: str, attempts: int | None = None, **kwargs) -> httpx.Response:
         last = ""
-        for attempt in range(1, self.t.max_attempts + 1):
+        attempts = attempts or self.t.max_attempts
+        for attempt in range(1, attempts + 1):
             try:
                 resp = self.client.request(method, self.t.base + path, **kwargs)
             except httpx.HTTPError as exc:
@@ -103,8 +104,8 @@ class _Api:
                 last = f"HTTP {resp.status_code}: {resp.text[:200]}"
                 if resp.status_code not in RETRY_STATUS:
                     break
-            if attempt < self.t.max_attempts:
-                time.sleep(min(30.0, 0.5 * 2 ** (attempt - 1)))
+            if attempt < attempts:
+                time.sleep(backoff(attempt))
         raise BatchApiError(self.t.online.redact(f"{method} {path}: {last}"))
 
     def upload(self, data: bytes) -> str:
@@ -112,9 +113,21 @@ class _Api:
         return self.call("POST", "/files", files=files, data={"purpose": "batch"}).json()["id"]
 
     def create(self, input_file_id: str) -> dict:
+        """Create the batch. A create that timed out or got a 5xx may have happened all the same, so before trying
+        again it looks for the batch by its input file: never two batches for one file."""
         body = {"input_file_id": input_file_id, "endpoint": "/v1/chat/completions",
                 "completion_window": self.t.window, "metadata": {"datagen_teacher": self.t.name}}
-        return self.call("POST", "/batches", json=body).json()
+        for attempt in range(1, self.t.max_attempts + 1):
+            try:
+                return self.call("POST", "/batches", attempts=1, json=body).json()
+            except BatchApiError:
+                found = self.find(input_file_id)
+                if found is not None:
+                    return found
+                if attempt == self.t.max_attempts:
+                    raise
+                time.sleep(backoff(attempt))
+        raise AssertionError("unreachable")
 
     def content(self, file_id: str) -> str:
         return self.call("GET", f"/files/{file_id}/content").text
@@ -222,14 +235,11 @@ class _Run:
             self.t.journal.submitting(input_file_id, chunk)
             try:
                 b = self.api.create(input_file_id)
-            except BatchApiError as exc:  # it may have been created all the same: look before sending again
-                batch_id = self._guard(lambda: recover(self.api, self.t.journal, input_file_id))
-                if batch_id is None:
-                    self._fail(chunk, f"batch creation failed: {exc}")
-                    continue
-                b = {"id": batch_id, "status": "validating"}
-            else:
-                self.t.journal.submitted(input_file_id, b["id"], b.get("status", "validating"))
+            except BatchApiError as exc:  # it looked for the batch before giving up: there is none
+                self.t.journal.forget(input_file_id)
+                self._fail(chunk, f"batch creation failed: {exc}")
+                continue
+            self.t.journal.submitted(input_file_id, b["id"], b.get("status", "validating"))
             for key in chunk:
                 self.sent[key] += 1
             self.active[input_file_id] = _Out(b["id"], set(chunk))
@@ -341,6 +351,10 @@ class _Run:
         except BatchApiError as exc:
             raise RunFailed(f"teacher {self.t.name}: the batch API failed ({exc}); the batches sent so far are "
                             "recorded in the store: run again to poll them (nothing is sent twice)") from None
+
+
+def backoff(attempt: int) -> float:
+    return min(30.0, 0.5 * 2 ** (attempt - 1))
 
 
 def _elapsed(seconds: float) -> str:
