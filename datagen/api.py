@@ -29,10 +29,12 @@ def plan(loaded: LoadedSpec) -> Plan:
 
 
 def describe(p: Plan, max_usd: float | None = None) -> str:
-    """The plan, and what it would cost (specs/cost.md)."""
+    """The plan, and what it would cost (specs/cost.md) against `max_usd` (else the spec's budget)."""
     from datagen.estimate import describe_estimate, estimate
     from datagen.planner import describe as describe_plan
 
+    if max_usd is None and p.spec.budget is not None:
+        max_usd = p.spec.budget.max_usd
     return describe_plan(p) + "\n" + describe_estimate(estimate(p), max_usd)
 
 

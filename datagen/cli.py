@@ -101,9 +101,8 @@ def run(spec: Path = typer.Argument(..., help="the spec file"),
         _print_cancelled(api.cancel_batches(loaded))
         return
     plan = api.plan(loaded)
-    cap = max_usd if max_usd is not None else loaded.spec.budget.max_usd if loaded.spec.budget else None
     if not quiet:
-        print(api.describe(plan, cap), flush=True)
+        print(api.describe(plan, max_usd), flush=True)
     with ProgressReporter(enabled=not quiet) as reporter:
         summary = api.run(loaded, progress=reporter.update, log=reporter.log, checked=plan, max_usd=max_usd)
     _print_summary(summary)

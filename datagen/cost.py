@@ -66,4 +66,5 @@ def usd(amount: float | None) -> str:
         return "$0"
     if amount < 0.01:
         return f"${amount:.6f}".rstrip("0")
-    return f"${amount:,.2f}" if amount >= 100 else f"${amount:.4f}".rstrip("0").rstrip(".")
+    text = f"{amount:,.2f}" if amount >= 100 else f"{amount:.4f}"
+    return "$" + text.rstrip("0").rstrip(".")

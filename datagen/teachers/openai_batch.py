@@ -244,7 +244,7 @@ class _Run:
                 self.sent[key] += 1
             self.active[input_file_id] = _Out(b["id"], set(chunk))
             self.t.journal.note(f"batch {b['id']} ({self.t.name}): submitted {len(chunk)} requests "
-                                f"({len(data) / 1e6:.1f} MB), window {self.t.window}")
+                                f"({len(data) / 1e3:,.0f} kB), window {self.t.window}")
 
     def _files(self, keys: list[str]):
         """(keys, JSONL bytes) per batch, within the line and size limits."""
