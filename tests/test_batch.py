@@ -9,8 +9,13 @@ import subprocess
 import sys
 import time
 
+import duckdb
 import pytest
 
+from datagen.cost import usd
+from datagen.export import export
+from datagen.report import write_report
+from datagen.spec.load import load_spec
 from tests.batch_server import BatchServer
 from tests.test_run_scripted import make_spec, quiet_run, store_rows
 
@@ -63,8 +68,15 @@ def test_batch_run_end_to_end(tmp_path, monkeypatch):
         assert cost == pytest.approx((p * 2.0 + c * 8.0) / 1e6 * 0.5)
     assert summary.steps[0].cost_usd == pytest.approx(sum(c for *_, c in costs))
     assert store_rows(spec, "select batch_id, status, requests from batches") == [("batch_1", "completed", 12)]
+    total = usd(summary.steps[0].cost_usd)
     status = cli("status", str(spec))
-    assert status.returncode == 0 and "open batch" not in status.stdout and "spent: $" in status.stdout
+    assert status.returncode == 0 and "open batch" not in status.stdout
+    assert f"spent: {total} in all" in status.stdout and f"84 completion tokens, {total}" in status.stdout
+    # the dataset card and the report show it per step and in all
+    card = export(load_spec(spec), out=tmp_path / "out").card.read_text()
+    assert "| cost (USD) |" in card and f"| {total} |" in card
+    html = write_report(load_spec(spec), out=tmp_path / "report.html").read_text()
+    assert "cost (USD)" in html and f"Cost in all: {total}" in html
     assert [p for p in tmp_path.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()] == []
 
 
@@ -101,6 +113,29 @@ def test_kill_9_after_submission_then_rerun_polls_the_same_batch(tmp_path):
         assert len(server.ran) == 12 and set(server.ran.values()) == {1}
     assert store_rows(spec, "select count(*) from solve")[0][0] == 12
     assert store_rows(spec, "select status from batches") == [("completed",)]
+
+
+@pytest.mark.parametrize("created", [True, False])
+def test_killed_between_upload_and_recording_the_batch_id(tmp_path, created):
+    """The store has the input file but no batch id: the re-run looks the batch up by its input file and polls it
+    (or, when the provider never made it, sends the requests in a new one)."""
+    with BatchServer() as server:
+        server.hold = True
+        spec = batch_spec(tmp_path, server)
+        proc = start_run(spec)
+        wait_for(lambda: server.batches.get("batch_1", {}).get("polls", 0) >= 1)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        con = duckdb.connect(str(load_spec(spec).store_path))
+        con.execute("UPDATE batches SET batch_id = NULL, status = 'submitting'")
+        con.close()
+        if not created:
+            del server.batches["batch_1"]
+        server.hold = False
+        quiet_run(spec)
+        assert server.creations == (1 if created else 2) and set(server.ran.values()) == {1}
+    assert store_rows(spec, "select count(*) from solve")[0][0] == 12
+    assert store_rows(spec, "select batch_id from batches") == [("batch_1" if created else "batch_2",)]
 
 
 def test_expired_batch_sends_its_unanswered_requests_again(tmp_path):

@@ -24,7 +24,8 @@ SQL_RESERVED = set(
     "trailing true union unique unpivot using variadic when where window with".split()
 )
 RESERVED_NAMES = {"requests", "lineage", "decisions", "curated", "train_runs", "outputs", "token_logprobs", "pairs",
-                  "decontaminate"}  # a curation stage's name in `decisions`
+                  "decontaminate",  # a curation stage's name in `decisions`
+                  "batches", "batch_requests"}
 
 
 class Model(BaseModel):
