@@ -19,6 +19,7 @@ from datagen.cost import Rates, guess_prompt_tokens, max_prompt_tokens, rates_of
 from datagen.spec.plan import Plan, PlannedStep, effective_sampling
 from datagen.strategies import strategy_of
 from datagen.strategies.base import ESTIMATE_PROMPTS, Job, StepEstimate, TeacherSetup, Volume
+from datagen.templates import TemplateFailed
 
 DEFAULT_OUTPUT_SHARE = 0.5  # of max_tokens, for a step with no stored samples yet
 
@@ -70,7 +71,10 @@ def estimate(plan: Plan) -> Estimate:
         lines = []
         for st in plan.steps:
             job = Job(scratch, plan, st, _setups(plan, st), lambda m: None)
-            est = strategy_of(st.spec).estimate(job, volume_of)
+            try:
+                est = strategy_of(st.spec).estimate(job, volume_of)
+            except TemplateFailed as exc:  # a prompt that fails on a source row would fail the run: say so now
+                raise plan.loaded.error(("steps", st.index), str(exc)) from None
             volumes[st.name] = est.volume
             for setup in job.teachers:
                 line = _line(plan, st, setup, est, per_request, counters, means)
