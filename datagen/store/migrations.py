@@ -237,6 +237,11 @@ def m007_cost_and_batches(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def m010_worker(con: duckdb.DuckDBPyConnection) -> None:
+    # which server (an HTTP teacher's base URL) or engine replica made each sample
+    con.execute("ALTER TABLE requests ADD COLUMN worker VARCHAR")
+
+
 MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("001_core", m001_core),
     ("002_curation", m002_curation),
@@ -245,6 +250,7 @@ MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("005_train_runs", m005_train_runs),
     ("006_owners_and_probes", m006_owners_and_probes),
     ("007_cost_and_batches", m007_cost_and_batches),
+    ("010_worker", m010_worker),  # named ahead: 007-009 were taken by work in progress elsewhere
 ]
 
 

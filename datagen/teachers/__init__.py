@@ -13,7 +13,9 @@ def teacher_identity(spec, spec_dir) -> dict:
     from datagen.bundled import model_identity
 
     if spec.backend == "openai":
-        return {"backend": "openai", "model": spec.model, "base_url": spec.base_url}
+        # several servers serve the same model: their order does not change what comes back
+        urls = sorted(spec.base_url) if isinstance(spec.base_url, list) else spec.base_url
+        return {"backend": "openai", "model": spec.model, "base_url": urls}
     identity = {"backend": spec.backend, "model": model_identity(spec.model, spec_dir)}
     if not spec.model.startswith("bundled:") and Path(identity["model"]).is_dir():
         from datagen.teachers.fingerprint import folder_fingerprint

@@ -33,6 +33,7 @@ class Sample:
     logprobs: list[TokenLogprobs] | None = None
     error: str | None = None  # set when the sample failed; then text is None
     seconds: float | None = None
+    worker: str | None = None  # which server or engine replica made it
 
 
 @dataclass
