@@ -68,6 +68,8 @@ def test_batch_run_end_to_end(tmp_path, monkeypatch):
         assert cost == pytest.approx((p * 2.0 + c * 8.0) / 1e6 * 0.5)
     assert summary.steps[0].cost_usd == pytest.approx(sum(c for *_, c in costs))
     assert store_rows(spec, "select batch_id, status, requests from batches") == [("batch_1", "completed", 12)]
+    assert store_rows(spec, "select distinct worker from requests") == [
+        (f"{server.base_url} batch_1",)]
     total = usd(summary.steps[0].cost_usd)
     status = cli("status", str(spec))
     assert status.returncode == 0 and "open batch" not in status.stdout
@@ -234,3 +236,7 @@ sources: {x: {inline: [{a: 1}]}}
                     .replace("{enabled: true}", "{enabled: true, completion_window: 1d}"))
     out = cli("validate", str(spec))
     assert out.returncode == 2 and "teachers.t.batch.completion_window" in out.stderr and "24h" in out.stderr
+    spec.write_text(spec.read_text().replace("completion_window: 1d", "completion_window: 2h")
+                    .replace("base_url: http://127.0.0.1:9/v1", "base_url: [http://127.0.0.1:9/v1, http://127.0.0.1:8/v1]"))
+    out = cli("validate", str(spec))
+    assert out.returncode == 2 and "teachers.t" in out.stderr and "give one base_url" in out.stderr

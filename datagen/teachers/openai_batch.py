@@ -25,6 +25,7 @@ from datagen.errors import RunFailed
 from datagen.teachers.base import GenOptions, GenRequest, Sample
 from datagen.teachers.journal import BatchJournal
 from datagen.teachers.openai_teacher import RETRY_STATUS, OpenAITeacher, parse_completion
+from datagen.teachers.servers import label_of
 
 TERMINAL = {"completed", "expired", "failed", "cancelled"}
 UNFINISHED = {"batch_expired", "batch_cancelled"}  # error codes of lines that never ran: sent again
@@ -46,6 +47,7 @@ class OpenAIBatchTeacher:
         self.online = OpenAITeacher(name, base_url=base_url, model=model, api_key=api_key, timeout_s=timeout_s,
                                     max_attempts=max_attempts)
         self.base = base_url.rstrip("/")
+        self.label = label_of(self.base)
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.journal = journal
         self.window = completion_window
@@ -293,6 +295,7 @@ class _Run:
                     key, sample = self._line(line)
                     if key in out.keys and key not in answered and sample is not None:
                         answered.add(key)
+                        sample.worker = f"{self.t.label} {out.batch_id}"  # `requests.worker`: which batch
                         self._deliver(key, sample)
         rest = sorted(out.keys - answered)
         if not rest:
