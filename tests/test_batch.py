@@ -46,6 +46,16 @@ def wait_for(cond, seconds: float = 60) -> None:
         time.sleep(0.02)
 
 
+def kill_9_while_waiting(server: BatchServer, spec, polls: int) -> None:
+    """Start a real run, let it submit its batch and poll it `polls` times (held in progress), then kill -9 it."""
+    server.hold = True
+    proc = start_run(spec)
+    wait_for(lambda: server.batches.get("batch_1", {}).get("polls", 0) >= polls)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    server.hold = False
+
+
 def test_batch_run_end_to_end(tmp_path, monkeypatch):
     secret = "sk-batch-NEVER-STORE-41"
     monkeypatch.setenv("BATCH_KEY_FOR_TEST", secret)
@@ -99,17 +109,12 @@ def test_batches_split_at_the_line_and_size_limits(tmp_path):
 
 def test_kill_9_after_submission_then_rerun_polls_the_same_batch(tmp_path):
     with BatchServer() as server:
-        server.hold = True
         spec = batch_spec(tmp_path, server)
-        proc = start_run(spec)
-        # a poll comes only after the batch id was recorded: kill while the run waits on the batch
-        wait_for(lambda: server.batches.get("batch_1", {}).get("polls", 0) >= 2)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        # a poll comes only after the batch id was recorded: killed while the run waits on the batch
+        kill_9_while_waiting(server, spec, polls=2)
         assert store_rows(spec, "select batch_id, status from batches") == [("batch_1", "in_progress")]
         status = cli("status", str(spec))
         assert "open batch batch_1 (teacher t, step solve): in_progress, 12 requests out" in status.stdout
-        server.hold = False
         quiet_run(spec)
         assert server.creations == 1 and server.uploads == 1
         assert len(server.ran) == 12 and set(server.ran.values()) == {1}
@@ -122,18 +127,13 @@ def test_killed_between_upload_and_recording_the_batch_id(tmp_path, created):
     """The store has the input file but no batch id: the re-run looks the batch up by its input file and polls it
     (or, when the provider never made it, sends the requests in a new one)."""
     with BatchServer() as server:
-        server.hold = True
         spec = batch_spec(tmp_path, server)
-        proc = start_run(spec)
-        wait_for(lambda: server.batches.get("batch_1", {}).get("polls", 0) >= 1)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_9_while_waiting(server, spec, polls=1)
         con = duckdb.connect(str(load_spec(spec).store_path))
         con.execute("UPDATE batches SET batch_id = NULL, status = 'submitting'")
         con.close()
         if not created:
             del server.batches["batch_1"]
-        server.hold = False
         quiet_run(spec)
         assert server.creations == (1 if created else 2) and set(server.ran.values()) == {1}
     assert store_rows(spec, "select count(*) from solve")[0][0] == 12

@@ -148,6 +148,8 @@ def known_prompts(job: Job) -> list[list[dict]]:
     step = job.step
     rows = spread(reads.rows(job.con, step.input))
     pool = reads.rows(job.con, step.demos.from_) if getattr(step, "demos", None) else []
+    if step.demos and not pool:  # demos from an earlier step: the prompts are not known yet
+        return []
     out = []
     for row in rows:
         demo_rows = draw_demos(step.demos, pool, row["_id"], job.seed, step.name) if step.demos else []
