@@ -28,23 +28,44 @@ def plan(loaded: LoadedSpec) -> Plan:
     return p
 
 
-def describe(p: Plan) -> str:
+def describe(p: Plan, max_usd: float | None = None) -> str:
+    """The plan, and what it would cost (specs/cost.md) against `max_usd` (else the spec's budget)."""
+    from datagen.estimate import describe_estimate, estimate
     from datagen.planner import describe as describe_plan
 
-    return describe_plan(p)
+    if max_usd is None and p.spec.budget is not None:
+        max_usd = p.spec.budget.max_usd
+    return describe_plan(p) + "\n" + describe_estimate(estimate(p), max_usd)
 
 
-def run(loaded: LoadedSpec, progress=None, log: Log = print, checked: Plan | None = None, ray: str | None = None):
+def cancel_batches(loaded: LoadedSpec, log: Log = print) -> list[tuple]:
+    """Cancel the open provider batches of the spec's store: (teacher, batch id, status) of each."""
+    from datagen.runloop import cancel_batches as cancel
+    from datagen.store.connection import open_store
+
+    p = plan(loaded)
+    con = open_store(loaded.store_path)
+    try:
+        return cancel(con, p, log)
+    finally:
+        con.close()
+
+
+def run(loaded: LoadedSpec, progress=None, log: Log = print, checked: Plan | None = None,
+        max_usd: float | None = None, ray: str | None = None):
     """Generate every step (resuming finished work), then run the `curation:` block. Returns the RunSummary.
 
-    `ray`: a Ray cluster's address (`auto`, `host:port`, or `local` to start one for the run); in-process teachers
-    then run as `replicas` actors on it."""
+    `max_usd` (else the spec's `budget.max_usd`) caps what the store spends in all (specs/cost.md). `ray`: a Ray
+    cluster's address (`auto`, `host:port`, or `local` to start one for the run); in-process teachers then run as
+    `replicas` actors on it (specs/scale.md)."""
     from datagen.runloop import run_steps
     from datagen.store.connection import open_store
     from datagen.store.views import sync_views
 
     p = checked or plan(loaded)
     _check_replicas(loaded, ray)
+    if max_usd is None and loaded.spec.budget is not None:
+        max_usd = loaded.spec.budget.max_usd
     if ray:
         from datagen.teachers.replicas import connect
 
@@ -52,7 +73,7 @@ def run(loaded: LoadedSpec, progress=None, log: Log = print, checked: Plan | Non
     con = open_store(loaded.store_path)
     try:
         sync_views(con, p.source_rows, p.views)
-        summary = run_steps(con, p, progress=progress, log=log, ray=bool(ray))
+        summary = run_steps(con, p, progress=progress, log=log, max_usd=max_usd, ray=bool(ray))
         if loaded.spec.curation is not None:
             from curation.run import run_curation
 

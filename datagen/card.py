@@ -9,6 +9,7 @@ scrubbed once more at the end in case a prompt or query quoted one.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import re
 from datetime import datetime, timezone
@@ -18,6 +19,7 @@ from typing import Any
 import yaml
 
 import datagen
+from datagen.cost import usd
 from datagen.store import stats
 
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH", re.IGNORECASE)
@@ -235,8 +237,12 @@ def tokens_text(con) -> str:
     rows = [[t["step"], t["teacher"], t["requests"], t["done"], t["failed"], t["prompt_tokens"],
              t["completion_tokens"], float(t["seconds"])] for t in totals]
     rows.append(["**total**", "", *(sum(r[i] for r in rows) for i in range(2, 8))])
+    costs = [t["cost_usd"] for t in totals]
+    costs.append(functools.reduce(stats.add_cost, costs, None))
+    for row, cost in zip(rows, costs):  # "-": no price declared for that teacher (specs/cost.md)
+        row.append(usd(cost))
     return table(["step", "teacher", "requests", "done", "failed", "prompt tokens", "completion tokens",
-                  "request seconds"], rows)
+                  "request seconds", "cost (USD)"], rows)
 
 
 # --- keeping local things out ----------------------------------------------------------------------------------

@@ -86,6 +86,10 @@ def validate(spec: Path = typer.Argument(..., help="the spec file")):
 @_guard
 def run(spec: Path = typer.Argument(..., help="the spec file"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
+        max_usd: Optional[float] = typer.Option(None, "--max-usd", help="spend at most this many USD in all "
+                                                "(overrides budget.max_usd; the store's earlier spend counts)"),
+        cancel_batches: bool = typer.Option(False, "--cancel-batches", help="cancel the open provider batches and "
+                                            "stop; the next run collects what they finished"),
         ray: Optional[str] = typer.Option(None, "--ray", help="run in-process teachers as `replicas` on a Ray cluster: "
                                                               "auto, host:port, or local")):
     """Generate every step (resuming finished work), storing rows and lineage in the spec's DuckDB store."""
@@ -93,12 +97,27 @@ def run(spec: Path = typer.Argument(..., help="the spec file"),
     from datagen.progress import ProgressReporter
 
     loaded = _load(spec)
+    if max_usd is not None and max_usd <= 0:
+        raise UserError(f"--max-usd must be more than 0, got {max_usd:g}")
+    if cancel_batches:
+        _print_cancelled(api.cancel_batches(loaded))
+        return
     plan = api.plan(loaded)
     if not quiet:
-        print(api.describe(plan), flush=True)
+        print(api.describe(plan, max_usd), flush=True)
     with ProgressReporter(enabled=not quiet) as reporter:
-        summary = api.run(loaded, progress=reporter.update, log=reporter.log, checked=plan, ray=ray)
+        summary = api.run(loaded, progress=reporter.update, log=reporter.log, checked=plan, max_usd=max_usd,
+                          ray=ray)
     _print_summary(summary)
+
+
+def _print_cancelled(cancelled: list[tuple]) -> None:
+    if not cancelled:
+        print("no open batches to cancel")
+    for teacher, batch_id, status in cancelled:
+        print(f"batch {batch_id} (teacher {teacher}): {status}")
+    if cancelled:
+        print("the next `datagen run` collects what they finished and sends the rest again")
 
 
 @app.command()
@@ -122,7 +141,8 @@ def _print_summary(summary) -> None:
     from rich.table import Table
 
     table = Table(title=f"run finished in {summary.seconds:.1f} s; store {summary.store}")
-    for col in ("step", "requested", "cached", "generated", "failed", "prompt tokens", "completion tokens", "seconds"):
+    for col in ("step", "requested", "cached", "generated", "failed", "prompt tokens", "completion tokens", "seconds",
+                "cost"):
         table.add_column(col, justify="left" if col == "step" else "right")
     from datagen.runloop import describe_summary
 
@@ -135,6 +155,7 @@ def _print_summary(summary) -> None:
 @_guard
 def status(spec: Path = typer.Argument(..., help="the spec file")):
     """Per step: requests done, failed and pending, and the commonest errors."""
+    from datagen.cost import usd
     from datagen.planner import build_plan
     from datagen.status import status as store_status
 
@@ -144,12 +165,19 @@ def status(spec: Path = typer.Argument(..., help="the spec file")):
         if total == 0:
             print(f"{r['step']}: not started")
             continue
+        cost = f", {usd(r['cost_usd'])}" if r["cost_usd"] is not None else ""
         print(f"{r['step']}: {r['done']} done, {r['failed']} failed, {r['pending']} pending "
-              f"of {total}; {r['completion_tokens']} completion tokens")
+              f"of {total}; {r['completion_tokens']} completion tokens{cost}")
         for error, n in r["top_errors"]:
             print(f"    {n} x {error[:150]}")
         for line in r["lines"]:  # what the strategy adds: accepted items, coverage, pairs built, samples kept
             print(line)
+    if result["cost_usd"] is not None:
+        print(f"spent: {usd(result['cost_usd'])} in all")
+    for b in result["batches"]:
+        print(f"open batch {b['batch_id'] or '(being created: ' + b['input_file_id'] + ')'} (teacher {b['teacher']}, "
+              f"step {b['step']}): {b['status']}, {len(b['keys'])} requests out, {b['completed'] or 0} done, "
+              f"{b['failed'] or 0} failed; submitted {b['submitted_at']:%Y-%m-%d %H:%M}")
     _print_funnel(result["funnel"])
 
 

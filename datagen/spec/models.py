@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from datagen.spec.cost_models import BatchSpec, BudgetSpec, PriceSpec
+
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Names the store itself uses; a step or source with one of these names would shadow a store table.
 # DuckDB's reserved keywords (duckdb_keywords() where keyword_category = 'reserved').
@@ -22,7 +24,8 @@ SQL_RESERVED = set(
     "trailing true union unique unpivot using variadic when where window with".split()
 )
 RESERVED_NAMES = {"requests", "lineage", "decisions", "curated", "train_runs", "outputs", "token_logprobs", "pairs",
-                  "decontaminate"}  # a curation stage's name in `decisions`
+                  "decontaminate",  # a curation stage's name in `decisions`
+                  "batches", "batch_requests"}
 
 
 class Model(BaseModel):
@@ -79,6 +82,7 @@ class VLLMTeacherSpec(Model):
     sampling: SamplingSpec = SamplingSpec()
     engine: EngineSpec = EngineSpec()
     replicas: int = Field(1, ge=1, le=1024)  # engine copies, as Ray actors under `datagen run --ray`
+    price: PriceSpec | None = None  # a local engine costs nothing unless a price is declared (specs/cost.md)
 
 
 class OpenAITeacherSpec(Model):
@@ -92,6 +96,9 @@ class OpenAITeacherSpec(Model):
     timeout_s: float = Field(120, gt=0)
     max_attempts: int = Field(4, ge=1, le=20)
     sampling: SamplingSpec = SamplingSpec()
+    price: PriceSpec | None = None
+    batch_discount: float = Field(0.5, ge=0, le=1)  # the share of the price a batch job saves
+    batch: BatchSpec = BatchSpec()
 
     @field_validator("base_url")
     @classmethod
@@ -106,6 +113,13 @@ class OpenAITeacherSpec(Model):
             cleaned = list(dict.fromkeys(u.rstrip("/") for u in v))
             return cleaned if len(cleaned) > 1 else cleaned[0]
         return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_batch_api(self) -> "OpenAITeacherSpec":
+        if self.batch.enabled and isinstance(self.base_url, list):
+            raise ValueError("batch mode sends every request to one provider's batch API: give one base_url, or "
+                             "set batch.enabled: false to share the requests among several servers")
+        return self
 
     @field_validator("api_key_env")
     @classmethod
@@ -124,6 +138,7 @@ class TransformersTeacherSpec(Model):
     batch_size: int = Field(16, ge=1)
     sampling: SamplingSpec = SamplingSpec()
     replicas: int = Field(1, ge=1, le=1024)  # model copies, as Ray actors under `datagen run --ray`
+    price: PriceSpec | None = None
 
 
 TeacherSpec = Annotated[
@@ -450,6 +465,7 @@ class Spec(Model):
     curation: CurationSpec | None = None
     export: ExportSpec | None = None
     train: TrainSpec | None = None
+    budget: BudgetSpec | None = None  # a hard cap on spend (specs/cost.md)
 
     @field_validator("name")
     @classmethod

@@ -18,7 +18,7 @@ from datagen.spec.plan import (PlannedStep, check_template, columns_of, produced
                                step_teachers, step_view)
 from datagen.store import reads
 from datagen.strategies import agreement
-from datagen.strategies.base import Job, PlannedRequest, Round
+from datagen.strategies.base import Job, PlannedRequest, Round, StepEstimate, Volume, spread
 
 
 # --- plan -----------------------------------------------------------------------------------------------------
@@ -133,6 +133,28 @@ def rounds(job: Job) -> Iterator[Round]:
         extra = {"teacher": t.name} if several else None
         requests += build_requests(step, rows, demo_pool, job.seed, t.name, t.identity, t.sampling, key_extra=extra)
     yield Round(requests)
+
+
+def estimate(job: Job, volume_of) -> StepEstimate:
+    """Every input to every teacher, `n` times; a majority vote keeps one row per input."""
+    step = job.step
+    up = volume_of(step.input)
+    per_input = 1 if getattr(step, "vote", None) == "majority" else step.n * len(job.teachers)
+    return StepEstimate(up.rows * step.n, Volume(up.rows, per_input), known_prompts(job))
+
+
+def known_prompts(job: Job) -> list[list[dict]]:
+    """The prompts of the step's inputs where they are known before the run (a source; not an earlier step)."""
+    step = job.step
+    rows = spread(reads.rows(job.con, step.input))
+    pool = reads.rows(job.con, step.demos.from_) if getattr(step, "demos", None) else []
+    if step.demos and not pool:  # demos from an earlier step: the prompts are not known yet
+        return []
+    out = []
+    for row in rows:
+        demo_rows = draw_demos(step.demos, pool, row["_id"], job.seed, step.name) if step.demos else []
+        out.append(render_messages(step, row, demo_rows))
+    return out
 
 
 # --- replies --------------------------------------------------------------------------------------------------

@@ -19,10 +19,15 @@ from datagen.spec.plan import PlannedStep, check_clash, step_view
 from datagen.store import reads
 from datagen.store.decisions import derived_counts, replace_decisions, step_owner
 from datagen.strategies import label
-from datagen.strategies.base import Job
+from datagen.strategies.base import Job, StepEstimate, Volume
 from datagen.verdict import Verdict
 
 rounds = label.rounds  # the student answers the input rows as a labeling step would
+
+
+def estimate(job: Job, volume_of) -> StepEstimate:
+    up = volume_of(job.step.input)
+    return StepEstimate(up.rows * job.step.n, Volume(up.rows, job.step.n), label.known_prompts(job))
 
 
 def stage(step_name: str) -> str:

@@ -24,9 +24,10 @@ def teacher_identity(spec, spec_dir) -> dict:
     return identity
 
 
-def make_teacher(name: str, spec, spec_dir, seed: int, ray: bool = False):
-    """Create the teacher a spec entry describes. Loads nothing until the first generate call where possible. With
-    `ray`, an in-process backend runs as `replicas` Ray actors instead (replicas.py)."""
+def make_teacher(name: str, spec, spec_dir, seed: int, journal=None, ray: bool = False):
+    """Create the teacher a spec entry describes. Loads nothing until the first generate call where possible.
+    A batch-mode teacher needs the `journal` its batches are recorded in (teachers/journal.py). With `ray`, an
+    in-process backend runs as `replicas` Ray actors instead (replicas.py)."""
     if spec.backend == "openai":
         from datagen.teachers.openai_teacher import OpenAITeacher
 
@@ -36,6 +37,15 @@ def make_teacher(name: str, spec, spec_dir, seed: int, ray: bool = False):
             if not api_key:
                 raise UserError(f"teachers.{name}.api_key_env: environment variable {spec.api_key_env} is not set; "
                                 "export it before running")
+        if spec.batch.enabled and journal is not None:  # without one (curation's probes) it asks online
+            from datagen.teachers.openai_batch import OpenAIBatchTeacher
+
+            b = spec.batch
+            return OpenAIBatchTeacher(name, base_url=spec.base_url, model=spec.model, api_key=api_key,
+                                      journal=journal, completion_window=b.completion_window,
+                                      poll_seconds=b.poll_seconds, max_requests_per_batch=b.max_requests_per_batch,
+                                      max_file_mb=b.max_file_mb, timeout_s=spec.timeout_s,
+                                      max_attempts=spec.max_attempts)
         return OpenAITeacher(name, base_url=spec.base_url, model=spec.model, api_key=api_key,
                              max_concurrency=spec.max_concurrency, timeout_s=spec.timeout_s,
                              max_attempts=spec.max_attempts, requests_per_minute=spec.requests_per_minute,

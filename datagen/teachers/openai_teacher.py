@@ -250,10 +250,19 @@ def _retry_after(resp: httpx.Response) -> float | None:
 def _parse_response(resp: httpx.Response) -> Sample:
     try:
         data = resp.json()
+    except json.JSONDecodeError as exc:
+        return Sample(text=None, error=f"malformed reply ({type(exc).__name__}): {resp.text[:200]!r}")
+    return parse_completion(data, resp.text)
+
+
+def parse_completion(data, raw: str) -> Sample:
+    """A chat completion's body (a dict) as a Sample; `raw` is shown when it is not one. The batch API's output
+    lines carry the same body."""
+    try:
         choice = data["choices"][0]
         text = choice["message"]["content"]
-    except (json.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
-        return Sample(text=None, error=f"malformed reply ({type(exc).__name__}): {resp.text[:200]!r}")
+    except (KeyError, IndexError, TypeError) as exc:
+        return Sample(text=None, error=f"malformed reply ({type(exc).__name__}): {raw[:200]!r}")
     if text is None:
         return Sample(text=None, error="reply has no message content")
     usage = data.get("usage") or {}
