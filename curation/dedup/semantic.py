@@ -22,25 +22,43 @@ import numpy as np
 BLOCK = 4096
 
 
+TRAIN_PER_LIST = 32  # IVF k-means trains on at most this many rows per list (faiss draws them with the seed)
+_NONE = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+
+
 def neighbours(vectors: np.ndarray, threshold: float, exact_below: int = 50_000, nprobe: int = 16,
                seed: int = 0, max_neighbors: int = 100) -> list[tuple[np.ndarray, np.ndarray]]:
     """For each row, (indices, similarities) of the other rows with cosine >= threshold, most similar first."""
     import faiss
 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    n, dim = vectors.shape
+    n = len(vectors)
     index = _index(faiss, vectors, exact_below, nprobe, seed)
     out: list[tuple[np.ndarray, np.ndarray]] = []
     # a hair below the threshold, so float rounding in faiss cannot lose a pair that sits exactly on it
     radius = threshold - 1e-6
     for start in range(0, n, BLOCK):
         lims, sims, ids = index.range_search(vectors[start: start + BLOCK], radius)
-        for q in range(len(lims) - 1):
-            found, score = ids[lims[q]: lims[q + 1]], sims[lims[q]: lims[q + 1]]
-            keep = (found != start + q) & (score >= threshold - 1e-6)
-            found, score = found[keep], score[keep]
-            top = np.lexsort((found, -score))[:max_neighbors]
-            out.append((found[top], score[top]))
+        out += _split(lims, sims, ids, start, radius, max_neighbors)
+    return out
+
+
+def _split(lims, sims, ids, start: int, radius: float, max_neighbors: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One block's range-search result as per-row (ids, sims), most similar first (ties: lower id), self left out.
+
+    Done with whole-block numpy operations: at a million rows a Python step per row and neighbour costs minutes.
+    """
+    rows = len(lims) - 1
+    query = np.repeat(np.arange(rows), np.diff(lims).astype(np.int64))
+    keep = (ids != start + query) & (sims >= radius)
+    query, ids, sims = query[keep], ids[keep].astype(np.int64), sims[keep]
+    order = np.lexsort((ids, -sims, query))
+    query, ids, sims = query[order], ids[order], sims[order]
+    bounds = np.searchsorted(query, np.arange(rows + 1))
+    out = []
+    for q in range(rows):
+        a, b = bounds[q], bounds[q + 1]
+        out.append(_NONE if a == b else (ids[a: min(b, a + max_neighbors)], sims[a: min(b, a + max_neighbors)]))
     return out
 
 
@@ -53,6 +71,10 @@ def _index(faiss, vectors: np.ndarray, exact_below: int, nprobe: int, seed: int)
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
+        # k-means on every row would cost minutes at a million rows; lists only route the search (every row is
+        # still compared within its nprobe nearest lists), so a sample places them well enough
+        index.cp.max_points_per_centroid = TRAIN_PER_LIST
+        index.cp.min_points_per_centroid = min(TRAIN_PER_LIST, index.cp.min_points_per_centroid)  # no warning
         index.train(vectors)
         index.nprobe = min(nprobe, nlist)
     index.add(vectors)
