@@ -107,11 +107,16 @@ def _cached_folder(source_folder: str, identity: str) -> Path:
     return final
 
 
-def distill(source: Path, out: Path, dims: int = DIMS, batch_size: int = 512) -> None:
-    """Write vectors.npy (vocab x dims) and tokenizer.json distilled from the transformer in `source`."""
+def distill(source: Path, out: Path, dims: int = DIMS, batch_size: int = 512, vocab: int | None = None) -> None:
+    """Write vectors.npy (vocab x dims) and tokenizer.json distilled from the transformer in `source`.
+
+    `vocab` limits distillation to the first that many token ids (the rest get zero vectors): for tests only.
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    vectors = _token_vectors(source, batch_size)
-    vectors = _pca(vectors, dims)
+    tokens = _token_vectors(source, batch_size, vocab)
+    done = min(vocab or len(tokens), len(tokens))
+    vectors = np.zeros((len(tokens), min(dims, tokens.shape[1])))
+    vectors[:done] = _pca(tokens[:done], dims)
     inv_rank = 1.0 / np.arange(2, len(vectors) + 2)
     proba = inv_rank / inv_rank.sum()
     vectors *= (SIF / (SIF + proba))[:, None]
@@ -119,16 +124,17 @@ def distill(source: Path, out: Path, dims: int = DIMS, batch_size: int = 512) ->
     shutil.copy(source / "tokenizer.json", out / "tokenizer.json")
 
 
-def _token_vectors(source: Path, batch_size: int) -> np.ndarray:
+def _token_vectors(source: Path, batch_size: int, vocab: int | None = None) -> np.ndarray:
     """Each vocabulary token alone through the transformer, mean-pooled over [CLS] token [SEP]."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModel.from_pretrained(source).eval()
-    n = len(tokenizer)
+    full = len(tokenizer)
+    n = min(full, vocab or full)
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
-    out = np.zeros((n, model.config.hidden_size), dtype=np.float32)
+    out = np.zeros((full, model.config.hidden_size), dtype=np.float32)
     with torch.inference_mode():
         for start in range(0, n, batch_size):
             ids = torch.arange(start, min(n, start + batch_size))[:, None]

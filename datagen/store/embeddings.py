@@ -28,27 +28,34 @@ def lookup(con: duckdb.DuckDBPyConnection, model: str, hashes: list[str], dim: i
         return found, np.zeros((0, dim or 0), dtype=np.float32)
     want = pa.table({"i": pa.array(np.arange(n, dtype=np.int64)), "text_hash": pa.array(hashes, pa.string())})
     con.register("_want_hashes", want)
-    out = None
+    reader = None
     try:
         # a (model, text_hash) stored twice (two runs racing) gives two equal vectors for one i: either will do
-        reader = con.execute(
-            "SELECT w.i, e.vector FROM embeddings e JOIN _want_hashes w ON w.text_hash = e.text_hash "
-            "WHERE e.model = ?", [model]).fetch_record_batch(READ_BATCH)
-        for batch in reader:
-            if batch.num_rows == 0:
-                continue
-            idx = batch.column(0).to_numpy()
-            flat, width = _flat(batch.column(1))
-            if out is None:
-                out = np.zeros((n, dim or width), dtype=np.float32)
-            if width != out.shape[1]:
-                raise ValueError(f"stored vectors of model {model!r} have {width} dimensions, expected "
-                                 f"{out.shape[1]}; delete them with DELETE FROM embeddings WHERE model = '{model}'")
-            out[idx] = flat.reshape(len(idx), width)
-            found[idx] = True
+        reader = con.sql("SELECT w.i, e.vector FROM embeddings e JOIN _want_hashes w ON w.text_hash = e.text_hash "
+                         "WHERE e.model = ?", params=[model]).to_arrow_reader(READ_BATCH)
+        out = _fill(reader, n, dim, found, model)
     finally:
+        if reader is not None:
+            reader.close()  # an open result would block the next statement on this connection
         con.unregister("_want_hashes")
     return found, out if out is not None else np.zeros((n, dim or 0), dtype=np.float32)
+
+
+def _fill(reader, n: int, dim: int | None, found: np.ndarray, model: str) -> np.ndarray | None:
+    out = None
+    for batch in reader:
+        if batch.num_rows == 0:
+            continue
+        idx = batch.column(0).to_numpy()
+        flat, width = _flat(batch.column(1))
+        if out is None:
+            out = np.zeros((n, dim or width), dtype=np.float32)
+        if width != out.shape[1]:
+            raise ValueError(f"stored vectors of model {model!r} have {width} dimensions, expected "
+                             f"{out.shape[1]}; delete them with DELETE FROM embeddings WHERE model = '{model}'")
+        out[idx] = flat.reshape(len(idx), width)
+        found[idx] = True
+    return out
 
 
 def _flat(column: pa.Array) -> tuple[np.ndarray, int]:
@@ -91,5 +98,5 @@ def store(con: duckdb.DuckDBPyConnection, model: str, row_ids: list[str], hashes
 def count(con: duckdb.DuckDBPyConnection, model: str | None = None) -> int:
     """Stored vectors, of one model or of all."""
     if model is None:
-        return con.execute("SELECT count(*) FROM embeddings").fetchone()[0]
-    return con.execute("SELECT count(*) FROM embeddings WHERE model = ?", [model]).fetchone()[0]
+        return con.execute("SELECT count(*) FROM embeddings").fetchall()[0][0]
+    return con.execute("SELECT count(*) FROM embeddings WHERE model = ?", [model]).fetchall()[0][0]
