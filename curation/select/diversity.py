@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 
-PLAIN_BELOW = 20_000  # rows; above, k-center picks in rounds (the same picks, far less memory traffic)
+PLAIN_BELOW = 4096  # rows; above, k-center picks in rounds (the same picks, far less memory traffic)
 CANDIDATES = 4096  # rows a round picks among
 BLOCK = 65_536  # rows per matrix product when a round's picks are applied to every row
 

@@ -184,7 +184,7 @@ def child(kind: str, store: str, m: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=100_000)
-    ap.add_argument("--select", type=int, default=1000)
+    ap.add_argument("--select", type=int, help="rows to select (default 1,000; 10,000 with --stored-embeddings)")
     ap.add_argument("--baseline-rows", type=int, default=20_000, help="size of the full-matrix baseline")
     ap.add_argument("--no-semhash", action="store_true")
     ap.add_argument("--child", choices=["baseline", "semhash"])
@@ -202,13 +202,14 @@ def main() -> None:
 
         sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else sorted(
             {min(100_000, args.rows), min(300_000, args.rows), args.rows})
-        run_scale(sizes, args.select if args.select != 1000 else 10_000, args.select_method)
+        run_scale(sizes, args.select or 10_000, args.select_method)
         return
     if args.levers:
         from curation_levers import run
 
         run(args.lever_rows)
         return
+    args.select = args.select or 1000
     if args.child:
         out = full_matrix(args.store, args.baseline_rows) if args.child == "baseline" else semhash_run(args.store)
         print(json.dumps(out))
