@@ -88,6 +88,12 @@ def build_rows(n: int, seed: int = 0, planted_share: float = 0.05) -> tuple[list
 class PeakRSS:
     """Peak resident memory of this process while the block runs, sampled every 20 ms."""
 
+    @staticmethod
+    def current() -> int:
+        import psutil
+
+        return psutil.Process().memory_info().rss
+
     def __enter__(self):
         import psutil
 

@@ -16,6 +16,7 @@ this process (all its threads), so other jobs on a shared machine do not skew th
 - survivors: exact + MinHash dedup first, torch on the rows they keep (the semantic stage's input in a spec that
   lists them first); verdicts are the chain's.
 - distinct: one torch vector per distinct normalised text (curation/embed.py's key).
+- survivors + cascade: both: exact + MinHash, then the cascade (+0.00) on the rows they keep.
 - cascade +x: curation/dedup/cascade.py: static vectors propose the rows with a neighbour at 0.92 + x (static
   scale); torch embeds only those rows and decides at 0.92; every other row is kept.
 Then k-center on each kind of vector, judged by how close (under torch) every row is to its nearest pick.
@@ -170,5 +171,12 @@ def run(n: int) -> None:
         (kept, embedded), c_s = timed(lambda t: cascade(t, vecs["static"], enc["torch"], offset), texts)
         line(f"cascade +{offset:.2f} ({embedded} of {n} to torch)", n / (secs["static"] + c_s),
              THRESHOLD + offset, kept)
+    # the levers together: exact + MinHash first, then the cascade on their survivors
+    sub_texts = [texts[i] for i in sub]
+    (sub_kept, embedded), c_s = timed(lambda t: cascade(t, vecs["static"][sub], enc["torch"], 0.0), sub_texts)
+    kept = alive.copy()
+    kept[sub] = sub_kept
+    static_s = secs["static"] * len(sub) / n
+    line(f"survivors + cascade ({embedded} to torch)", n / (alive_s + static_s + c_s), THRESHOLD, kept)
     print()
     selection(vecs, max(10, n // 20))

@@ -99,6 +99,7 @@ def one_size(n: int, select_n: int, method: str) -> dict:
         out["embed_ingest_s"], out["distinct"] = time.monotonic() - start, len(keys)
         out["embed_ingest_cpu_s"] = time.process_time() - cpu
         del vectors, rows, texts
+        out["rss_before"] = PeakRSS().current()
         cpu = time.process_time()
         with PeakRSS() as meter:
             funnel = run_curation(con, loaded, plan, log=lambda s: None)
@@ -121,8 +122,9 @@ def report(r: dict) -> None:
           f"CPU second)")
     for f in r["funnel"]:
         print(f"  {f['stage']:24s} {f['rows_in']:>9} in {f['rows_out']:>9} out {f['seconds']:8.1f} s")
-    print(f"  run_curation total {r['curation_s']:.1f} s ({r['curation_cpu_s']:.1f} CPU s), peak memory {gb(r['peak'])}; planted pairs caught by "
-          f"dedup: {r['found']} of {r['planted']}")
+    print(f"  run_curation total {r['curation_s']:.1f} s ({r['curation_cpu_s']:.1f} CPU s), peak memory "
+          f"{gb(r['peak'])} (the process held {gb(r['rss_before'])} before it: the plan's source rows and the "
+          f"benchmark's own); planted pairs caught by dedup: {r['found']} of {r['planted']}")
 
 
 def run(sizes: list[int], select_n: int, method: str) -> None:
