@@ -154,3 +154,18 @@ def test_neighbour_lists_match_brute_force():
         assert sorted(got[i][0].tolist()) == sorted(want), i
     assert got[10][0].tolist()[:2] == [20, 30]
     assert len(neighbours(x, 0.9, max_neighbors=1)[10][0]) == 1
+
+
+def test_backend_keys_in_the_curation_spec():
+    from pydantic import TypeAdapter, ValidationError
+
+    from datagen.spec.curation_models import DedupSpec, DiversitySpec
+
+    dedup = TypeAdapter(DedupSpec).validate_python
+    assert dedup({"type": "semantic", "column": "q"}).backend == "torch"
+    assert dedup({"type": "semantic", "column": "q", "threshold": 0.92, "backend": "cascade"}).backend == "cascade"
+    with pytest.raises(ValidationError, match="backend"):
+        dedup({"type": "semantic", "column": "q", "backend": "static"})  # its own scale: not a dedup backend
+    assert DiversitySpec(column="q", backend="static").backend == "static"
+    with pytest.raises(ValidationError, match="backend"):
+        DiversitySpec(column="q", backend="onnx")

@@ -10,8 +10,9 @@ Each size runs in its own process (so each peak memory is its own) and:
    would take about two hours. Each row is a random mix of topic directions (1,000 topics, so unrelated rows have
    cosines around 0.0-0.5) and each planted copy is its original's vector plus noise (cosine about 0.97), stored
    under MiniLM's identity so the curation run finds them all and embeds nothing;
-3. times `run_curation` on a spec with two filters, exact + MinHash + semantic dedup and k-center selection to
-   10,000 rows (or `--select-method cluster`), sampling this process's resident memory every 20 ms.
+3. in a new process, does what `datagen curate` does (load the spec and plan, open the store, `run_curation`) on a
+   spec with two filters, exact + MinHash + semantic dedup and k-center selection to 10,000 rows (or
+   `--select-method cluster`): its time, and its peak resident memory (getrusage), are curation's own.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from curation_data import THRESHOLD, PeakRSS, build_rows, found_pairs, gb
+from curation_data import THRESHOLD, build_rows, gb, max_rss
 
 MINILM = "bundled:all-minilm-l6-v2"
 SPEC = """\
@@ -65,9 +66,9 @@ def synthetic_vectors(n: int, pairs, dim: int = 384, topics: int = 1000, seed: i
     return out
 
 
-def one_size(n: int, select_n: int, method: str) -> dict:
+def prepare(n: int, select_n: int, method: str, work: Path) -> dict:
+    """Rows and vectors into a store in `work`: the two ingests, timed."""
     from curation.embed import distinct, identity
-    from curation.run import run_curation
     from datagen.spec.load import load_spec
     from datagen.spec.plan import build_plan
     from datagen.store import embeddings
@@ -76,40 +77,50 @@ def one_size(n: int, select_n: int, method: str) -> dict:
 
     out: dict = {"rows": n}
     rows, pairs = build_rows(n)
-    with tempfile.TemporaryDirectory(prefix="datagen-scale-") as tmp:
-        work = Path(tmp)
-        with (work / "rows.jsonl").open("w") as fh:
-            fh.writelines(json.dumps(r) + "\n" for r in rows)
-        (work / "spec.yaml").write_text(SPEC.format(threshold=THRESHOLD, n=select_n, method=method))
-        start, cpu = time.monotonic(), time.process_time()
-        loaded = load_spec(work / "spec.yaml")
-        plan = build_plan(loaded)
-        con = open_store(loaded.store_path)
-        sync_sources(con, plan)
-        out["source_ingest_s"], out["source_ingest_cpu_s"] = time.monotonic() - start, time.process_time() - cpu
-        ids = [r for (r,) in con.execute("SELECT _id FROM rows").fetchall()]
-        texts = [r["text"] for r in rows]
-        vectors = synthetic_vectors(n, pairs)
-        keys, _, first = distinct(texts)
-        first_ids = [ids[i] for i in first]
-        start, cpu = time.monotonic(), time.process_time()
-        for s in range(0, len(keys), 100_000):
-            embeddings.store(con, identity(MINILM), first_ids[s: s + 100_000], keys[s: s + 100_000],
-                             vectors[first[s: s + 100_000]])
-        out["embed_ingest_s"], out["distinct"] = time.monotonic() - start, len(keys)
-        out["embed_ingest_cpu_s"] = time.process_time() - cpu
-        del vectors, rows, texts
-        out["rss_before"] = PeakRSS().current()
-        cpu = time.process_time()
-        with PeakRSS() as meter:
-            funnel = run_curation(con, loaded, plan, log=lambda s: None)
-        out["curation_s"], out["peak"], out["curation_cpu_s"] = meter.seconds, meter.peak, time.process_time() - cpu
-        out["funnel"] = funnel
-        order = {rid: i for i, rid in enumerate(ids)}
-        dropped = {order[r] for (r,) in con.execute(
-            "SELECT row_id FROM decisions WHERE starts_with(stage, 'dedup:') AND NOT kept").fetchall()}
-        out["found"], out["planted"] = found_pairs(dropped, pairs), len(pairs)
-        con.close()
+    with (work / "rows.jsonl").open("w") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+    (work / "spec.yaml").write_text(SPEC.format(threshold=THRESHOLD, n=select_n, method=method))
+    start, cpu = time.monotonic(), time.process_time()
+    loaded = load_spec(work / "spec.yaml")
+    con = open_store(loaded.store_path)
+    sync_sources(con, build_plan(loaded))
+    out["source_ingest_s"], out["source_ingest_cpu_s"] = time.monotonic() - start, time.process_time() - cpu
+    ids = [r for (r,) in con.execute("SELECT _id FROM rows").fetchall()]
+    texts = [r["text"] for r in rows]
+    vectors = synthetic_vectors(n, pairs)
+    keys, _, first = distinct(texts)
+    first_ids = [ids[i] for i in first]
+    start, cpu = time.monotonic(), time.process_time()
+    for s in range(0, len(keys), 100_000):
+        embeddings.store(con, identity(MINILM), first_ids[s: s + 100_000], keys[s: s + 100_000],
+                         vectors[first[s: s + 100_000]])
+    out["embed_ingest_s"], out["distinct"] = time.monotonic() - start, len(keys)
+    out["embed_ingest_cpu_s"] = time.process_time() - cpu
+    con.close()
+    (work / "pairs.json").write_text(json.dumps([[ids[a], ids[b]] for a, b in pairs]))
+    return out
+
+
+def curate(work: Path) -> dict:
+    """What `datagen curate` does, in a process of its own: load the spec and plan, open the store, run curation."""
+    from curation.run import run_curation
+    from datagen.spec.load import load_spec
+    from datagen.spec.plan import build_plan
+    from datagen.store.connection import open_store
+
+    start, cpu = time.monotonic(), time.process_time()
+    loaded = load_spec(work / "spec.yaml")
+    plan = build_plan(loaded)
+    con = open_store(loaded.store_path)
+    out = {"plan_s": time.monotonic() - start}
+    funnel = run_curation(con, loaded, plan, log=lambda s: None)
+    out["curation_s"], out["curation_cpu_s"] = time.monotonic() - start, time.process_time() - cpu
+    out["peak"], out["funnel"] = max_rss(), funnel
+    dropped = {r for (r,) in con.execute(
+        "SELECT row_id FROM decisions WHERE starts_with(stage, 'dedup:') AND NOT kept").fetchall()}
+    pairs = json.loads((work / "pairs.json").read_text())
+    out["found"], out["planted"] = sum(1 for a, b in pairs if a in dropped or b in dropped), len(pairs)
+    con.close()
     return out
 
 
@@ -122,21 +133,25 @@ def report(r: dict) -> None:
           f"CPU second)")
     for f in r["funnel"]:
         print(f"  {f['stage']:24s} {f['rows_in']:>9} in {f['rows_out']:>9} out {f['seconds']:8.1f} s")
-    print(f"  run_curation total {r['curation_s']:.1f} s ({r['curation_cpu_s']:.1f} CPU s), peak memory "
-          f"{gb(r['peak'])} (the process held {gb(r['rss_before'])} before it: the plan's source rows and the "
-          f"benchmark's own); planted pairs caught by dedup: {r['found']} of {r['planted']}")
+    print(f"  datagen curate's process: {r['curation_s']:.1f} s ({r['curation_cpu_s']:.1f} CPU s; of which "
+          f"{r['plan_s']:.1f} s loading the spec and plan), peak memory {gb(r['peak'])}; planted pairs caught by "
+          f"dedup: {r['found']} of {r['planted']}")
 
 
 def run(sizes: list[int], select_n: int, method: str) -> None:
     results = []
     for n in sizes:
-        cmd = [sys.executable, __file__, str(n), str(select_n), method]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"{n} rows failed:\n{done.stderr[-3000:]}")
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        report(results[-1])
-    print("\ngrowth (run_curation seconds, peak memory):")
+        with tempfile.TemporaryDirectory(prefix="datagen-scale-") as tmp:
+            result = {}
+            for phase in ("prepare", "curate"):
+                cmd = [sys.executable, __file__, phase, tmp, str(n), str(select_n), method]
+                done = subprocess.run(cmd, capture_output=True, text=True)
+                if done.returncode != 0:
+                    raise RuntimeError(f"{n} rows, {phase} failed:\n{done.stderr[-3000:]}")
+                result.update(json.loads(done.stdout.strip().splitlines()[-1]))
+        results.append(result)
+        report(result)
+    print("\ngrowth (datagen curate's process: seconds from loading the spec to the last decision, peak memory):")
     for r in results:
         per = r["curation_s"] / r["rows"] * 1e6
         print(f"  {r['rows']:>9} rows: {r['curation_s']:7.1f} s ({per:.0f} s per million rows; "
@@ -145,5 +160,9 @@ def run(sizes: list[int], select_n: int, method: str) -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    result = one_size(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
+    phase, folder, rows_n, select, how = sys.argv[1:6]
+    if phase == "prepare":
+        result = prepare(int(rows_n), int(select), how, Path(folder))
+    else:
+        result = curate(Path(folder))
     print(json.dumps(result, default=float))
