@@ -196,13 +196,15 @@ def main() -> None:
     ap.add_argument("--sizes", help="with --stored-embeddings: comma-separated row counts (default 100k, 300k, "
                                     "--rows)")
     ap.add_argument("--select-method", choices=["kcenter", "cluster"], default="kcenter")
+    ap.add_argument("--columnar-decisions", action="store_true",
+                    help="with --stored-embeddings: curate with the Recorder change proposed in columnar_recorder.py")
     args = ap.parse_args()
     if args.stored_embeddings:
         from curation_scale import run as run_scale
 
         sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else sorted(
             {min(100_000, args.rows), min(300_000, args.rows), args.rows})
-        run_scale(sizes, args.select or 10_000, args.select_method)
+        run_scale(sizes, args.select or 10_000, args.select_method, args.columnar_decisions)
         return
     if args.levers:
         from curation_levers import run

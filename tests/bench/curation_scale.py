@@ -101,8 +101,14 @@ def prepare(n: int, select_n: int, method: str, work: Path) -> dict:
     return out
 
 
-def curate(work: Path) -> dict:
-    """What `datagen curate` does, in a process of its own: load the spec and plan, open the store, run curation."""
+def curate(work: Path, columnar: bool = False) -> dict:
+    """What `datagen curate` does, in a process of its own: load the spec and plan, open the store, run curation.
+
+    `columnar`: with the change to curation/run.py proposed in columnar_recorder.py."""
+    if columnar:
+        from columnar_recorder import apply
+
+        apply()
     from curation.run import run_curation
     from datagen.spec.load import load_spec
     from datagen.spec.plan import build_plan
@@ -138,12 +144,12 @@ def report(r: dict) -> None:
           f"dedup: {r['found']} of {r['planted']}")
 
 
-def run(sizes: list[int], select_n: int, method: str) -> None:
+def run(sizes: list[int], select_n: int, method: str, columnar: bool = False) -> None:
     results = []
     for n in sizes:
         with tempfile.TemporaryDirectory(prefix="datagen-scale-") as tmp:
             result = {}
-            for phase in ("prepare", "curate"):
+            for phase in ("prepare", "curate-columnar" if columnar else "curate"):
                 cmd = [sys.executable, __file__, phase, tmp, str(n), str(select_n), method]
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode != 0:
@@ -164,5 +170,5 @@ if __name__ == "__main__":
     if phase == "prepare":
         result = prepare(int(rows_n), int(select), how, Path(folder))
     else:
-        result = curate(Path(folder))
+        result = curate(Path(folder), columnar=phase == "curate-columnar")
     print(json.dumps(result, default=float))
