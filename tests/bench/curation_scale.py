@@ -109,7 +109,17 @@ def curate(work: Path, columnar: bool = False) -> dict:
         from columnar_recorder import apply
 
         apply()
+    from curation import run
     from curation.run import run_curation
+
+    rss = []  # resident memory when each stage is recorded: where the peak builds up
+    record = run.Recorder.record
+
+    def noting(self, stage, *args):
+        rss.append((stage, _rss()))
+        return record(self, stage, *args)
+
+    run.Recorder.record = noting
     from datagen.spec.load import load_spec
     from datagen.spec.plan import build_plan
     from datagen.store.connection import open_store
@@ -121,13 +131,19 @@ def curate(work: Path, columnar: bool = False) -> dict:
     out = {"plan_s": time.monotonic() - start}
     funnel = run_curation(con, loaded, plan, log=lambda s: None)
     out["curation_s"], out["curation_cpu_s"] = time.monotonic() - start, time.process_time() - cpu
-    out["peak"], out["funnel"] = max_rss(), funnel
+    out["peak"], out["funnel"], out["rss"] = max_rss(), funnel, rss
     dropped = {r for (r,) in con.execute(
         "SELECT row_id FROM decisions WHERE starts_with(stage, 'dedup:') AND NOT kept").fetchall()}
     pairs = json.loads((work / "pairs.json").read_text())
     out["found"], out["planted"] = sum(1 for a, b in pairs if a in dropped or b in dropped), len(pairs)
     con.close()
     return out
+
+
+def _rss() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
 
 
 def report(r: dict) -> None:
@@ -137,8 +153,10 @@ def report(r: dict) -> None:
           f"sync_sources); embeddings ingest {r['distinct']} vectors in {r['embed_ingest_s']:.1f} s, "
           f"{r['distinct'] / r['embed_ingest_s']:,.0f} rows/s ({r['distinct'] / r['embed_ingest_cpu_s']:,.0f} per "
           f"CPU second)")
+    rss = dict(r["rss"])
     for f in r["funnel"]:
-        print(f"  {f['stage']:24s} {f['rows_in']:>9} in {f['rows_out']:>9} out {f['seconds']:8.1f} s")
+        print(f"  {f['stage']:24s} {f['rows_in']:>9} in {f['rows_out']:>9} out {f['seconds']:8.1f} s   "
+              f"resident after it {gb(rss.get(f['stage'], 0))}")
     print(f"  datagen curate's process: {r['curation_s']:.1f} s ({r['curation_cpu_s']:.1f} CPU s; of which "
           f"{r['plan_s']:.1f} s loading the spec and plan), peak memory {gb(r['peak'])}; planted pairs caught by "
           f"dedup: {r['found']} of {r['planted']}")
