@@ -7,7 +7,8 @@ match common phrases). A text shorter than n words has no n-grams and is never f
 
 from __future__ import annotations
 
-from curation.text import as_text, ngrams, words
+from datagen.text import as_text, ngrams, words
+from datagen.verdict import Verdict
 
 
 def benchmark_index(rows: list[tuple[str, str]], n: int) -> dict[str, str]:
@@ -19,12 +20,12 @@ def benchmark_index(rows: list[tuple[str, str]], n: int) -> dict[str, str]:
     return index
 
 
-def decontaminate(texts: list[str], index: dict[str, str], n: int, source: str) -> list[tuple]:
+def decontaminate(texts: list[str], index: dict[str, str], n: int, source: str) -> list[Verdict]:
     out = []
     for text in texts:
         hit = next((g for g in ngrams(words(text), n) if g in index), None)
         if hit is None:
-            out.append((True, None, None))
+            out.append(Verdict(True, None, None))
         else:
-            out.append((False, f"shares {n}-gram {hit!r} with {source} row {index[hit]}", None))
+            out.append(Verdict(False, f"shares {n}-gram {hit!r} with {source} row {index[hit]}", None))
     return out

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 import datagen
-from datagen import stats
+from datagen.store import stats
 
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH", re.IGNORECASE)
 # an absolute path of two or more parts, not the path part of a URL (those follow a word character or ':/')
@@ -174,7 +174,8 @@ def usage_section(result, repo_id: str | None) -> str:
 
 
 def how_made_section(plan, con) -> str:
-    from datagen.run import effective_sampling
+    from datagen.spec.plan import effective_sampling
+    from datagen.strategies import strategy_of
 
     spec = plan.spec
     teachers = []
@@ -189,7 +190,7 @@ def how_made_section(plan, con) -> str:
         extras = []
         if getattr(s, "demos", None) is not None:  # curate steps have none
             extras.append(f"{s.demos.k} demos from `{s.demos.from_}` as {s.demos.as_}")
-        extras += feedback_details(s) + strategy_notes(s)
+        extras += strategy_of(s).card_notes(s)
         if getattr(s, "response_format", None) is not None:
             extras.append("structured output (JSON schema)")
         if s.logprobs:
@@ -205,19 +206,6 @@ def how_made_section(plan, con) -> str:
            "### Selection\n\n" + stats.selection_method(plan),
            "### Tokens and time\n\n" + tokens_text(con)]
     return "\n\n".join(out)
-
-
-def feedback_details(s) -> list[str]:
-    """How a judge or self step judged, paired or kept (the card's step table)."""
-    if s.strategy == "self":
-        return [f"keep: {s.keep}" + (f" against `{s.reference}`" if s.reference else "")]
-    if s.strategy != "judge":
-        return []
-    mode = "revision" if s.revise else "pairwise, both orders" if s.pairwise else f"score {s.scale[0]:g}-{s.scale[1]:g}"
-    out = [f"judge ({mode}): {s.rubric[:80]}"]
-    if s.pairs is not None:
-        out.append(f"pairs by {s.pairs.by}" + (f", min margin {s.pairs.min_margin:g}" if s.pairs.by == "score" else ""))
-    return out
 
 
 def _sampling_text(sampling: dict) -> str:
@@ -264,8 +252,10 @@ def public_model(ref: str, spec_dir: Path) -> str:
     return ref
 
 
-def public_url(url: str | None) -> str | None:
-    """A URL without credentials, query or fragment."""
+def public_url(url: str | list[str] | None) -> str | None:
+    """A URL (or several, comma-separated) without credentials, query or fragment."""
+    if isinstance(url, list):
+        return ", ".join(public_url(u) for u in url)
     if not url:
         return url
     from urllib.parse import urlsplit, urlunsplit
@@ -297,7 +287,7 @@ def _public_paths(node: Any, loc: tuple, spec_dir: Path) -> None:
                 node[key] = Path(value).name
             elif key in ("model", "student"):
                 node[key] = public_model(value, spec_dir)
-            elif key == "base_url":
+            elif key == "base_url" or (isinstance(key, int) and loc[-1:] == ("base_url",)):
                 node[key] = public_url(value)
 
 
@@ -317,19 +307,3 @@ def scrub(text: str, loaded) -> str:
         if len(folder) > 1:
             text = re.sub(re.escape(folder) + r"(?:[/\\]|(?![\w.-]))", "", text)
     return ABS_PATH.sub(lambda m: Path(m.group(0).replace("\\", "/")).name or m.group(0), text)
-
-
-def strategy_notes(s) -> list[str]:
-    """What an expand or curate step, or a multi-teacher vote, did, in a few words for the card."""
-    if s.strategy == "expand":
-        nov = s.novelty
-        checks = [f"ROUGE-L < {nov.max_rouge_l}" if nov and nov.max_rouge_l else "",
-                  f"cosine < {nov.max_cosine}" if nov and nov.max_cosine else ""]
-        kept = " and ".join(c for c in checks if c) or "not an exact duplicate"
-        return [f"self-instruct expansion to {s.target} new items (kept when {kept})"]
-    if s.strategy == "curate":
-        return [f"meta-information synthesis over {', '.join(s.meta)} ({s.combine}), "
-                f"{s.per_combination} per combination"]
-    if getattr(s, "agreement", None) is not None:
-        return [f"answer agreement on `{s.agreement.column}`" + ("; majority vote" if s.vote else "")]
-    return []

@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from datagen.errors import RunFailed, UserError
+from datagen.errors import RunFailed, Terminated, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Declarative synthetic-data generation and curation for distillation.")
@@ -26,11 +26,19 @@ def _stderr(msg: str) -> None:
 
 
 def _guard(fn):
-    """Translate errors once, here: UserError -> exit 2, RunFailed -> exit 1, Ctrl-C -> exit 130."""
+    """Translate errors once, here: UserError -> exit 2, RunFailed -> exit 1, Ctrl-C -> exit 130, SIGTERM -> 143."""
     import functools
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        import signal
+
+        from datagen.errors import raise_terminated
+
+        try:
+            signal.signal(signal.SIGTERM, raise_terminated)  # keep finished work, as for Ctrl-C
+        except ValueError:  # not the main thread (an embedding application): leave its handlers alone
+            pass
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
@@ -39,9 +47,10 @@ def _guard(fn):
         except RunFailed as exc:
             _stderr(f"run failed: {exc}")
             raise typer.Exit(1)
-        except KeyboardInterrupt:
-            _stderr("interrupted: finished work is kept in the store; run the same command again to resume")
-            raise typer.Exit(130)
+        except KeyboardInterrupt as exc:
+            what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+            _stderr(f"{what}: finished work is kept in the store; run the same command again to resume")
+            raise typer.Exit(143 if isinstance(exc, Terminated) else 130)
         except typer.Exit:
             raise
         except Exception as exc:  # a bug of ours, not the user's: say so briefly, full traceback on request
@@ -57,17 +66,19 @@ def _guard(fn):
 def _load(spec: Path):
     from datagen.spec.load import load_spec
 
-    return load_spec(spec)
+    loaded = load_spec(spec)
+    for warning in loaded.warnings:
+        _stderr(f"warning: {warning}")
+    return loaded
 
 
 @app.command()
 @_guard
 def validate(spec: Path = typer.Argument(..., help="the spec file")):
     """Check a spec and print the plan, without loading any model."""
-    from datagen.spec.plan import build_plan
+    from datagen import api
 
-    plan = build_plan(_load(spec))
-    print(plan.describe())
+    print(api.describe(api.plan(_load(spec))))
     print("ok: the spec is valid")
 
 
@@ -76,15 +87,15 @@ def validate(spec: Path = typer.Argument(..., help="the spec file")):
 def run(spec: Path = typer.Argument(..., help="the spec file"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output")):
     """Generate every step (resuming finished work), storing rows and lineage in the spec's DuckDB store."""
-    from datagen.run import run as run_spec
-    from datagen.spec.plan import build_plan
+    from datagen import api
     from datagen.progress import ProgressReporter
 
     loaded = _load(spec)
+    plan = api.plan(loaded)
     if not quiet:
-        print(build_plan(loaded).describe(), flush=True)
+        print(api.describe(plan), flush=True)
     with ProgressReporter(enabled=not quiet) as reporter:
-        summary = run_spec(loaded, progress=reporter.update, log=reporter.log)
+        summary = api.run(loaded, progress=reporter.update, log=reporter.log, checked=plan)
     _print_summary(summary)
 
 
@@ -92,22 +103,9 @@ def run(spec: Path = typer.Argument(..., help="the spec file"),
 @_guard
 def curate(spec: Path = typer.Argument(..., help="the spec file")):
     """Re-run the curation block alone on stored rows (no generation; stored embeddings are reused)."""
-    from curation.run import run_curation
-    from datagen.spec.plan import build_plan
-    from datagen.store.connection import open_store
-    from datagen.store.views import sync_sources
+    from datagen import api
 
-    loaded = _load(spec)
-    if loaded.spec.curation is None:
-        raise UserError(f"{spec} has no `curation:` block; add one (see specs/curation.md)")
-    plan = build_plan(loaded)
-    con = open_store(loaded.store_path)
-    try:
-        sync_sources(con, plan)
-        funnel = run_curation(con, loaded, plan, log=lambda m: print(m, flush=True))
-    finally:
-        con.close()
-    _print_funnel(funnel)
+    _print_funnel(api.curate(_load(spec), log=lambda m: print(m, flush=True)))
 
 
 def _print_funnel(funnel: list[dict]) -> None:
@@ -124,7 +122,7 @@ def _print_summary(summary) -> None:
     table = Table(title=f"run finished in {summary.seconds:.1f} s; store {summary.store}")
     for col in ("step", "requested", "cached", "generated", "failed", "prompt tokens", "completion tokens", "seconds"):
         table.add_column(col, justify="left" if col == "step" else "right")
-    from datagen.run import describe_summary
+    from datagen.runloop import describe_summary
 
     for row in describe_summary(summary):
         table.add_row(*row)
@@ -135,31 +133,22 @@ def _print_summary(summary) -> None:
 @_guard
 def status(spec: Path = typer.Argument(..., help="the spec file")):
     """Per step: requests done, failed and pending, and the commonest errors."""
-    from curation.run import read_funnel
-    from datagen.status import step_status, strategy_status
-    from datagen.store.readonly import open_readonly
+    from datagen.planner import build_plan
+    from datagen.status import status as store_status
 
-    loaded = _load(spec)
-    rows = step_status(loaded.store_path, [s.name for s in loaded.spec.steps])
-    con = open_readonly(loaded.store_path)
-    try:
-        for r, step in zip(rows, loaded.spec.steps):
-            total = r["done"] + r["failed"] + r["pending"]
-            if total == 0:
-                print(f"{r['step']}: not started")
-                continue
-            print(f"{r['step']}: {r['done']} done, {r['failed']} failed, {r['pending']} pending "
-                  f"of {total}; {r['completion_tokens']} completion tokens")
-            for error, n in r["top_errors"]:
-                print(f"    {n} x {error[:150]}")
-            for line in strategy_status(con, step):  # expansion: accepted and rejected; curate: coverage
-                print(line)
-            for stage, kept, dropped in r.get("derived", []):  # judge: pairs built; self: samples kept
-                what = "pairs built" if stage.startswith("pairs:") else "samples kept"
-                print(f"    {stage}: {kept} {what}, {dropped} dropped (reasons in `decisions`)")
-        _print_funnel(read_funnel(con, loaded.spec.curation))
-    finally:
-        con.close()
+    result = store_status(build_plan(_load(spec)))
+    for r in result["steps"]:
+        total = r["done"] + r["failed"] + r["pending"]
+        if total == 0:
+            print(f"{r['step']}: not started")
+            continue
+        print(f"{r['step']}: {r['done']} done, {r['failed']} failed, {r['pending']} pending "
+              f"of {total}; {r['completion_tokens']} completion tokens")
+        for error, n in r["top_errors"]:
+            print(f"    {n} x {error[:150]}")
+        for line in r["lines"]:  # what the strategy adds: accepted items, coverage, pairs built, samples kept
+            print(line)
+    _print_funnel(result["funnel"])
 
 
 @app.command()
@@ -238,7 +227,7 @@ def train(spec: Path = typer.Argument(..., help="the spec file"),
           out: Optional[Path] = typer.Option(None, "--out", "-o", help="student folder (default: train.output)"),
           max_steps: Optional[int] = typer.Option(None, "--max-steps", help="stop after this many optimiser steps")):
     """Train the spec's student on the selected rows (sft or kd), score it before and after, and save it."""
-    from sft.runs import print_result
+    from sft.results import print_result
     from sft.train import train as train_spec
 
     print_result(train_spec(_load(spec), out=out, max_steps=max_steps))

@@ -25,12 +25,13 @@ from typing import Any
 
 from datagen.errors import UserError
 from datagen.spec.load import LoadedSpec
-from datagen.spec.plan import Plan, PlannedStep, build_plan
-from datagen.store.connection import arrow_table, open_store, quote_ident
+from datagen.spec.plan import Plan, PlannedStep
+from datagen.store import reads
+from datagen.store.connection import open_store
+from datagen.store.reads import MESSAGES_COLUMN
 
 FORMATS = ("messages", "prompt_completion", "preference")
 SHARD_RE = re.compile(r"^(train|test)-\d{5}-of-\d{5}\.parquet$")
-MESSAGES_COLUMN = "__datagen_messages"  # the request's messages, fetched beside the row's own columns
 
 
 @dataclass
@@ -78,8 +79,6 @@ def input_columns(plan: Plan, name: str | None, fmt: str | None = None) -> tuple
 
 def resolve_input(plan: Plan, name: str | None, fmt: str | None = None) -> ExportInput:
     """What export input `name` reads; in the preference format a judge step that builds pairs means its pairs."""
-    from datagen.strategies.pairs import wants_pairs
-
     spec = plan.spec
     name = name or default_input(plan)
     base = name
@@ -89,7 +88,7 @@ def resolve_input(plan: Plan, name: str | None, fmt: str | None = None) -> Expor
                             "name a step instead")
         base = spec.curation.input
     steps = {s.name: s for s in plan.steps}
-    if base in steps and fmt == "preference" and name == base and wants_pairs(steps[base].spec):
+    if base in steps and fmt == "preference" and name == base and steps[base].makes_pairs:
         return ExportInput(name, steps[base], PAIR_COLUMNS, pairs=True)
     if base in steps:
         return ExportInput(name, steps[base], steps[base].columns)
@@ -107,12 +106,13 @@ def export_dir(loaded: LoadedSpec, out: str | Path | None = None) -> Path:
 
 
 def export(loaded: LoadedSpec, out: str | Path | None = None, fmt: str | None = None,
-           test_split: float | None = None, repo_id: str | None = None) -> ExportResult:
+           test_split: float | None = None, repo_id: str | None = None, plan: Plan | None = None) -> ExportResult:
     """Write the export folder (Parquet shards under data/, README.md) and return what was written."""
     from datagen import card
+    from datagen.planner import build_plan
     from datagen.spec.models import ExportSpec
 
-    plan = build_plan(loaded)
+    plan = plan or build_plan(loaded)
     settings = loaded.spec.export or ExportSpec()
     test_split = settings.test_split if test_split is None else test_split
     if test_split is not None and not (0 < test_split < 1):
@@ -157,21 +157,7 @@ def choose_format(inp: ExportInput, fmt: str | None, settings) -> str:
 
 def fetch_input(con, inp: ExportInput):
     """The input's rows as a pyarrow Table; step rows carry their request's messages in MESSAGES_COLUMN."""
-    import duckdb
-
-    view = quote_ident(inp.name)
-    if inp.pairs:  # the step name is a checked SQL identifier
-        sql = f"SELECT * FROM pairs WHERE step = '{inp.name}' ORDER BY _parent_id, _id"
-    elif inp.step is None:
-        sql = f"SELECT v.* FROM {view} v ORDER BY v._id"
-    else:
-        sql = (f"SELECT v.*, r.messages AS {MESSAGES_COLUMN} FROM {view} v JOIN outputs o ON o._id = v._id "
-               f"JOIN requests r ON r.key = o.key ORDER BY o._parent_id, o._sample_index, o._id")
-    try:
-        table = arrow_table(con.sql(sql))
-    except duckdb.CatalogException:
-        what = "run `datagen curate SPEC`" if inp.name == "curated" else "run `datagen run SPEC`"
-        raise UserError(f"the store has no `{inp.name}` rows yet; {what} first") from None
+    table = reads.export_rows(con, inp.name, "pairs" if inp.pairs else "source" if inp.step is None else "step")
     if table.num_rows == 0:
         raise UserError(f"nothing to export: `{inp.name}` has no rows; run the spec (and its curation) first")
     return table
@@ -329,3 +315,25 @@ def describe(result: ExportResult) -> str:
         lines.append(f"  left out {result.skipped} rows with an empty output")
     lines += [f"  {p.relative_to(result.path)}" for p in result.files]
     return "\n".join(lines)
+
+
+def check_export(loaded: LoadedSpec, plan: Plan) -> None:
+    """The `export:` block names rows that exist (a step, a source or `curated`) and columns those rows have."""
+    export = loaded.spec.export
+    if export is None:
+        return
+    try:
+        columns, from_step = input_columns(plan, export.input, export.format)
+    except UserError as exc:
+        raise loaded.error(("export", "input"), str(exc)) from None
+    for i, col in enumerate(export.columns):
+        if col not in columns:
+            raise loaded.error(("export", "columns", i), f"`{col}` is not a column of the exported rows; columns: "
+                                                         f"{', '.join(columns)}")
+    if export.format == "preference" and not {"chosen", "rejected"} <= set(columns):
+        raise loaded.error(("export", "format"), f"{PREFERENCE_NEEDS}; `{export.input or 'the last step'}` has no "
+                                                 "pairs")
+    if not from_step and "format" in export.model_fields_set:
+        raise loaded.error(("export", "format"), f"the `{export.format}` format needs a generation step's rows "
+                                                 "(chat turns); these rows come from a source: remove `format` to "
+                                                 "export its columns as they are")

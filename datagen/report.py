@@ -13,11 +13,12 @@ from html import escape
 from pathlib import Path
 
 import datagen
-from datagen import stats, svg
+from datagen import svg
 from datagen.card import public_model
 from datagen.spec.load import LoadedSpec
-from datagen.spec.plan import Plan, build_plan
-from datagen.store.connection import open_store, quote_ident as q
+from datagen.spec.plan import Plan
+from datagen.store import stats
+from datagen.store.connection import open_store
 
 SECTIONS = ["Funnel", "Lengths", "Judge scores", "Meta coverage", "Embedding map", "Teachers"]
 MAX_POINTS = 3000  # the embedding map samples this many rows at most, so the page stays light
@@ -42,8 +43,10 @@ def default_path(loaded: LoadedSpec) -> Path:
     return folder / f"{loaded.spec.name}-report.html"
 
 
-def write_report(loaded: LoadedSpec, out: str | Path | None = None) -> Path:
-    plan = build_plan(loaded)
+def write_report(loaded: LoadedSpec, out: str | Path | None = None, plan: Plan | None = None) -> Path:
+    from datagen.planner import build_plan
+
+    plan = plan or build_plan(loaded)
     path = Path(out).expanduser().resolve() if out else default_path(loaded)
     con = open_store(loaded.store_path, read_only=True)
     try:
@@ -100,7 +103,7 @@ def _figure(chart: str, caption: str) -> str:
 
 
 def funnel(plan: Plan, con) -> str:
-    counts = stats.step_counts(con, plan)
+    counts = stats.step_counts(con, [(st.name, st.spec.strategy, st.input) for st in plan.steps])
     stages = stats.curation_funnel(con)
     bars = [(f"{c['step']} rows", c["rows"]) for c in counts]
     bars += [(f"after {s.name}", s.kept) for s in stages]
@@ -123,11 +126,9 @@ def funnel(plan: Plan, con) -> str:
     return "".join(out)
 
 
-def _output_rows(con, step, extra: str = "") -> list[tuple]:
+def _output_rows(con, step) -> list[tuple]:
     """(output text, completion tokens, finish reason) for every row of a step."""
-    return con.execute(
-        f"SELECT CAST(v.{q(step.spec.output)} AS VARCHAR), r.completion_tokens, v._finish_reason {extra} "
-        f"FROM {q(step.name)} v JOIN outputs o ON o._id = v._id JOIN requests r ON r.key = o.key").fetchall()
+    return stats.output_lengths(con, step.name, step.spec.output)
 
 
 def lengths(plan: Plan, con) -> str:
@@ -159,9 +160,9 @@ def _quantile(sorted_values: list, share: float):
 
 
 def judge_scores(plan: Plan, con) -> str:
-    judges = [st for st in plan.steps if st.spec.strategy == "judge"]
+    judges = [st for st in plan.steps if st.score_scale is not None]
     if not judges:
-        return _note("No judge step in this spec, so there are no scores to show.")
+        return _note("No step in this spec scores rows (a judge step), so there are no scores to show.")
     charts, rows = [], []
     for st in judges:
         data = _output_rows(con, st)
@@ -171,7 +172,7 @@ def judge_scores(plan: Plan, con) -> str:
                 scores.append(float(text))
             except (TypeError, ValueError):
                 pass
-        lo, hi = st.spec.scale
+        lo, hi = st.score_scale
         charts.append(_figure(svg.histogram(scores, st.spec.output, lo=lo, hi=hi, integer_bins=hi - lo <= 20,
                                             colour=svg.PALETTE[2]), f"{st.name}: {st.spec.output}"))
         mean = sum(scores) / len(scores) if scores else None
@@ -191,12 +192,11 @@ def meta_coverage(plan: Plan, con) -> str:
 
 def _meta_for_step(con, st, selected: set[str]) -> str:
     dims = list(st.spec.meta)
-    view_cols = {r[0] for r in con.execute(f"DESCRIBE {q(st.name)}").fetchall()}
+    view_cols = set(stats.columns_of(con, st.name))
     missing = [d for d in dims if d not in view_cols]
     if missing:
         return _note(f"{st.name}: its rows have no column for {', '.join(missing)}.")
-    select = ", ".join(f"CAST({q(d)} AS VARCHAR)" for d in dims)
-    data = con.execute(f"SELECT _id, {select} FROM {q(st.name)}").fetchall()
+    data = stats.text_columns(con, st.name, dims)
     out = [f"<h3>{escape(st.name)}</h3>"]
     if len(dims) >= 2:
         a, b = dims[0], dims[1]
@@ -229,22 +229,15 @@ def embedding_map(con) -> str:
     if not stats.has_relation(con, "embeddings"):
         return _note("No embeddings in this store: no curation stage has embedded rows (semantic dedup or "
                      "diversity selection), so there is no map.")
-    models = con.execute("SELECT model, count(DISTINCT row_id) AS n FROM embeddings WHERE row_id IS NOT NULL "
-                         "GROUP BY 1 ORDER BY n DESC").fetchall()
-    if not models:
+    model, rows = stats.embedding_sample(con, MAX_POINTS)
+    if model is None:
         return _note("No embeddings in this store yet: run a curation block with semantic dedup or diversity "
                      "selection to get a map.")
-    model = models[0][0]
-    rows = con.execute(
-        "SELECT row_id, any_value(vector) FROM embeddings WHERE model = ? AND row_id IS NOT NULL GROUP BY row_id "
-        "ORDER BY hash(row_id) LIMIT ?", [model, MAX_POINTS]).fetchall()
     if len(rows) < 3:
         return _note(f"Only {len(rows)} embedded rows: too few for a map.")
     coords, share = pca_2d([r[1] for r in rows])
     selected = stats.curated_ids(con)
-    dropped = dict(con.execute("SELECT row_id, any_value(stage || ': ' || coalesce(reason, '')) FROM decisions "
-                               "WHERE NOT kept GROUP BY row_id").fetchall()) if stats.has_relation(con, "decisions") \
-        else {}
+    dropped = stats.dropped_at(con)
     points = []
     for (rid, _), (x, y) in zip(rows, coords):
         if selected is not None and rid in selected:

@@ -34,7 +34,8 @@ def check_dpo(loaded, plan) -> None:
 def load_pairs(loaded, plan, input_name: str | None, eval_split: float | None):
     """The judge step's pairs as {prompt, chosen, rejected, completion, row} records, split train/held-out."""
     from datagen.export import fetch_input, preference_record, resolve_input, split_records
-    from datagen.store.connection import arrow_table, open_store, quote_ident
+    from datagen.store import reads
+    from datagen.store.connection import open_store
     from sft.rows import TrainRows
 
     inp = resolve_input(plan, input_name, "preference")  # build_plan's check_dpo made sure it builds pairs
@@ -44,7 +45,7 @@ def load_pairs(loaded, plan, input_name: str | None, eval_split: float | None):
     try:
         pairs = fetch_input(con, inp).to_pylist()
         # a record's `row` is the chosen answer's row (the input's columns, e.g. a reference answer for verifiers)
-        answers = {r["_id"]: r for r in arrow_table(con.sql(f"SELECT * FROM {quote_ident(judged.name)}")).to_pylist()}
+        answers = {r["_id"]: r for r in reads.rows(con, judged.name)}
     except UserError:
         raise UserError(f"no preference pairs in `{name}` yet; run `datagen run` first") from None
     finally:
@@ -69,7 +70,7 @@ def dpo_trainer(loaded, plan, settings, model, tok, rows, args: dict):
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from sft.student import lora_config
+    from sft.model import lora_config
 
     def dataset(records):
         return Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in records])

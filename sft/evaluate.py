@@ -52,13 +52,18 @@ def token_loss(model, tok, records: list[dict], max_length: int = 1024, batch_si
     return (total / count if count else float("nan")), count
 
 
-def record_losses(model, tok, records: list[dict], max_length: int = 1024,
-                  batch_size: int = 8) -> list[tuple[float, int]]:
-    """Per record: the summed loss over its completion tokens, and how many tokens that is."""
+def model_device(model):
+    """Where the model's weights are: every tensor sft builds for it goes there (on a GPU run, cuda)."""
+    device = getattr(model, "device", None)
+    return device if device is not None else next(model.parameters()).device
+
+
+def padded_batches(model, tok, encoded: list[tuple[list[int], int]], batch_size: int):
+    """(first index, labels, logits) per batch of (ids, completion start) pairs, right-padded, on the model's
+    device: labels are the ids, -100 outside the completions; logits (float32) at t predict the label at t + 1."""
     import torch
 
-    encoded = [completion_ids(tok, r["prompt"], r["completion"], max_length) for r in records]
-    out: list[tuple[float, int]] = []
+    device = model_device(model)
     model.eval()
     with torch.no_grad():
         for i in range(0, len(encoded), batch_size):
@@ -71,11 +76,24 @@ def record_losses(model, tok, records: list[dict], max_length: int = 1024,
                 input_ids[row, : len(ids)] = torch.tensor(ids)
                 attention[row, : len(ids)] = 1
                 labels[row, start: len(ids)] = torch.tensor(ids[start:], dtype=torch.long)
-            logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
-            target = labels[:, 1:]
-            mask = target != -100
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target.clamp(min=0), reduction="none")
-            out += [(float(t), int(n)) for t, n in zip((nll * mask).sum(dim=1), mask.sum(dim=1))]
+            input_ids, labels, attention = input_ids.to(device), labels.to(device), attention.to(device)
+            logits = model(input_ids=input_ids, attention_mask=attention).logits
+            yield i, labels, logits.float()
+
+
+def record_losses(model, tok, records: list[dict], max_length: int = 1024,
+                  batch_size: int = 8) -> list[tuple[float, int]]:
+    """Per record: the summed loss over its completion tokens, and how many tokens that is."""
+    import torch
+
+    encoded = [completion_ids(tok, r["prompt"], r["completion"], max_length) for r in records]
+    out: list[tuple[float, int]] = []
+    for _, labels, logits in padded_batches(model, tok, encoded, batch_size):
+        target = labels[:, 1:]
+        mask = target != -100
+        nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), target.clamp(min=0),
+                                                reduction="none")
+        out += [(float(t), int(n)) for t, n in zip((nll * mask).sum(dim=1), mask.sum(dim=1))]
     return out
 
 
@@ -91,7 +109,7 @@ def generate_answers(model, tok, prompts: list[list[dict]], max_new_tokens: int,
         for i in range(0, len(prompts), batch_size):
             texts = [tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
                      for p in prompts[i: i + batch_size]]
-            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model_device(model))
             with torch.no_grad():
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
                                      top_p=None, top_k=None, pad_token_id=tok.pad_token_id)
@@ -110,7 +128,7 @@ def accuracy(model, tok, records: list[dict], checks: list[Verifier], output_col
 
     answers = generate_answers(model, tok, [r["prompt"] for r in records], max_new_tokens)
     rows = [{**r["row"], output_column: a} for r, a in zip(records, answers)]
-    return {c.label: sum(bool(v[0]) for v in apply_filter(c.spec, rows, spec_dir)) / len(rows) for c in checks}
+    return {c.label: sum(v.kept for v in apply_filter(c.spec, rows, spec_dir)) / len(rows) for c in checks}
 
 
 def evaluate(model, tok, records: list[dict], checks: list[Verifier], output_column: str, max_length: int,

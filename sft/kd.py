@@ -20,6 +20,8 @@ The teacher's tokens are matched to the student's tokenization of the completion
 where the two tokenizations of the same text differ loses only the positions that differ.
 
 This is a custom loss on top of TRL's SFTTrainer (same data preparation, batching, optimiser and LoRA handling).
+With `kd.hidden`, a frozen teacher model runs beside the student and weight * H (a hidden-state loss) is added to it
+(sft/hidden.py).
 """
 
 from __future__ import annotations
@@ -216,11 +218,22 @@ def make_kd_trainer_class():
     from trl import SFTTrainer
 
     class KDTrainer(SFTTrainer):
-        """SFTTrainer whose loss is alpha * CE + (1 - alpha) * T^2 * D over the stored top-k (see module doc)."""
+        """SFTTrainer whose loss is alpha * CE + (1 - alpha) * T^2 * D over the stored top-k (see module doc),
+        plus weight * H with `kd.hidden` (sft/hidden.py)."""
 
-        def __init__(self, *args, kd_settings=None, **kwargs):
+        def __init__(self, *args, kd_settings=None, hidden=None, **kwargs):
             self.kd_settings = kd_settings
+            self.hidden = hidden  # sft/hidden.py HiddenDistiller, with `kd.hidden`
             super().__init__(*args, **kwargs)
+
+        def create_optimizer(self, model=None):
+            # kd.hidden.project's maps train with the student, but live here, not in the model (never saved)
+            optimizer = super().create_optimizer(model)
+            project = self.hidden.project if self.hidden is not None else None
+            if project is not None and not getattr(self, "_project_added", False):
+                optimizer.add_param_group({"params": list(project.parameters()), "weight_decay": 0.0})
+                self._project_added = True
+            return optimizer
 
         def _set_signature_columns_if_needed(self):
             super()._set_signature_columns_if_needed()
@@ -230,15 +243,26 @@ def make_kd_trainer_class():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             top_ids, top_lps = inputs.pop("kd_top_ids"), inputs.pop("kd_top_logprobs")
             labels = inputs.pop("labels")
-            outputs = model(**inputs, use_cache=False)
             kd = self.kd_settings
-            parts = kd_loss(outputs.logits, labels, top_ids, top_lps, kd.alpha, kd.temperature, kd.divergence)
             mode = "train" if model.training else "eval"
+            if self.hidden is None:
+                outputs = model(**inputs, use_cache=False)
+            else:
+                from sft.hidden import catch_outputs
+
+                with catch_outputs(self.model, self.hidden.student_layers()) as caught:
+                    outputs = model(**inputs, use_cache=False)
+            parts = kd_loss(outputs.logits, labels, top_ids, top_lps, kd.alpha, kd.temperature, kd.divergence)
+            loss = parts.loss
+            if self.hidden is not None:
+                h = self.hidden.loss(caught, inputs)
+                loss = loss + self.hidden.weight * h
+                self._metrics[mode]["hidden"].append(float(h.detach()))
             self._metrics[mode]["ce"].append(float(parts.ce.detach()))
             self._metrics[mode]["kd"].append(float(parts.kd.detach()))
             if mode == "train" and "attention_mask" in inputs:
                 self._total_train_tokens += int(inputs["attention_mask"].sum())
             self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
-            return (parts.loss, outputs) if return_outputs else parts.loss
+            return (loss, outputs) if return_outputs else loss
 
     return KDTrainer

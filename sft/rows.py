@@ -45,16 +45,10 @@ def load_rows(loaded: LoadedSpec, plan, input_name: str | None, eval_split: floa
 
 def load_logprobs(loaded: LoadedSpec, row_ids: list[str]) -> dict[str, list[dict]]:
     """row_id -> the teacher's output positions in order: token, token_id, top_tokens, top_ids, top_logprobs."""
+    from datagen.store.reads import token_logprobs
+
     con = open_store(loaded.store_path, read_only=True)
     try:
-        cur = con.execute(
-            "SELECT row_id, token, token_id, top_tokens, top_ids, top_logprobs FROM token_logprobs "
-            "WHERE list_contains(?::VARCHAR[], row_id) ORDER BY row_id, position", [list(row_ids)])
-        names = [d[0] for d in cur.description]
-        out: dict[str, list[dict]] = {}
-        for values in cur.fetchall():
-            rec = dict(zip(names, values))
-            out.setdefault(rec.pop("row_id"), []).append(rec)
+        return token_logprobs(con, list(row_ids))
     finally:
         con.close()
-    return out

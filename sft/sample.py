@@ -83,6 +83,8 @@ class TransformersEngine:
 
         self.tok = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        if torch.cuda.is_available():
+            self.model.to("cuda")
         self.temperature = temperature
 
     def complete(self, prompts: list[list[int]], max_tokens: list[int], stop: list[str]) -> list[tuple[str, bool]]:
@@ -92,9 +94,10 @@ class TransformersEngine:
         for ids, limit in zip(prompts, max_tokens):  # one at a time: each prompt has its own budget
             sampling = ({"do_sample": True, "temperature": self.temperature, "top_k": 0} if self.temperature
                         else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None})
+            prompt = torch.tensor([ids]).to(self.model.device)
             with torch.no_grad():
-                gen = self.model.generate(torch.tensor([ids]), max_new_tokens=limit, stop_strings=stop or None,
-                                          tokenizer=self.tok, pad_token_id=self.tok.pad_token_id or 0, **sampling)
+                gen = self.model.generate(prompt, max_new_tokens=limit, stop_strings=stop or None, tokenizer=self.tok,
+                                          pad_token_id=self.tok.pad_token_id or 0, **sampling)
             new = gen[0, len(ids):].tolist()
             text = self.tok.decode(new, skip_special_tokens=True)
             ended = any(s and s in text for s in stop) or (bool(new) and new[-1] == self.tok.eos_token_id)

@@ -3,8 +3,9 @@
 One function, top to bottom: rows -> student -> score before -> train (TRL) -> score after -> save -> record.
 The objective only changes which trainer is built (`TRAINERS`): `sft` is TRL's SFTTrainer on prompt/completion
 rows (loss on the assistant tokens only); `kd` is the same trainer with the soft-label loss of sft/kd.py; `dpo`
-(sft/dpo.py) also reads different rows, a judge step's pairs, and adds preference metrics to the scores. Model
-loading, LoRA, evaluation, saving and the `train_runs` record are shared.
+(sft/dpo.py) also reads different rows, a judge step's pairs. Model loading, LoRA, the scores before and after
+(sft/scores.py: held-out rows, `eval.source` references, the objective's own metrics), saving and the `train_runs`
+record are shared. `kd.hidden` adds a frozen teacher model beside the student (sft/hidden.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Callable
 
 from datagen.errors import UserError
 from datagen.spec.load import LoadedSpec
-from sft.dpo import dpo_trainer, load_pairs, preference_metrics
+from sft.dpo import dpo_trainer, load_pairs
 
 
 @dataclass
@@ -50,11 +51,12 @@ def output_dir(loaded: LoadedSpec, out: str | Path | None = None) -> Path:
 
 def train(loaded: LoadedSpec, out: str | Path | None = None, max_steps: int | None = None,
           log: Callable[[str], None] = print) -> TrainResult:
-    from datagen.spec.plan import build_plan
-    from sft import runs
-    from sft.evaluate import evaluate, verifiers
+    from datagen.planner import build_plan
+    from sft import results
+    from sft.evaluate import verifiers
     from sft.rows import load_rows
-    from sft.student import load_student, save_student
+    from sft.scores import scorer
+    from sft.model import load_student, save_student
 
     settings = loaded.spec.train
     if settings is None:
@@ -72,13 +74,13 @@ def train(loaded: LoadedSpec, out: str | Path | None = None, max_steps: int | No
         + (f"; {rows.skipped} rows with an empty output left out" if rows.skipped else ""))
     target = output_dir(loaded, out)
     model, tok = load_student(settings, loaded.dir)
-    checks = verifiers(loaded, rows.output_column)
-    eval_kwargs = dict(checks=checks, output_column=rows.output_column, max_length=settings.max_length,
+    eval_kwargs = dict(output_column=rows.output_column, max_length=settings.max_length,
                        max_new_tokens=settings.eval.max_new_tokens if settings.eval else 256,
                        batch_size=settings.batch_size, spec_dir=loaded.dir)
-    run_id = runs.start_run(loaded.store_path, settings, rows.input, str(target), len(rows.train), len(rows.eval))
+    score = scorer(loaded, plan, settings, tok, rows, verifiers(loaded, rows.output_column), eval_kwargs)
+    run_id = results.start_run(loaded.store_path, settings, rows.input, str(target), len(rows.train), len(rows.eval))
     try:
-        before = evaluate(model, tok, rows.eval, **eval_kwargs) | objective_metrics(settings, model, tok, rows)
+        before = score(model)
         with tempfile.TemporaryDirectory(prefix="datagen-train-") as work:
             trainer, notes = TRAINERS[settings.objective](loaded, plan, settings, model, tok, rows,
                                                           training_args(settings, loaded.spec.seed, work))
@@ -88,26 +90,19 @@ def train(loaded: LoadedSpec, out: str | Path | None = None, max_steps: int | No
             model = trainer.model
             tokens = int(getattr(trainer, "_total_train_tokens", 0))
             notes += getattr(trainer, "datagen_notes", lambda: [])()
-        after = evaluate(model, tok, rows.eval, **eval_kwargs) | objective_metrics(settings, model, tok, rows)
+        after = score(model)
         result = TrainResult(run_id, target, settings.objective, rows.input, len(rows.train), len(rows.eval),
                              output.global_step, tokens, seconds, float(output.training_loss), before, after, notes)
         meta = {"spec": loaded.spec.name, "run_id": run_id, "input": rows.input, "settings": settings.model_dump(),
                 "train_rows": len(rows.train), "eval_rows": len(rows.eval), "steps": result.steps,
                 "train_loss": result.train_loss, "before": before, "after": after}
         save_student(model, tok, target, meta, loaded.path.read_text())
-        runs.finish_run(loaded.store_path, run_id, steps=result.steps, train_tokens=tokens, train_seconds=seconds,
+        results.finish_run(loaded.store_path, run_id, steps=result.steps, train_tokens=tokens, train_seconds=seconds,
                         train_loss=result.train_loss, before=before, after={**after, "notes": notes})
     except BaseException as exc:
-        runs.fail_run(loaded.store_path, run_id, f"{type(exc).__name__}: {exc}")
+        results.fail_run(loaded.store_path, run_id, f"{type(exc).__name__}: {exc}")
         raise
     return result
-
-
-def objective_metrics(settings, model, tok, rows) -> dict:
-    """Metrics only one objective has: for dpo, preference accuracy and log-probability margin on held-out pairs."""
-    if settings.objective != "dpo":
-        return {}
-    return preference_metrics(model, tok, rows.eval, settings.max_length, settings.batch_size)
 
 
 def training_args(settings, seed: int, work_dir: str) -> dict:
@@ -131,7 +126,7 @@ def sft_trainer(loaded, plan, settings, model, tok, rows, args: dict):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from sft.student import lora_config
+    from sft.model import lora_config
 
     data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows.train])
     config = SFTConfig(**args, max_length=settings.max_length, completion_only_loss=True)
@@ -148,7 +143,7 @@ def kd_trainer(loaded, plan, settings, model, tok, rows, args: dict):
 
     from sft import kd
     from sft.rows import load_logprobs
-    from sft.student import lora_config
+    from sft.model import lora_config
 
     step = plan.step(rows.step)
     teacher_name = step.teachers[0]
@@ -173,12 +168,22 @@ def kd_trainer(loaded, plan, settings, model, tok, rows, args: dict):
     notes = [f"{without} training rows have no stored logprobs and train on CE alone"] if without else []
     if unmapped:
         notes.append(f"{unmapped} of {total} teacher token strings matched no single student token id")
+    hidden = None
+    if settings.kd.hidden is not None:
+        import torch
+
+        from sft.hidden import build_distiller
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        hidden = build_distiller(settings, loaded.dir, model, tok, device)
+        notes.append(f"hidden-state term: student layers {[s for s, _ in hidden.pairs]} matched to teacher layers "
+                     f"{[t for _, t in hidden.pairs]} ({settings.kd.hidden.loss}, weight {hidden.weight})")
     config = SFTConfig(**args, max_length=settings.max_length, completion_only_loss=True)
     collator = kd.KDCollator(DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id), kd.Aligner(tok),
                              k=step.spec.logprobs)
     trainer = kd.make_kd_trainer_class()(
         model=model, args=config, train_dataset=Dataset.from_list(records), processing_class=tok,
-        peft_config=lora_config(settings.lora), data_collator=collator, kd_settings=settings.kd)
+        peft_config=lora_config(settings.lora), data_collator=collator, kd_settings=settings.kd, hidden=hidden)
 
     def coverage() -> list[str]:
         share = collator.aligned / collator.positions if collator.positions else 0.0

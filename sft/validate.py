@@ -1,7 +1,9 @@
 """What `datagen validate` checks about the `train:` block, without loading a model.
 
 The rows to train on must be a generation step's rows (chat turns to learn from); `objective: kd` needs the
-teacher's stored top-k logprobs, so the step that wrote those rows must have `logprobs:` set.
+teacher's stored top-k logprobs, so the step that wrote those rows must have `logprobs:` set. `eval.source` must be
+a source the student never trained on, with the named columns, whose rows the step's prompt can render;
+`kd.hidden` needs a teacher whose hidden states the student's can be compared with (sft/hidden.py).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ def check_train(loaded: LoadedSpec, plan) -> None:
     if train.objective == "dpo":
         from sft.dpo import check_dpo
 
-        return check_dpo(loaded, plan)
+        check_dpo(loaded, plan)
+        judge = resolve_input(plan, train.input, "preference").step
+        return check_eval(loaded, plan, plan.step(judge.spec.input))  # the judged step wrote the answers
     try:
         inp = resolve_input(plan, train.input)
     except UserError as exc:
@@ -37,3 +41,55 @@ def check_train(loaded: LoadedSpec, plan) -> None:
         if train.student != SMOLLM2:
             raise loaded.error(("train", "student"), f"unknown bundled model `{train.student}`; the bundled chat "
                                                      f"model is {SMOLLM2}")
+    if train.objective == "kd" and train.kd.hidden is not None:
+        from sft.hidden import check_hidden
+
+        check_hidden(loaded)
+    check_eval(loaded, plan, inp.step)
+
+
+def check_eval(loaded: LoadedSpec, plan, step) -> None:
+    """`eval.source`: a source of the spec, not one the trained rows answer, with the named columns, whose rows the
+    step's prompt template can render."""
+    spec = loaded.spec.train.eval
+    if spec is None or spec.source is None:
+        return
+    from sft.eval_source import check_columns
+
+    at = ("train", "eval")
+    columns = plan.source_columns.get(spec.source)
+    if columns is None or spec.source not in loaded.spec.sources:
+        known = ", ".join(loaded.spec.sources) or "none"
+        raise loaded.error(at + ("source",), f"`{spec.source}` is not a source of this spec (sources: {known}); "
+                                             "add it under `sources:`")
+    if spec.source in trained_sources(plan, step):
+        raise loaded.error(at + ("source",), f"the student trains on answers to `{spec.source}`'s rows (step "
+                                             f"`{step.name}` reads it), so it cannot measure what the student never "
+                                             "saw; name another source, for example a test split")
+    for key in ("prompt", "reference"):
+        column = getattr(spec, key)
+        if column not in columns:
+            raise loaded.error(at + (key,), f"`{column}` is not a column of source `{spec.source}`; columns: "
+                                            f"{', '.join(c for c in columns if not c.startswith('_'))}")
+    try:
+        missing = check_columns(step.spec, spec.prompt, columns)
+    except ValueError as exc:
+        raise loaded.error(at + ("source",), str(exc)) from None
+    if missing:
+        raise loaded.error(at + ("source",), f"step `{step.name}`'s templates read {missing}, which source "
+                                             f"`{spec.source}` lacks; add the columns or set eval.prompt to the one "
+                                             "that fills the template's variable")
+
+
+def trained_sources(plan, step) -> set[str]:
+    """The sources whose rows the step's chain of inputs reads (the student answers those)."""
+    found: set[str] = set()
+    seen: set[str] = set()
+    current = step
+    while current is not None and current.input is not None and current.input not in seen:
+        seen.add(current.input)
+        if current.input in plan.source_columns:
+            found.add(current.input)
+            break
+        current = next((s for s in plan.steps if s.name == current.input), None)
+    return found

@@ -67,7 +67,7 @@ def make_spec(folder: Path, base_url: str, extra: str = "") -> Path:
 def build_store(folder: Path, monkeypatch, extra: str = "") -> Path:
     """Write the spec (plus `extra` blocks: export, curation) into `folder`, run it against the scripted teacher,
     and return the spec path."""
-    from datagen.run import run
+    from datagen.api import run
     from datagen.spec.load import load_spec
 
     monkeypatch.setenv("TEACHER_API_KEY", SECRET)

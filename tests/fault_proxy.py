@@ -33,6 +33,12 @@ def token_estimate(body: dict) -> int:
     return body.get("max_tokens", 0) + sum(len(m["content"]) for m in body.get("messages", [])) // 4
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default listen backlog is 5: a burst of 16 connections (a teacher's max_concurrency) overflows
+    # it and the kernel resets some of them (clients see ReadError)
+    request_queue_size = 256
+
+
 class FaultProxy:
     def __init__(self, upstream: str, *, rate: float = 0.2, seed: int = 0, slow_s: float = 2.0,
                  retry_after: int = 1, burst_s: float = 1.0, kinds: tuple[str, ...] = KINDS):
@@ -170,7 +176,7 @@ class FaultProxy:
                 except OSError:  # the client gave up (timeout) and closed the connection
                     self.close_connection = True
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _Server(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

@@ -26,6 +26,12 @@ def echo_script(body: dict) -> str:
     return "echo: " + body["messages"][-1]["content"][::-1]
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default listen backlog is 5: a burst of 16 connections (a teacher's max_concurrency) overflows
+    # it and the kernel resets some of them (clients see ReadError)
+    request_queue_size = 256
+
+
 class ScriptedServer:
     def __init__(self, script: Callable[[dict], Any] = echo_script, port: int = 0):
         self.script = script
@@ -88,7 +94,7 @@ class ScriptedServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.httpd = _Server(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.base_url = f"http://127.0.0.1:{self.port}/v1"

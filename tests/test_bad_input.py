@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from datagen.cli import app
 from datagen.errors import UserError
 from datagen.spec.load import load_spec_text
-from datagen.spec.plan import build_plan
+from datagen.api import plan as build_plan
 from tests.test_spec_errors import CASES, GOOD
 
 OPENAI = "    backend: openai\n    base_url: http://127.0.0.1:9/v1\n    model: m\n"

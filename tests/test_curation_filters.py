@@ -17,25 +17,25 @@ from curation.filters.verify_math import extract_answer, last_boxed
 from datagen.errors import UserError
 from datagen.spec.curation_models import FilterSpec
 from datagen.spec.load import load_spec_text
-from datagen.spec.plan import build_plan
+from datagen.api import plan as build_plan
 
 DATA = Path(__file__).parent / "data"
 adapter = TypeAdapter(FilterSpec)
 
 
-def run(spec: dict, rows: list[dict]) -> list[tuple]:
+def run(spec: dict, rows: list[dict]) -> list:
     return apply_filter(adapter.validate_python(spec), rows)
 
 
 def kept(spec: dict, rows: list[dict]) -> list[bool]:
-    return [v[0] for v in run(spec, rows)]
+    return [v.kept for v in run(spec, rows)]
 
 
 def test_truncated_drops_only_length_finish():
     rows = [{"_finish_reason": "stop"}, {"_finish_reason": "length"}, {"_finish_reason": None}]
     verdicts = run({"type": "truncated"}, rows)
-    assert [v[0] for v in verdicts] == [True, False, True]
-    assert "finish reason is `length`" in verdicts[1][1]
+    assert [v.kept for v in verdicts] == [True, False, True]
+    assert "finish reason is `length`" in verdicts[1].reason
 
 
 def test_regex_must_match_and_must_not_match():
@@ -43,23 +43,23 @@ def test_regex_must_match_and_must_not_match():
     assert kept({"type": "regex", "column": "s", "must_match": r"####\s*-?[0-9]"}, rows) == [True, False, True]
     spec = {"type": "regex", "column": "s", "must_match": "####", "must_not_match": "as an ai", "ignore_case": True}
     verdicts = run(spec, rows)
-    assert [v[0] for v in verdicts] == [True, False, False]
-    assert "As an AI" in verdicts[2][1]
+    assert [v.kept for v in verdicts] == [True, False, False]
+    assert "As an AI" in verdicts[2].reason
 
 
 def test_repetition_flags_a_looping_generation():
     loop = "First add the apples. " + "and then we add the numbers " * 12
     prose = "Natalia sold 48 clips in April and half as many in May, so 24 in May and 72 altogether."
     verdicts = run({"type": "repetition", "column": "t", "ngram": 3, "max_share": 0.3}, [{"t": loop}, {"t": prose}])
-    assert [v[0] for v in verdicts] == [False, True]
-    assert verdicts[0][2] > 0.7 and verdicts[1][2] == 0.0
+    assert [v.kept for v in verdicts] == [False, True]
+    assert verdicts[0].score > 0.7 and verdicts[1].score == 0.0
 
 
 def test_score_bounds_and_missing_scores():
     rows = [{"g": 9}, {"g": "6.5"}, {"g": None}, {"g": "n/a"}, {"g": 7}]
     verdicts = run({"type": "score", "column": "g", "min": 7}, rows)
-    assert [v[0] for v in verdicts] == [True, False, False, False, True]
-    assert verdicts[1][2] == 6.5 and "< min 7" in verdicts[1][1]
+    assert [v.kept for v in verdicts] == [True, False, False, False, True]
+    assert verdicts[1].score == 6.5 and "< min 7" in verdicts[1].reason
     assert kept({"type": "score", "column": "g", "min": 1, "max": 8}, rows) == [False, True, False, False, True]
 
 
@@ -71,8 +71,8 @@ def test_length_counts_tokens_of_the_student_tokenizer():
     assert 4 <= counts[0] <= 10 and counts[1] >= 300  # real BPE counts, not characters
     verdicts = run({"type": "length", "column": "t", "min_tokens": 3, "max_tokens": 100},
                    [{"t": short}, {"t": long_}, {"t": ""}])
-    assert [v[0] for v in verdicts] == [True, False, False]
-    assert verdicts[0][2] == counts[0] and "> max_tokens 100" in verdicts[1][1]
+    assert [v.kept for v in verdicts] == [True, False, False]
+    assert verdicts[0].score == counts[0] and "> max_tokens 100" in verdicts[1].reason
 
 
 # --- verify_math -----------------------------------------------------------------------------------------------
@@ -108,15 +108,15 @@ def test_verify_math_on_real_gsm8k_answers():
     assert all(kept({"type": "verify_math", "column": "solution", "reference": "answer"}, styled))
     wrong = [{"solution": f"#### {float(final(r['answer'])) + 1:g}", "answer": r["answer"]} for r in rows]
     verdicts = run({"type": "verify_math", "column": "solution", "reference": "answer"}, wrong)
-    assert not any(v[0] for v in verdicts)
-    assert re.match(r"answer \S+ != reference 72", verdicts[0][1])
+    assert not any(v.kept for v in verdicts)
+    assert re.match(r"answer \S+ != reference 72", verdicts[0].reason)
 
 
 def test_verify_math_without_an_answer_is_dropped_with_a_reason():
     verdicts = run({"type": "verify_math", "column": "s", "reference": "a"},
                    [{"s": "I cannot solve this.", "a": "#### 4"}, {"s": "#### 4", "a": "no reference"}])
-    assert verdicts[0][:2] == (False, "no final answer found")
-    assert verdicts[1][0] is False and "reference" in verdicts[1][1]
+    assert (verdicts[0].kept, verdicts[0].reason) == (False, "no final answer found")
+    assert verdicts[1].kept is False and "reference" in verdicts[1].reason
 
 
 # --- verify_code -----------------------------------------------------------------------------------------------
@@ -133,10 +133,10 @@ CODE_ROWS = [
 def test_verify_code_passing_failing_looping_and_memory_hungry():
     spec = {"type": "verify_code", "column": "code", "tests": "tests", "timeout_s": 2, "memory_mb": 256}
     verdicts = run(spec, CODE_ROWS)
-    assert [v[0] for v in verdicts] == [True, False, False, False]
-    assert "add(2, 3) should be 5" in verdicts[1][1]
-    assert "timed out" in verdicts[2][1] or "CPU" in verdicts[2][1]
-    assert "memory" in verdicts[3][1]
+    assert [v.kept for v in verdicts] == [True, False, False, False]
+    assert "add(2, 3) should be 5" in verdicts[1].reason
+    assert "timed out" in verdicts[2].reason or "CPU" in verdicts[2].reason
+    assert "memory" in verdicts[3].reason
 
 
 def test_verify_code_runs_in_an_empty_temp_dir_without_network(tmp_path):
@@ -170,8 +170,8 @@ def test_decontaminate_records_the_matching_ngram():
     texts = ["NATALIA sold clips to 48 of her friends in April; how many in May?",  # same 8 words, other case/punct
              "Natalia sold pens to 48 of her cousins in June."]
     verdicts = decontaminate(texts, index, 8, "benchmark")
-    assert [v[0] for v in verdicts] == [False, True]
-    assert "'natalia sold clips to 48 of her friends'" in verdicts[0][1] and "row b1" in verdicts[0][1]
+    assert [v.kept for v in verdicts] == [False, True]
+    assert "'natalia sold clips to 48 of her friends'" in verdicts[0].reason and "row b1" in verdicts[0].reason
 
 
 # --- spec errors -----------------------------------------------------------------------------------------------

@@ -12,9 +12,9 @@ import yaml
 from curation.run import read_funnel, run_curation
 from datagen.cli import main
 from datagen.spec.load import load_spec, load_spec_text
-from datagen.spec.plan import build_plan
+from datagen.api import plan as build_plan
 from datagen.store.connection import open_store
-from datagen.store.views import sync_sources
+from datagen.store.views import sync_views
 from tests.scripted_server import ScriptedServer
 
 DATA = Path(__file__).parent / "data"
@@ -71,7 +71,7 @@ def store(tmp_path):
     loaded = load_spec_text(spec_text(), tmp_path / "spec.yaml")
     plan = build_plan(loaded)
     con = open_store(loaded.store_path)
-    sync_sources(con, plan)
+    sync_views(con, plan.source_rows, plan.views)
     yield con, loaded, plan
     con.close()
 
@@ -136,7 +136,7 @@ def test_select_without_diversity_and_another_seed(tmp_path):
     plan = build_plan(loaded)
     con = open_store(loaded.store_path)
     try:
-        sync_sources(con, plan)
+        sync_views(con, plan.source_rows, plan.views)
         funnel = run_curation(con, loaded, plan, log=lambda m: None)
         scores = [r[0] for r in con.execute("SELECT score FROM curated").fetchall()]
     finally:
@@ -275,7 +275,7 @@ def test_difficulty_by_student_drops_what_the_student_already_solves(tmp_path):
                 "SELECT s.question, d.kept, d.reason FROM decisions d JOIN solve s ON s._id = d.row_id "
                 "WHERE d.stage = 'select:difficulty'").fetchall()
             curated = {q for (q,) in con.execute("SELECT question FROM curated").fetchall()}
-            probes = con.execute("SELECT count(*), count(error) FROM student_probes").fetchone()
+            probes = con.execute("SELECT count(*), count(error) FROM requests WHERE step = '_probe'").fetchone()
         finally:
             con.close()
         assert funnel == [{"stage": "select:difficulty", "rows_in": 12, "rows_out": 9},
@@ -312,19 +312,23 @@ def test_difficulty_by_student_needs_its_columns_and_a_known_student(tmp_path):
         assert expect[new] in str(err.value) and "curation.select.difficulty" in str(err.value)
 
 
-def test_curation_replaces_only_its_own_decisions():
-    """A re-run of curation deletes its stages' decisions, never a generation step's (stage = the step's name)."""
-    import duckdb
+def test_a_decisions_write_replaces_only_what_its_owner_wrote(tmp_path):
+    """One replace rule: curation's write replaces every curation decision (a stage gone from the spec too), never a
+    generation step's, whatever its stage names look like (a step named `selected_tasks` or `filters`)."""
+    from datagen.store.decisions import CURATION, replace_decisions, step_owner
+    from datagen.verdict import Verdict
 
-    from curation.run import _curation_stage_sql
-
-    stages = ["filter:length", "dedup:semantic", "decontaminate", "select", "select:difficulty",  # curation's
-              "selected_tasks", "decontaminated_q", "filters", "dedup_pass"]  # expand / agreement step names
-    con = duckdb.connect()
-    con.execute("CREATE TABLE decisions (stage VARCHAR)")
-    con.executemany("INSERT INTO decisions VALUES (?)", [[s] for s in stages])
-    matched = {s for (s,) in con.execute(f"SELECT stage FROM decisions WHERE {_curation_stage_sql()}").fetchall()}
-    assert matched == set(stages[:5])
+    con = open_store(tmp_path / "s.duckdb")
+    try:
+        replace_decisions(con, CURATION, [("filter:length", "a", Verdict(True)), ("dedup:exact", "a", Verdict(True))])
+        for step in ("selected_tasks", "filters"):
+            replace_decisions(con, step_owner(step), [(step, "a", Verdict(False, "no"))])
+        replace_decisions(con, CURATION, [("select", "a", Verdict(True, "picked", 1.0))])
+        got = sorted(con.execute("SELECT owner, stage, kept FROM decisions").fetchall())
+    finally:
+        con.close()
+    assert got == [("curation", "select", True), ("step:filters", "filters", False),
+                   ("step:selected_tasks", "selected_tasks", False)]
 
 
 def test_a_step_cannot_take_a_curation_stage_name(tmp_path):

@@ -68,7 +68,7 @@ def test_dpo_steps_change_every_lora_tensor_and_lower_the_loss(tmp_path, monkeyp
     from datagen.spec.models import TrainSpec
     from sft.dpo import dpo_trainer, preference_metrics
     from sft.rows import TrainRows
-    from sft.student import load_student
+    from sft.model import load_student
     from sft.train import training_args
 
     settings = TrainSpec(objective="dpo", lora={"r": 8, "alpha": 16}, learning_rate=1e-3, batch_size=4,
@@ -106,7 +106,7 @@ def torch_equal(a, b) -> bool:
 ])
 def test_dpo_train_block_is_checked_by_the_plan(tmp_path, train, message):
     from datagen.errors import UserError
-    from datagen.spec.plan import build_plan
+    from datagen.api import plan as build_plan
 
     spec = write_spec(tmp_path, "http://127.0.0.1:9/v1", GRADE, extra=train)
     with pytest.raises(UserError, match=message):
@@ -114,7 +114,7 @@ def test_dpo_train_block_is_checked_by_the_plan(tmp_path, train, message):
 
 
 def test_before_after_table_shows_preference_metrics():
-    from sft.runs import comparison_rows
+    from sft.results import comparison_rows
 
     rows = comparison_rows({"loss": 1.5, "preference_accuracy": 0.25, "logp_margin": -0.5},
                            {"loss": 1.25, "preference_accuracy": 0.75, "logp_margin": 0.5})

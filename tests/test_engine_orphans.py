@@ -1,6 +1,9 @@
-"""`kill -9` of a `datagen run` that drives the in-process vLLM engine (bundled model) leaves no engine process
-behind. Without the watchdog (datagen/teachers/watchdog.py) vLLM's EngineCore and its helper process survive their
-parent's SIGKILL, holding the model's memory and busy cores."""
+"""`kill -9` of a `datagen run` whose vLLM engine runs in processes of its own leaves no engine process behind.
+
+datagen runs the engine core inside its own process by default, where a kill -9 takes it along. A user who sets
+VLLM_ENABLE_V1_MULTIPROCESSING=1 (and tensor-parallel workers on a GPU) gets engine processes that, without the
+watchdog (datagen/teachers/watchdog.py), survive their parent's SIGKILL holding the model's memory and busy cores;
+this test runs that configuration."""
 
 from __future__ import annotations
 
@@ -52,7 +55,7 @@ steps:
     log = tmp_path / "run.log"
     with log.open("w") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "datagen.cli", "run", "-q", str(spec)], stdout=fh,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"})
     kids: list[psutil.Process] = []
     try:
         parent = psutil.Process(proc.pid)

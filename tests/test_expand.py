@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datagen.run import run
+from datagen.api import run
 from datagen.spec.load import load_spec
 from datagen.strategies.novelty import NoveltyIndex, RougeL
 from tests.scripted_server import ScriptedServer, messages_key

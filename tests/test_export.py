@@ -12,7 +12,7 @@ from datagen.cli import app
 from datagen.errors import UserError
 from datagen.export import export
 from datagen.spec.load import load_spec
-from datagen.spec.plan import build_plan
+from datagen.api import plan as build_plan
 from tests.export_fixtures import PROBLEMS, SECRET, build_store, set_export
 
 N_ROWS = len(PROBLEMS) * 2  # n: 2

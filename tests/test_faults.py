@@ -12,7 +12,7 @@ from pathlib import Path
 
 import duckdb
 
-from datagen.run import run
+from datagen.api import run
 from datagen.spec.load import load_spec
 from tests.fault_proxy import KINDS, FaultProxy, body_key
 from tests.scripted_server import ScriptedServer

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from datagen.cli import app
 from datagen.errors import UserError
-from datagen.run import run
+from datagen.api import run
 from datagen.spec.load import load_spec
-from datagen.spec.plan import build_plan
+from datagen.api import plan as build_plan
 from tests.scripted_server import ScriptedServer
 from tests.test_run_scripted import store_rows
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from datagen.cli import app
 from datagen.report import SECTIONS, build_html, _meta_for_step
 from datagen.spec.load import load_spec
-from datagen.spec.plan import build_plan
+from datagen.api import plan as build_plan
 from datagen.store.connection import open_store
 from tests.export_fixtures import build_store
 
@@ -75,7 +75,7 @@ def test_sections_say_why_they_are_empty(store):
     page = store.before
     for title in SECTIONS:
         assert f"<h2>{title}</h2>" in page
-    assert "No judge step in this spec" in page
+    assert "No step in this spec scores rows" in page
     assert "No curate step with meta-information" in page
     assert "No embeddings in this store" in page
     assert "this spec has no curation block" in page
@@ -187,7 +187,8 @@ def test_judge_scores_histogram_and_unparsed_scores():
                     [f"k{i}"])
         con.execute("INSERT INTO outputs (_id, key, step, text) VALUES (?, ?, 'grade', ?)", [f"r{i}", f"k{i}", text])
     con.execute("CREATE VIEW grade AS SELECT text AS score, _id, _finish_reason FROM outputs WHERE step = 'grade'")
-    step = SimpleNamespace(name="grade", spec=SimpleNamespace(strategy="judge", output="score", scale=(1, 10)))
+    step = SimpleNamespace(name="grade", score_scale=(1, 10), spec=SimpleNamespace(strategy="judge", output="score",
+                                                                                scale=(1, 10)))
     html = judge_scores(SimpleNamespace(steps=[step]), con)
     bars = dict(re.findall(r"<title>(\d+): (\d+)</title>", html))
     assert bars == {"1": "0", "2": "0", "3": "1", "4": "0", "5": "0", "6": "0", "7": "2", "8": "0", "9": "1", "10": "0"}

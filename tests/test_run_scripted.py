@@ -12,7 +12,7 @@ import duckdb
 import pytest
 
 from datagen.errors import RunFailed, UserError
-from datagen.run import run
+from datagen.api import run
 from datagen.spec.load import load_spec
 from tests.scripted_server import ScriptedServer, messages_key
 
@@ -322,7 +322,7 @@ def test_kill_9_then_rerun_loses_and_duplicates_nothing(tmp_path):
     problems = [{"question": f"What is {i} times {i + 1}?", "answer": f"#### {i * (i + 1)}"} for i in range(40)]
 
     def slow(body):
-        time.sleep(0.05)
+        time.sleep(0.1)
         return "answer " + body["messages"][-1]["content"]
 
     with ScriptedServer(slow) as server:
@@ -331,7 +331,8 @@ def test_kill_9_then_rerun_loses_and_duplicates_nothing(tmp_path):
         cmd = [sys.executable, "-m", "datagen.cli", "run", "-q", str(spec)]
         proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
-        while len(server.bodies) < 30 and time.monotonic() < deadline:
+        # 50 replies take 2.5 s at 2 in flight: past the first commit (every 2 s), before the last (80 replies)
+        while len(server.bodies) < 50 and time.monotonic() < deadline:
             time.sleep(0.01)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

@@ -12,7 +12,7 @@ from sft.sample import Budget, VLLMEngine, sample
 @pytest.fixture(scope="module")
 def student(tmp_path_factory, bundled_model_path):
     """A student folder as `datagen train` writes it (float32 safetensors, tokenizer, datagen_train.json)."""
-    from sft.student import load_student, save_student
+    from sft.model import load_student, save_student
     from datagen.spec.models import TrainSpec
 
     model, tok = load_student(TrainSpec(), None)

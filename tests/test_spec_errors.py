@@ -9,7 +9,7 @@ import pytest
 
 from datagen.errors import UserError
 from datagen.spec.load import load_spec
-from datagen.spec.plan import build_plan
+from datagen.api import plan as build_plan
 
 DATA = Path(__file__).parent / "data"
 

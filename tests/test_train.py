@@ -15,10 +15,10 @@ import torch
 
 from datagen.errors import UserError
 from datagen.spec.load import load_spec
-from datagen.spec.plan import build_plan
+from datagen.api import plan as build_plan
 from sft.evaluate import generate_answers
 from sft.rows import load_rows
-from sft.student import load_student, save_student
+from sft.model import load_student, save_student
 from sft.train import TRAINERS, training_args
 from tests.train_fixtures import make_store
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from datagen.bundled import resolve_model
-from datagen.teachers.base import GenOptions, GenRequest, Sampling
+from datagen.teachers.base import GenOptions, GenRequest, Sampling, generate
 from datagen.teachers.transformers_teacher import TransformersTeacher
 
 
@@ -22,7 +22,7 @@ def ask(text: str, n: int = 1) -> GenRequest:
 
 def test_samples_counts_and_logprobs(teacher):
     requests = [ask("What is 2+3?", n=2), ask("Name a fruit.")]
-    out = teacher.generate(requests, GenOptions(Sampling(temperature=0.7, max_tokens=8, seed=1), logprobs=3))
+    out = generate(teacher, requests, GenOptions(Sampling(temperature=0.7, max_tokens=8, seed=1), logprobs=3))
     assert [len(samples) for samples in out] == [2, 1]
     for sample in (s for samples in out for s in samples):
         assert sample.error is None and sample.text
@@ -39,7 +39,7 @@ def test_samples_counts_and_logprobs(teacher):
 
 def test_greedy_samples_agree_and_stop_strings_cut_the_text(teacher):
     options = GenOptions(Sampling(temperature=0, max_tokens=30, stop=["5"]))
-    (a, b), = teacher.generate([ask("Count from 1 to 10, comma separated.", n=2)], options)
+    (a, b), = generate(teacher, [ask("Count from 1 to 10, comma separated.", n=2)], options)
     assert a.text == b.text
     assert "5" not in a.text and a.finish_reason == "stop"
     assert a.logprobs is None
@@ -47,4 +47,4 @@ def test_greedy_samples_agree_and_stop_strings_cut_the_text(teacher):
 
 def test_structured_output_is_refused(teacher):
     with pytest.raises(ValueError, match="structured output needs backend vllm or openai"):
-        teacher.generate([ask("hi")], GenOptions(Sampling(), json_schema={"type": "object"}))
+        generate(teacher, [ask("hi")], GenOptions(Sampling(), json_schema={"type": "object"}))

@@ -9,7 +9,7 @@ import json
 import math
 from pathlib import Path
 
-from datagen.run import run
+from datagen.api import run
 from datagen.spec.load import load_spec
 from tests.scripted_server import ScriptedServer, completion
 
@@ -26,7 +26,7 @@ teachers:
     sampling: {{temperature: 0.0, max_tokens: 64}}
 sources:
   problems: {{path: problems.jsonl}}
-steps:
+{sources}steps:
   - name: solve
     strategy: label
     teacher: remote
@@ -76,7 +76,7 @@ def teacher_script(tok):
     return script
 
 
-def make_store(folder: Path, model_path: str, objective: str = "sft", extra: str = "") -> Path:
+def make_store(folder: Path, model_path: str, objective: str = "sft", extra: str = "", sources: str = "") -> Path:
     """Write the spec and its problems into `folder` and run it against the scripted teacher; returns the spec."""
     from transformers import AutoTokenizer
 
@@ -86,10 +86,11 @@ def make_store(folder: Path, model_path: str, objective: str = "sft", extra: str
     tok = AutoTokenizer.from_pretrained(model_path)
     with ScriptedServer(teacher_script(tok)) as server:
         spec = folder / "spec.yaml"
-        write_spec(spec, server.base_url, objective, extra)
+        write_spec(spec, server.base_url, objective, extra, sources)
         run(load_spec(spec), log=lambda m: None)
     return spec
 
 
-def write_spec(spec: Path, base_url: str, objective: str, extra: str = "") -> None:
-    spec.write_text(SPEC.format(base_url=base_url, objective=objective, extra=extra))
+def write_spec(spec: Path, base_url: str, objective: str, extra: str = "", sources: str = "") -> None:
+    """`extra`: lines added to the train block; `sources`: lines added to the sources block (two-space indent)."""
+    spec.write_text(SPEC.format(base_url=base_url, objective=objective, extra=extra, sources=sources))

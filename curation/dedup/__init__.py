@@ -7,7 +7,7 @@ row is the group's best, and a chain A~B~C where A and C differ keeps A and C.
 
 from __future__ import annotations
 
-from curation.text import numeric
+from datagen.text import numeric
 
 DedupVerdict = tuple[bool, "int | None", "float | None"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from curation.text import normalise, text_hash
+from datagen.text import normalise, text_hash
 
 
 def exact_dedup(texts: list[str], order: list[int]) -> list[tuple]:

@@ -19,7 +19,7 @@ import hashlib
 
 import numpy as np
 
-from curation.text import ngrams, words
+from datagen.text import ngrams, words
 
 CHUNK = 2048  # texts per permutation step: bounds the (n-grams x num_perm) matrix
 _MIX = (np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53))

@@ -1,4 +1,4 @@
-"""Filters: each is a function from rows to one verdict per row, `(keep, reason, score)`.
+"""Filters: each is a function from rows to one `Verdict` per row (kept, reason, score).
 
 The runner (curation/run.py), not the filter, counts and records the verdicts as `decisions` rows. A reason is set
 for dropped rows (why) and may be set for kept ones; the score is whatever number the filter measured (a token count,
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-Verdict = tuple[bool, "str | None", "float | None"]
+from datagen.verdict import Verdict
 
 
 def apply_filter(spec: Any, rows: list[dict], spec_dir=None) -> list[Verdict]:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import functools
 import os
 
-from curation.text import as_text
+from datagen.text import as_text
+from datagen.verdict import Verdict
 
 
 @functools.lru_cache(maxsize=4)
@@ -30,14 +31,14 @@ def token_counts(texts: list[str], tokenizer_ref: str, spec_dir=None) -> list[in
     return counts
 
 
-def length_filter(spec, rows: list[dict], spec_dir=None) -> list[tuple]:
+def length_filter(spec, rows: list[dict], spec_dir=None) -> list[Verdict]:
     counts = token_counts([as_text(r.get(spec.column)) for r in rows], spec.tokenizer, spec_dir)
     out = []
     for n in counts:
         if spec.min_tokens is not None and n < spec.min_tokens:
-            out.append((False, f"{n} tokens < min_tokens {spec.min_tokens}", float(n)))
+            out.append(Verdict(False, f"{n} tokens < min_tokens {spec.min_tokens}", float(n)))
         elif spec.max_tokens is not None and n > spec.max_tokens:
-            out.append((False, f"{n} tokens > max_tokens {spec.max_tokens}", float(n)))
+            out.append(Verdict(False, f"{n} tokens > max_tokens {spec.max_tokens}", float(n)))
         else:
-            out.append((True, None, float(n)))
+            out.append(Verdict(True, None, float(n)))
     return out

@@ -6,7 +6,8 @@ duplicate n-gram measure of Gopher's quality filters (Rae et al., 2021), on occu
 
 from __future__ import annotations
 
-from curation.text import as_text, ngrams, words
+from datagen.text import as_text, ngrams, words
+from datagen.verdict import Verdict
 
 
 def repeated_share(text: str, n: int) -> float:
@@ -16,12 +17,13 @@ def repeated_share(text: str, n: int) -> float:
     return 1.0 - len(set(grams)) / len(grams)
 
 
-def repetition_filter(spec, rows: list[dict]) -> list[tuple]:
+def repetition_filter(spec, rows: list[dict]) -> list[Verdict]:
     out = []
     for row in rows:
         share = repeated_share(as_text(row.get(spec.column)), spec.ngram)
         if share > spec.max_share:
-            out.append((False, f"{share:.0%} of {spec.ngram}-grams repeat (max_share {spec.max_share:g})", share))
+            out.append(Verdict(False, f"{share:.0%} of {spec.ngram}-grams repeat (max_share {spec.max_share:g})",
+                               share))
         else:
-            out.append((True, None, share))
+            out.append(Verdict(True, None, share))
     return out

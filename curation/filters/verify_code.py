@@ -27,7 +27,8 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from curation.text import as_text
+from datagen.text import as_text
+from datagen.verdict import Verdict
 
 _FENCE = re.compile(r"```(?:python|py|python3)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 
@@ -120,9 +121,9 @@ def _judge(code: int, stderr: str, memory_mb: int) -> CodeResult:
     return CodeResult(False, f"tests failed: {last.strip()[:200]}")
 
 
-def verify_code_filter(spec, rows: list[dict]) -> list[tuple]:
+def verify_code_filter(spec, rows: list[dict]) -> list[Verdict]:
     programs = [extract_code(as_text(r.get(spec.column)), spec.extract) + "\n\n" + as_text(r.get(spec.tests)) + "\n"
                 for r in rows]
     with ThreadPoolExecutor(max_workers=spec.parallel) as pool:
         results = list(pool.map(lambda p: run_program(p, spec.timeout_s, spec.memory_mb), programs))
-    return [(r.passed, r.reason, 1.0 if r.passed else 0.0) for r in results]
+    return [Verdict(r.passed, r.reason, 1.0 if r.passed else 0.0) for r in results]

@@ -8,76 +8,22 @@ normalised strings when it cannot parse one side.
 
 from __future__ import annotations
 
-import re
+from datagen.answers import extract_answer, last_boxed, same_answer  # noqa: F401  (re-exported)
+from datagen.text import as_text
+from datagen.verdict import Verdict
 
-from curation.text import as_text, normalise
-
-_HASHES = re.compile(r"####\s*([^\n]+)")
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
-
-
-def extract_answer(text: str, pattern: str | None = None) -> str | None:
-    """The final answer in `text`, or None when there is none."""
-    if pattern is not None:
-        matches = list(re.finditer(pattern, text))
-        if not matches:
-            return None
-        last = matches[-1]
-        return (last.group(1) if last.groups() else last.group(0)).strip()
-    hashes = _HASHES.findall(text)
-    if hashes and hashes[-1].strip():
-        return hashes[-1].strip()
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return boxed
-    numbers = _NUMBER.findall(text)
-    return numbers[-1] if numbers else None
-
-
-def last_boxed(text: str) -> str | None:
-    """The contents of the last \\boxed{...}, braces matched (so \\boxed{\\frac{1}{2}} gives \\frac{1}{2})."""
-    start = text.rfind("\\boxed")
-    while start != -1:
-        brace = text.find("{", start)
-        if brace != -1 and text[start + len("\\boxed"): brace].strip() == "":
-            depth = 0
-            for i in range(brace, len(text)):
-                if text[i] == "{":
-                    depth += 1
-                elif text[i] == "}":
-                    depth -= 1
-                    if depth == 0:
-                        return text[brace + 1: i].strip()
-        start = text.rfind("\\boxed", 0, start)
-    return None
-
-
-def same_answer(reference: str, answer: str) -> bool:
-    from math_verify import parse, verify
-
-    gold, pred = parse(_as_math(reference)), parse(_as_math(answer))
-    if gold and pred:
-        return bool(verify(gold, pred))
-    return normalise(reference).rstrip(".") == normalise(answer).rstrip(".")
-
-
-def _as_math(answer: str) -> str:
-    # a bare LaTeX expression parses only inside math delimiters; plain text and numbers parse either way
-    return f"${answer}$" if "\\" in answer and "$" not in answer else answer
-
-
-def verify_math_filter(spec, rows: list[dict]) -> list[tuple]:
+def verify_math_filter(spec, rows: list[dict]) -> list[Verdict]:
     out = []
     for row in rows:
         reference = extract_answer(as_text(row.get(spec.reference)), spec.reference_pattern)
         if reference is None:
-            out.append((False, f"no final answer found in reference {spec.reference}", None))
+            out.append(Verdict(False, f"no final answer found in reference {spec.reference}", None))
             continue
         answer = extract_answer(as_text(row.get(spec.column)), spec.answer_pattern)
         if answer is None:
-            out.append((False, "no final answer found", 0.0))
+            out.append(Verdict(False, "no final answer found", 0.0))
         elif same_answer(reference, answer):
-            out.append((True, f"answer {answer[:40]} = reference", 1.0))
+            out.append(Verdict(True, f"answer {answer[:40]} = reference", 1.0))
         else:
-            out.append((False, f"answer {answer[:40]} != reference {reference[:40]}", 0.0))
+            out.append(Verdict(False, f"answer {answer[:40]} != reference {reference[:40]}", 0.0))
     return out

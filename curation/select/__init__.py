@@ -21,7 +21,7 @@ import numpy as np
 
 from curation.select.diversity import default_clusters, kcenter, kmeans_labels, stratified
 from curation.select.quality import length_ranks, quality_ranks
-from curation.text import as_text
+from datagen.text import as_text
 
 Embed = Callable[[str, str, list[int]], np.ndarray]
 

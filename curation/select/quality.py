@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from curation.text import as_text, numeric
+from datagen.text import as_text, numeric
 
 
 def percentile_ranks(values: list[float | None], higher_is_better: bool = True) -> np.ndarray:

@@ -17,11 +17,12 @@ from datagen.spec.yaml_loader import PositionedDoc, format_loc, load_yaml, load_
 class LoadedSpec:
     """A validated spec with the document it came from (for positions) and its folder (for relative paths)."""
 
-    def __init__(self, spec: Spec, doc: PositionedDoc):
+    def __init__(self, spec: Spec, doc: PositionedDoc, warnings: list[str] | None = None):
         self.spec = spec
         self.doc = doc
         self.path = doc.path
         self.dir = doc.path.resolve().parent
+        self.warnings = warnings or []  # deprecated spellings that still work, each with the fix
 
     def error(self, loc: tuple, message: str) -> UserError:
         return self.doc.error(loc, message)
@@ -58,7 +59,16 @@ def validate_doc(doc: PositionedDoc) -> LoadedSpec:
         if more > 0:
             lines.append(f"... and {more} more")
         raise UserError("invalid spec:\n  " + "\n  ".join(lines)) from None
-    return LoadedSpec(spec, doc)
+    return LoadedSpec(spec, doc, _deprecations(doc))
+
+
+def _deprecations(doc: PositionedDoc) -> list[str]:
+    out = []
+    for i, step in enumerate(doc.data.get("steps") or []):
+        if isinstance(step, dict) and step.get("strategy") == "curate":
+            out.append(f"steps.{i}.strategy: `curate` is the old name of `meta` (meta-information synthesis); "
+                       f"write `strategy: meta` ({doc.where(('steps', i, 'strategy'))})")
+    return out
 
 
 def _data_loc(loc: tuple, data: Any) -> tuple:

@@ -94,7 +94,7 @@ class VLLMTeacherSpec(Model):
 class OpenAITeacherSpec(Model):
     backend: Literal["openai"]
     model: str
-    base_url: str
+    base_url: str | list[str]  # one server, or several that share the requests (least-loaded first)
     api_key_env: str | None = None
     max_concurrency: int = Field(16, ge=1, le=4096)
     requests_per_minute: int | None = Field(None, ge=1)
@@ -105,9 +105,16 @@ class OpenAITeacherSpec(Model):
 
     @field_validator("base_url")
     @classmethod
-    def _url(cls, v: str) -> str:
-        if not re.match(r"^https?://", v):
-            raise ValueError(f"base_url must start with http:// or https://, got {v!r}")
+    def _url(cls, v: str | list[str]) -> str | list[str]:
+        urls = v if isinstance(v, list) else [v]
+        if not urls:
+            raise ValueError("base_url is an empty list; give one URL or several")
+        for u in urls:
+            if not re.match(r"^https?://", u):
+                raise ValueError(f"base_url must start with http:// or https://, got {u!r}")
+        if isinstance(v, list):
+            cleaned = list(dict.fromkeys(u.rstrip("/") for u in v))
+            return cleaned if len(cleaned) > 1 else cleaned[0]
         return v.rstrip("/")
 
     @field_validator("api_key_env")
@@ -247,13 +254,18 @@ class MetaColumnSpec(Model):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-class CurateStep(StepBase):
-    strategy: Literal["curate"]
+class MetaStep(StepBase):
+    strategy: Literal["meta", "curate"]  # `curate` is the old name, read as `meta` (the loader warns)
     prompt: str
     meta: dict[str, Union[list[Any], MetaColumnSpec]]
     combine: Literal["product", "sample"] = "product"
     count: int | None = Field(None, ge=1)
     per_combination: int = Field(1, ge=1)
+
+    @field_validator("strategy")
+    @classmethod
+    def _new_name(cls, v: str) -> str:
+        return "meta"
 
 
 class PairsSpec(Model):
@@ -313,7 +325,7 @@ class SelfStep(StepBase):
 
 
 StepSpec = Annotated[
-    Union[LabelStep, ExpandStep, CurateStep, JudgeStep, SelfStep], Field(discriminator="strategy")
+    Union[LabelStep, ExpandStep, MetaStep, JudgeStep, SelfStep], Field(discriminator="strategy")
 ]
 
 
@@ -340,10 +352,32 @@ class ExportSpec(Model):
     tags: list[str] = []  # added to the card's tags (synthetic, distillation, datagen)
 
 
+class HiddenSpec(Model):
+    """`kd.hidden`: match the student's hidden states to a white-box teacher's (sft/hidden.py)."""
+
+    weight: float = Field(1.0, ge=0)
+    layers: Literal["auto"] | dict[int, int] = "auto"  # student layer -> teacher layer
+    loss: Literal["cosine", "mse"] = "cosine"
+    project: bool = False  # a learned linear map student -> teacher size, dropped after training
+    teacher: str | None = None  # default: train.student (the model a truncated student was copied from)
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v):
+        if isinstance(v, dict):
+            if not v:
+                raise ValueError("layers needs at least one `student_layer: teacher_layer` entry, or `auto`")
+            bad = {s: t for s, t in v.items() if s < 0 or t < 0}
+            if bad:
+                raise ValueError(f"layer indices must be >= 0, got {bad}")
+        return v
+
+
 class KDSpec(Model):
     alpha: float = Field(0.5, ge=0, le=1)
     temperature: float = Field(2.0, gt=0)
     divergence: Literal["forward", "reverse"] = "forward"
+    hidden: HiddenSpec | None = None
 
 
 class DPOSpec(Model):
@@ -359,8 +393,26 @@ class LoraSpec(Model):
 
 
 class EvalSpec(Model):
-    split: float = Field(0.1, gt=0, lt=1)
+    split: float | None = Field(0.1, ge=0, lt=1)  # 0 or null: no held-out training rows (needs `source`)
     max_new_tokens: int = Field(256, ge=1)  # the student's answer length when a verifier scores accuracy
+    source: str | None = None  # a source whose rows the student never saw, scored against its references
+    prompt: str | None = None  # the source's question column
+    reference: str | None = None  # the source's reference-answer column
+    verify: Literal["auto", "math", "none"] = "auto"  # how greedy answers are judged (specs/train.md)
+
+    @model_validator(mode="after")
+    def _source(self) -> "EvalSpec":
+        if self.source is not None and (self.prompt is None or self.reference is None):
+            raise ValueError("eval.source needs `prompt: COLUMN` and `reference: COLUMN` (the source's question "
+                             "and reference-answer columns)")
+        if self.source is None and (self.prompt is not None or self.reference is not None):
+            raise ValueError("eval.prompt and eval.reference name columns of `eval.source`; set the source too")
+        if self.verify == "math" and self.source is None:
+            raise ValueError("eval.verify: math judges the answers to `eval.source` against `eval.reference`; set "
+                             "the source, or leave verify at auto")
+        if not self.split and self.source is None:
+            raise ValueError("eval needs a held-out share (`split: 0.1`) or a `source:` to score, or both")
+        return self
 
 
 class TrainSpec(Model):
@@ -387,6 +439,9 @@ class TrainSpec(Model):
                 raise ValueError("keep_layers only applies with `init: truncate`; add it or remove keep_layers")
             if not self.keep_layers or len(set(self.keep_layers)) != len(self.keep_layers) or min(self.keep_layers) < 0:
                 raise ValueError(f"keep_layers must be distinct layer indices >= 0, got {self.keep_layers}")
+        if self.kd.hidden is not None and self.objective != "kd":
+            raise ValueError(f"kd.hidden is a term of the `kd` objective; set `objective: kd` (now "
+                             f"{self.objective}) or remove kd.hidden")
         return self
 
 

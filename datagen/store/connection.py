@@ -9,6 +9,7 @@ import duckdb
 
 from datagen.errors import UserError
 from datagen.store.migrations import migrate
+from datagen.store.sql import arrow_table, quote_ident  # noqa: F401  (re-exported)
 
 
 def open_store(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
@@ -41,11 +42,3 @@ def _in_use_error(path: Path, exc: Exception) -> UserError:
     return UserError(f"cannot open store {path}: {text}")
 
 
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def arrow_table(cursor):
-    """The result as a pyarrow Table (DuckDB 2 renamed fetch_arrow_table to to_arrow_table)."""
-    fetch = getattr(cursor, "to_arrow_table", None) or cursor.fetch_arrow_table
-    return fetch()

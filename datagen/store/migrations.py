@@ -9,7 +9,7 @@ from typing import Callable
 
 import duckdb
 
-from datagen.store.writes import transaction
+from datagen.store.sql import transaction
 
 
 def m001_core(con: duckdb.DuckDBPyConnection) -> None:
@@ -171,12 +171,48 @@ def m005_train_runs(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def m006_owners_and_probes(con: duckdb.DuckDBPyConnection) -> None:
+    # One replace rule for decisions: a write replaces everything its owner wrote (datagen/store/decisions.py).
+    con.execute("ALTER TABLE decisions ADD COLUMN owner VARCHAR")
+    con.execute(
+        """
+        UPDATE decisions SET owner = CASE
+            WHEN stage IN ('decontaminate', 'select') OR starts_with(stage, 'filter:') OR starts_with(stage, 'dedup:')
+                 OR starts_with(stage, 'select:') THEN 'curation'
+            WHEN starts_with(stage, 'self:') THEN 'step:' || substr(stage, 6)
+            WHEN starts_with(stage, 'pairs:') THEN 'step:' || substr(stage, 7)
+            ELSE 'step:' || stage END
+        """
+    )
+    # A student's probe answers (curation's difficulty `by: student`) become requests and outputs like any other
+    # generation, under the pseudo-step `_probe`, keeping their keys so a store's probes are still found.
+    from datagen.keys import row_id
+
+    probes = con.execute("SELECT key, messages, text, finish_reason, error, created_at FROM student_probes").fetchall()
+    for key, messages, text, finish, error, created in probes:
+        con.execute("INSERT INTO requests (key, step, teacher, sample_index, status, error, messages, attempts) "
+                    "VALUES (?, '_probe', 'student', 0, ?, ?, ?, 1) ON CONFLICT DO NOTHING",
+                    [key, "failed" if error is not None else "done", error, messages])
+        if error is None:
+            con.execute("INSERT INTO outputs (_id, key, step, _sample_index, _teacher, _finish_reason, _created_at, "
+                        "text) VALUES (?, ?, '_probe', 0, 'student', ?, ?, ?) ON CONFLICT DO NOTHING",
+                        [row_id(key), key, finish, created, text])
+    con.execute("DROP TABLE student_probes")
+
+
+def m010_worker(con: duckdb.DuckDBPyConnection) -> None:
+    # which server (an HTTP teacher's base URL) or engine replica made each sample
+    con.execute("ALTER TABLE requests ADD COLUMN worker VARCHAR")
+
+
 MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("001_core", m001_core),
     ("002_curation", m002_curation),
     ("003_student_probes", m003_student_probes),
     ("004_pairs", m004_pairs),
     ("005_train_runs", m005_train_runs),
+    ("006_owners_and_probes", m006_owners_and_probes),
+    ("010_worker", m010_worker),  # named ahead: 007-009 were taken by work in progress elsewhere
 ]
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import duckdb
 
 from datagen.keys import row_id
+from datagen.store.sql import quote_ident, transaction  # noqa: F401  (transaction re-exported)
 
 
 @dataclass
@@ -47,14 +48,15 @@ class BatchResult:
 
 def _request_row(key: str, status: str, error: str | None, sample) -> dict[str, Any]:
     return {"key": key, "status": status, "error": error, "prompt_tokens": sample.prompt_tokens,
-            "completion_tokens": sample.completion_tokens, "seconds": sample.seconds}
+            "completion_tokens": sample.completion_tokens, "seconds": sample.seconds,
+            "worker": getattr(sample, "worker", None)}
 
 
-def insert_pending(con: duckdb.DuckDBPyConnection, step: str, requests: list, keys_now: list[str]) -> None:
-    """Record this step's current keys (`_plan`) and add new requests as pending, in one transaction."""
+def insert_pending(con: duckdb.DuckDBPyConnection, step: str, requests: list, keys_now: list[str] | None) -> None:
+    """Record this step's current keys (`_plan`; None leaves it alone) and add new requests as pending, in one
+    transaction."""
     import pyarrow as pa
 
-    plan = pa.table({"step": [step] * len(keys_now), "key": keys_now})
     pending = pa.table({
         "key": [r.key for r in requests],
         "step": [r.step for r in requests],
@@ -64,9 +66,9 @@ def insert_pending(con: duckdb.DuckDBPyConnection, step: str, requests: list, ke
         "messages": [json.dumps(r.messages, ensure_ascii=False) for r in requests],
     })
     with transaction(con):
-        con.execute("DELETE FROM _plan WHERE step = ?", [step])
-        con.register("_plan_batch", plan)
-        con.execute("INSERT INTO _plan SELECT step, key FROM _plan_batch")
+        if keys_now is not None:
+            con.execute("DELETE FROM _plan WHERE step = ?", [step])
+            insert_rows(con, "_plan", pa.table({"step": [step] * len(keys_now), "key": keys_now}))
         con.register("_pending_batch", pending)
         con.execute(
             """
@@ -75,7 +77,6 @@ def insert_pending(con: duckdb.DuckDBPyConnection, step: str, requests: list, ke
             FROM _pending_batch b ANTI JOIN requests r ON r.key = b.key
             """
         )
-    con.unregister("_plan_batch")
     con.unregister("_pending_batch")
 
 
@@ -84,13 +85,14 @@ def write_batch(con: duckdb.DuckDBPyConnection, result: BatchResult) -> None:
 
     reqs = pa.Table.from_pylist(result.requests, schema=pa.schema([
         ("key", pa.string()), ("status", pa.string()), ("error", pa.string()), ("prompt_tokens", pa.int64()),
-        ("completion_tokens", pa.int64()), ("seconds", pa.float64())]))
+        ("completion_tokens", pa.int64()), ("seconds", pa.float64()), ("worker", pa.string())]))
     with transaction(con):
         con.register("_req_batch", reqs)
         con.execute(
             """
             UPDATE requests SET status = b.status, error = b.error, prompt_tokens = b.prompt_tokens,
-                completion_tokens = b.completion_tokens, seconds = b.seconds, attempts = requests.attempts + 1,
+                completion_tokens = b.completion_tokens, seconds = b.seconds, worker = b.worker,
+                attempts = requests.attempts + 1,
                 updated_at = current_timestamp
             FROM _req_batch b WHERE requests.key = b.key
             """
@@ -133,7 +135,12 @@ def _LOGPROB_SCHEMA():
 def _insert(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict], schema) -> None:
     import pyarrow as pa
 
-    arrow = pa.Table.from_pylist(rows, schema=schema)
+    insert_rows(con, table, pa.Table.from_pylist(rows, schema=schema))
+
+
+def insert_rows(con: duckdb.DuckDBPyConnection, table: str, arrow) -> None:
+    """Append an Arrow table's rows to a store table, matching columns by name (`table` is one of ours, never a
+    user's string)."""
     con.register("_insert_batch", arrow)
     try:
         con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _insert_batch")
@@ -141,14 +148,20 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict], schema
         con.unregister("_insert_batch")
 
 
-class transaction:
-    def __init__(self, con: duckdb.DuckDBPyConnection):
-        self.con = con
+def create_table_from_rows(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict]) -> None:
+    """(Re)create `table` from Python rows; a column of mixed types is a UserError that says so."""
+    import pyarrow as pa
 
-    def __enter__(self):
-        self.con.execute("BEGIN")
-        return self.con
-
-    def __exit__(self, exc_type, exc, tb):
-        self.con.execute("ROLLBACK" if exc_type else "COMMIT")
-        return False
+    from datagen.errors import UserError
+    try:
+        arrow = pa.Table.from_pylist(rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise UserError(f"rows have values of mixed types in one column ({exc}); make each column one type") from None
+    for i, f in enumerate(arrow.schema):  # an all-null column has no type DuckDB can store: make it text
+        if pa.types.is_null(f.type):
+            arrow = arrow.set_column(i, pa.field(f.name, pa.string()), arrow.column(i).cast(pa.string()))
+    con.register("_arrow_rows", arrow)
+    try:
+        con.execute(f"CREATE OR REPLACE TABLE {quote_ident(table)} AS SELECT * FROM _arrow_rows")
+    finally:
+        con.unregister("_arrow_rows")

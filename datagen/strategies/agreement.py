@@ -17,9 +17,9 @@ from collections import Counter
 from datagen.spec.load import LoadedSpec
 from datagen.spec.models import LabelStep
 from datagen.spec.plan import PlannedStep
-from datagen.store.connection import quote_ident as q
-from datagen.store.views import current_outputs, output_columns
-from datagen.strategies.decisions import Verdict, write_decisions
+from datagen.store import reads
+from datagen.store.decisions import replace_decisions, step_owner
+from datagen.verdict import Verdict
 
 COLUMN = "agreement"
 
@@ -46,17 +46,6 @@ def plan_agreement(loaded: LoadedSpec, loc: tuple, step: LabelStep, input_cols: 
         raise loaded.error(loc + ("agreement",), f"agreement adds an `{COLUMN}` column, which this step's rows "
                                                  "already have; rename that column")
     return {COLUMN: "DOUBLE"}
-
-
-def view_sql(st: PlannedStep, vote: bool | None = None) -> str:
-    """The label view plus `agreement` (from this step's decisions); with `vote`, only the kept row per input."""
-    vote = (st.spec.vote == "majority") if vote is None else vote
-    inherited = [f"p.{q(c)}" for c in st.input_columns if not c.startswith("_")]
-    produced = output_columns(st, skip=(COLUMN,))
-    cols = inherited + produced[:-6] + [f"d.score AS {q(COLUMN)}"] + produced[-6:]
-    return (f"SELECT {', '.join(cols)} FROM outputs o JOIN {q(st.input)} p ON o._parent_id = p._id "
-            f"LEFT JOIN decisions d ON d.row_id = o._id AND d.stage = '{st.name}' "
-            f"WHERE {current_outputs(st)}" + (" AND d.kept" if vote else ""))
 
 
 def extract(pattern: re.Pattern, text) -> str | None:
@@ -98,10 +87,10 @@ def decide(con, st: PlannedStep) -> None:
     spec = st.spec.agreement
     pattern = re.compile(spec.extract)
     order = {name: i for i, name in enumerate(st.teachers)}
-    rows = con.execute(f"SELECT _id, _parent_id, _teacher, _sample_index, {q(spec.column)} "
-                       f"FROM ({view_sql(st, vote=False)})").fetchall()
+    rows = reads.all_step_rows(con, st.view, ["_id", "_parent_id", "_teacher", "_sample_index", spec.column])
+    rows.sort(key=lambda r: (order.get(r["_teacher"], len(order)), r["_sample_index"], r["_id"]))
     groups: dict[str, list[dict]] = {}
-    for rid, parent, teacher, index, value in sorted(rows, key=lambda r: (order.get(r[2], len(order)), r[3], r[0])):
-        groups.setdefault(parent, []).append({"_id": rid, "answer": extract(pattern, value)})
+    for r in rows:
+        groups.setdefault(r["_parent_id"], []).append({"_id": r["_id"], "answer": extract(pattern, r[spec.column])})
     verdicts = [v for group in groups.values() for v in judge_input(group, st.spec.vote == "majority")]
-    write_decisions(con, st.name, verdicts)
+    replace_decisions(con, step_owner(st.name), [(st.name, rid, v) for rid, v in verdicts])

@@ -17,29 +17,70 @@ from __future__ import annotations
 
 from typing import Callable
 
-import duckdb
-
 from datagen.errors import UserError
 from datagen.keys import request_key
 from datagen.spec.models import ExpandStep
-from datagen.spec.plan import Plan, PlannedStep
-from datagen.templates import TemplateFailed
-from datagen.store.connection import quote_ident
-from datagen.store.views import current_outputs, output_columns
-from datagen.store.writes import insert_pending
+from datagen.spec.plan import (Plan, PlannedStep, check_template, columns_of, produced_columns, step_teachers,
+                               step_view)
+from datagen.store import reads
+from datagen.store.decisions import drop_reasons, replace_decisions, step_owner
 from datagen.strategies import label
-from datagen.strategies.decisions import Verdict, write_decisions
+from datagen.strategies.base import Job, PlannedRequest, Round
 from datagen.strategies.novelty import NoveltyIndex
+from datagen.templates import TemplateFailed
+from datagen.verdict import Verdict
 
 
-def view_sql(st: PlannedStep) -> str:
-    """The accepted candidates of the current spec's rounds."""
-    return (f"SELECT {', '.join(output_columns(st))} FROM outputs o WHERE {current_outputs(st)} "
-            f"AND o._id IN (SELECT row_id FROM decisions WHERE stage = '{st.name}' AND kept)")
+def plan(loaded, plan, shape, i: int, step: ExpandStep) -> PlannedStep:
+    loc = ("steps", i)
+    names = step_teachers(loaded, loc, step)
+    if step.n != 1:
+        raise loaded.error(loc + ("n",), "an expand step sends `batch` requests per round, each with its own demos; "
+                                         "remove `n` (or set it to 1)")
+    demos = step.demos
+    if demos.as_ == "turns":
+        raise loaded.error(loc + ("demos", "as"), "an expand step shows its demos inside the prompt: remove "
+                                                  "`as: turns` and loop over `demos` in the prompt template")
+    demo_cols = columns_of(shape, demos.from_)
+    shown = ", ".join(c for c in demo_cols if not c.startswith("_"))
+    if demos.include_generated and step.output not in demo_cols:
+        raise loaded.error(loc + ("output",), f"with include_generated, new items are shown as demos beside the rows "
+                                              f"of `{demos.from_}`, so `output` must be one of its columns: {shown}")
+    if step.novelty is not None:
+        nov = step.novelty
+        column = nov.column or step.output
+        if column not in demo_cols:
+            key = "column" if nov.column else None
+            raise loaded.error(loc + ("novelty",) + ((key,) if key else ()),
+                               f"novelty compares new items with `{demos.from_}`'s `{column}` column, which it does "
+                               f"not have; set novelty.column to one of: {shown}")
+        if nov.max_rouge_l is None and nov.max_cosine is None:
+            raise loaded.error(loc + ("novelty",), "novelty needs max_rouge_l (e.g. 0.7) and/or max_cosine "
+                                                   "(e.g. 0.9)")
+        if nov.max_cosine is not None:
+            from datagen.bundled import model_identity
+
+            try:
+                model_identity(nov.model, loaded.dir)
+            except ValueError as exc:
+                raise loaded.error(loc + ("novelty", "model"), str(exc)) from None
+    context = {"demos"}
+    check_template(loaded, loc + ("prompt",), step.prompt, context, step.name)
+    if step.system:
+        check_template(loaded, loc + ("system",), step.system, context, step.name)
+    produced = produced_columns(loaded, loc, step.output, None)
+    # the view holds the accepted candidates of the current spec's rounds
+    view = step_view(step, None, [], produced, decisions=step.name, kept_only=True)
+    return PlannedStep(step, i, None, [], produced, names, view)
+
+
+def describe(st: PlannedStep) -> str:
+    s = st.spec
+    return f"from {s.demos.from_} (target {s.target}, at most {s.max_rounds} rounds)"
 
 
 def build_round(step: ExpandStep, round_no: int, count: int, first_index: int, pool: list[dict], seed: int,
-                teacher_name: str, identity: dict, sampling: dict) -> list[label.PlannedRequest]:
+                teacher_name: str, identity: dict, sampling: dict) -> list[PlannedRequest]:
     """The requests of one round; request i draws its demos with (seed, step, round, i), so a replay draws the same."""
     out = []
     for i in range(count):
@@ -49,7 +90,7 @@ def build_round(step: ExpandStep, round_no: int, count: int, first_index: int, p
         key = request_key(step=step.name, parent_id=None, messages=messages, teacher=identity, sampling=sampling,
                           json_schema=None, logprobs=step.logprobs, sample_index=ordinal,
                           extra={"round": round_no, "index": i})
-        out.append(label.PlannedRequest(key, step.name, None, ordinal, messages, teacher_name,
+        out.append(PlannedRequest(key, step.name, None, ordinal, messages, teacher_name,
                                         [(d["_id"], "demo") for d in demo_rows]))
     return out
 
@@ -63,43 +104,55 @@ def render(step: ExpandStep, demo_rows: list[dict]) -> list[dict[str, str]]:
                         f"a new item shown as a demo has only the `{step.output}` column") from None
 
 
-def run_step(con: duckdb.DuckDBPyConnection, plan: Plan, st: PlannedStep, teachers: dict, progress, log):
-    from datagen import run as runloop
-
-    step: ExpandStep = st.spec
-    teacher_name = st.teachers[0]
-    sampling, identity = runloop.teacher_setup(plan, teacher_name, step)
-    pool = runloop.fetch_rows(con, step.demos.from_)
-    index = existing_items(con, plan, step, pool, log)
-    summary = runloop.StepSummary(step.name)
+def rounds(job: Job):
+    step: ExpandStep = job.step
+    t = job.teachers[0]
+    pool = reads.rows(job.con, step.demos.from_)
+    index = existing_items(job.con, job.plan, step, pool, job.log)
     accepted: list[dict] = []  # accepted items as demo rows: `_id` and the output column
-    keys: list[str] = []
+    verdicts: list[tuple[str, Verdict]] = []
+    planned = 0
     for round_no in range(step.max_rounds):
         missing = step.target - len(accepted)
         if missing <= 0:
             break
         demo_pool = pool + accepted if step.demos.include_generated else pool
-        reqs = build_round(step, round_no, min(missing, step.batch), summary.planned, demo_pool, plan.spec.seed,
-                           teacher_name, identity, sampling)
-        keys += [r.key for r in reqs]
-        insert_pending(con, step.name, reqs, keys)
-        finished = finished_keys(con, [r.key for r in reqs])
-        todo = [r for r in reqs if r.key not in finished]
-        summary.planned += len(reqs)
-        summary.cached += len(reqs) - len(todo)
-        runloop.generate(con, plan, st, teacher_name, todo, teachers, summary, None, log)
-        new = judge_round(con, step, index, reqs)
+        reqs = build_round(step, round_no, min(missing, step.batch), planned, demo_pool, job.seed, t.name,
+                           t.identity, t.sampling)
+        planned += len(reqs)
+        yield Round(reqs, retry_failed=False)
+        judged = judge_round(job.con, index, reqs)
+        verdicts += judged
+        # every verdict so far, so the view holds what is accepted while later rounds run
+        replace_decisions(job.con, step_owner(step.name), [(step.name, rid, v) for rid, v, _ in verdicts])
+        new = [(rid, text) for rid, v, text in judged if v.kept]
         accepted += [{"_id": rid, step.output: text} for rid, text in new]
-        if progress:
-            progress(step.name, len(accepted), step.target)
-        log(f"{step.name}: round {round_no + 1}: {len(reqs)} requested ({len(todo)} sent), {len(new)} accepted, "
-            f"{len(accepted)} of {step.target}")
+        job.log(f"{step.name}: round {round_no + 1}: {len(reqs)} requested, {len(new)} accepted, "
+                f"{len(accepted)} of {step.target}")
     if len(accepted) < step.target:
-        log(f"{step.name}: stopped after max_rounds ({step.max_rounds}) with {len(accepted)} of {step.target} items; "
-            f"see the rejections: select reason, count(*) from decisions where stage = '{step.name}' group by 1")
-    if summary.generated or summary.failed:
-        runloop.check_budget(step, summary, final=True)
-    return summary
+        job.log(f"{step.name}: stopped after max_rounds ({step.max_rounds}) with {len(accepted)} of {step.target} "
+                f"items; see the rejections: select reason, count(*) from decisions where stage = '{step.name}' "
+                "group by 1")
+
+
+def json_schema(step) -> None:
+    return None
+
+
+def parse(step, text: str, req) -> tuple[dict, None]:
+    return {}, None
+
+
+def finish(job: Job) -> None:
+    pass  # the rounds judged and recorded every candidate as they went
+
+
+def card_notes(step: ExpandStep) -> list[str]:
+    nov = step.novelty
+    checks = [f"ROUGE-L < {nov.max_rouge_l}" if nov and nov.max_rouge_l else "",
+              f"cosine < {nov.max_cosine}" if nov and nov.max_cosine else ""]
+    kept = " and ".join(c for c in checks if c) or "not an exact duplicate"
+    return [f"self-instruct expansion to {step.target} new items (kept when {kept})"]
 
 
 def existing_items(con, plan: Plan, step: ExpandStep, pool: list[dict], log: Callable[[str], None]) -> NoveltyIndex:
@@ -108,7 +161,7 @@ def existing_items(con, plan: Plan, step: ExpandStep, pool: list[dict], log: Cal
     column = (nov.column if nov and nov.column else None) or step.output
     embed = None
     if nov is not None and nov.max_cosine is not None:
-        from curation.embed import embed as embed_texts
+        from datagen.embed import embed as embed_texts
 
         def embed(texts: list[str], ids: list[str]):
             return embed_texts(con, texts, ids, nov.model, plan.loaded.dir, log)
@@ -119,18 +172,11 @@ def existing_items(con, plan: Plan, step: ExpandStep, pool: list[dict], log: Cal
     return index
 
 
-def finished_keys(con, keys: list[str]) -> set[str]:
-    rows = con.execute("SELECT key FROM requests WHERE key IN (SELECT unnest(?)) AND status IN ('done', 'failed')",
-                       [keys]).fetchall()
-    return {k for (k,) in rows}
-
-
-def judge_round(con, step: ExpandStep, index: NoveltyIndex, reqs: list) -> list[tuple[str, str]]:
-    """Judge the round's replies in request order, record every verdict, and return the accepted (id, text)."""
-    order = {r.key: i for i, r in enumerate(reqs)}
-    got = con.execute("SELECT key, _id, text, _finish_reason FROM outputs WHERE key IN (SELECT unnest(?))",
-                      [list(order)]).fetchall()
-    got.sort(key=lambda g: order[g[0]])
+def judge_round(con, index: NoveltyIndex, reqs: list) -> list[tuple[str, Verdict, str]]:
+    """Judge the round's replies in request order: (row id, verdict, text) each."""
+    replies = reads.outputs_of(con, [r.key for r in reqs])
+    got = [(r.key, replies[r.key]["_id"], replies[r.key]["text"], replies[r.key]["finish_reason"])
+           for r in reqs if r.key in replies]
     texts = [(t or "").strip() for _, _, t, _ in got]
     vectors = None
     if index.embed is not None:
@@ -138,29 +184,25 @@ def judge_round(con, step: ExpandStep, index: NoveltyIndex, reqs: list) -> list[
         if live:
             block = index.embed([texts[i] for i in live], [got[i][1] for i in live])
             vectors = dict(zip(live, block))
-    verdicts: list[tuple[str, Verdict]] = []
-    new: list[tuple[str, str]] = []
+    out: list[tuple[str, Verdict, str]] = []
     for i, (_, rid, _, finish) in enumerate(got):
         if finish == "length":
             verdict = Verdict(False, "truncated: the reply hit max_tokens")
         else:
             verdict = index.check(texts[i], vectors.get(i) if vectors else None)
-        verdicts.append((rid, verdict))
+        out.append((rid, verdict, texts[i]))
         if verdict.kept:
             index.add_many([rid], [texts[i]], vectors[i][None, :] if vectors and i in vectors else None)
-            new.append((rid, texts[i]))
-    write_decisions(con, step.name, verdicts)
-    return new
+    return out
 
 
-def status_lines(con, step: ExpandStep) -> list[str]:
+def status_lines(con, st: PlannedStep) -> list[str]:
     """For `datagen status`: accepted against target, and the commonest rejection reasons."""
-    name = quote_ident(step.name)
-    accepted = con.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
-    reasons = con.execute(
-        f"SELECT regexp_replace(reason, ' [0-9.]+ >=', ' >='), count(*) AS n FROM decisions "
-        f"WHERE stage = ? AND NOT kept AND row_id IN (SELECT _id FROM outputs o WHERE o.step = ? AND o.key IN "
-        f"(SELECT key FROM _plan WHERE step = ?)) GROUP BY 1 ORDER BY n DESC", [step.name] * 3).fetchall()
+    step = st.spec
+    accepted = reads.count(con, step.name)
+    if accepted is None:  # the step's view is not there yet (the spec changed since the last run)
+        return []
+    reasons = drop_reasons(con, step.name, row_ids_of_step=step.name)
     lines = [f"  accepted {accepted} of target {step.target}; rejected {sum(n for _, n in reasons)}"]
     lines += [f"    {n} x {reason}" for reason, n in reasons]
     return lines

@@ -25,7 +25,92 @@ from typing import Any
 from datagen import templates
 from datagen.keys import request_key
 from datagen.spec.models import JudgeStep
-from datagen.strategies.label import PlannedRequest, public
+from datagen.spec.plan import PlannedStep, check_clash, check_template, columns_of, step_teachers, step_view
+from datagen.store import reads
+from datagen.store.decisions import derived_counts
+from datagen.strategies import pairs
+from datagen.strategies.base import Job, PlannedRequest, Round
+from datagen.strategies.label import public
+
+JUDGE_VARIABLES = {"rubric", "task", "response", "low", "high"}
+PAIRWISE_VARIABLES = {"rubric", "task", "response_a", "response_b"}
+
+
+def plan(loaded, plan, shape, i: int, step: JudgeStep) -> PlannedStep:
+    """A judge reads an earlier generation step's rows: the prompt each row answered (its stored request) and its
+    output are what it sees, and they become a preference pair's prompt and sides."""
+    loc = ("steps", i)
+    names = step_teachers(loaded, loc, step)
+    judged = {s.name: s for s in plan.steps}.get(step.input)
+    if judged is None:
+        raise loaded.error(loc + ("input",), f"a judge reads an earlier generation step's rows (their prompt and "
+                                             f"output are what it judges); `{step.input}` is a source: label it in a "
+                                             "step first and judge that step")
+    if not judged.output_is_text:
+        raise loaded.error(loc + ("input",), f"`{step.input}` is itself a judge of scores or verdicts; judge the "
+                                             "step that wrote the answers")
+    if step.verdict_format == "json" and loaded.spec.teachers[step.teacher].backend == "transformers":
+        raise loaded.error(loc + ("verdict_format",), "a JSON verdict needs structured output: a `vllm` or `openai` "
+                                                      "teacher; use `verdict_format: text` with transformers")
+    input_cols = columns_of(shape, step.input)
+    produced = produced_columns(step)
+    check_clash(loaded, loc, produced, input_cols, step.input)
+    context = set(input_cols) | (PAIRWISE_VARIABLES if step.pairwise else JUDGE_VARIABLES)
+    check_template(loaded, loc + ("rubric",), step.rubric, set(input_cols), step.input)
+    if step.prompt:
+        check_template(loaded, loc + ("prompt",), step.prompt, context, step.input)
+    if step.system:
+        check_template(loaded, loc + ("system",), step.system, context, step.input)
+    view = step_view(step, step.input, input_cols, produced, output_is_text=step.revise)
+    planned = PlannedStep(step, i, step.input, input_cols, produced, names, view, output_is_text=step.revise,
+                          makes_pairs=step.pairs is not None or step.revise)
+    if not step.pairwise and not step.revise:
+        planned.score_scale = tuple(step.scale)
+    return planned
+
+
+def produced_columns(step: JudgeStep) -> dict[str, str]:
+    """score: `<output>` (a number) and `<output>_reason`; pairwise: a verdict per ordered pair (`<output>` is A, B
+    or tie, `<output>_reason`, `<output>_other`: the `_id` of the row shown as B); revise: the corrected answer."""
+    out = step.output
+    if step.revise:
+        return {out: "VARCHAR"}
+    if step.pairwise:
+        return {out: "VARCHAR", f"{out}_reason": "VARCHAR", f"{out}_other": "VARCHAR"}
+    return {out: "DOUBLE", f"{out}_reason": "VARCHAR"}
+
+
+def describe(st: PlannedStep) -> str:
+    return st.input
+
+
+def rounds(job: Job):
+    rows = reads.rows(job.con, job.st.input)
+    out: list[PlannedRequest] = []
+    for t in job.teachers:
+        out += build_requests(job.con, job.plan, job.st, rows, t.name, t.identity, t.sampling)
+    yield Round(out)
+
+
+def finish(job: Job) -> None:
+    if job.st.makes_pairs:
+        made, dropped = pairs.build_and_store(job.con, job.st)
+        job.log(f"step {job.st.name}: {made} preference pairs ({dropped} candidates without a pair, see decisions)")
+
+
+def status_lines(con, st: PlannedStep) -> list[str]:
+    return [f"    {stage}: {kept} pairs built, {dropped} dropped (reasons in `decisions`)"
+            for stage, kept, dropped in derived_counts(con, st.name)]
+
+
+def card_notes(step: JudgeStep) -> list[str]:
+    mode = "revision" if step.revise else "pairwise, both orders" if step.pairwise else \
+        f"score {step.scale[0]:g}-{step.scale[1]:g}"
+    out = [f"judge ({mode}): {step.rubric[:80]}"]
+    if step.pairs is not None:
+        out.append(f"pairs by {step.pairs.by}" + (f", min margin {step.pairs.min_margin:g}"
+                                                  if step.pairs.by == "score" else ""))
+    return out
 
 SCORE_PROMPT = """\
 You are a strict grader. Grade the response to the task below.
@@ -113,13 +198,6 @@ SCORE_RE = re.compile(r"(?i)\bscore\b[\s:=*]*" + _NUM)
 VERDICT_RE = re.compile(r"(?i)\b(?:winner|verdict|better)\b[\s:=*]*(A|B|tie)\b")
 
 
-def judged_requests(con, step_name: str) -> dict[str, list[dict]]:
-    """The request messages behind each row of a generation step: the task each row answered."""
-    got = con.execute("SELECT o._id, r.messages FROM outputs o JOIN requests r ON r.key = o.key WHERE o.step = ?",
-                      [step_name]).fetchall()
-    return {rid: json.loads(messages) for rid, messages in got}
-
-
 def task_of(messages: list[dict]) -> str:
     users = [m["content"] for m in messages if m["role"] == "user"]
     return users[-1] if users else ""
@@ -129,7 +207,7 @@ def build_requests(con, plan, st, rows: list[dict], teacher_name: str, identity:
                    sampling: dict) -> list[PlannedRequest]:
     step: JudgeStep = st.spec
     judged_output = plan.step(st.input).spec.output
-    tasks = judged_requests(con, st.input)
+    tasks = {rid: a["messages"] for rid, a in reads.answered(con, st.input).items()}
     base = {"low": _num(step.scale[0]), "high": _num(step.scale[1])}
     out: list[PlannedRequest] = []
     if step.pairwise:
@@ -175,7 +253,7 @@ def _requests(step: JudgeStep, parent_id: str, context: dict, teacher_name: str,
     return out
 
 
-def parse_reply(step: JudgeStep, text: str, req: PlannedRequest) -> tuple[dict | None, str | None]:
+def parse(step: JudgeStep, text: str, req: PlannedRequest) -> tuple[dict | None, str | None]:
     """The produced fields of one verdict, or the reason it is unusable (then the request is failed)."""
     text = (text or "").strip()
     if step.revise:

@@ -1,31 +1,77 @@
 """Labeling: the teacher writes the output for inputs you already have (y ~ pT(y | I + demos + x)).
 
-Two functions from rows to rows: `build_requests` turns input rows into chat requests (one per wanted sample), and
-`parse_reply` turns a teacher reply into the produced columns or a reason it failed.
+Functions from rows to rows: `rounds` turns the input rows into chat requests (one per wanted sample, per teacher),
+and `parse` turns a teacher reply into the produced columns or a reason it failed. With several teachers or samples
+per input, `agreement` and `vote` (agreement.py) compare their answers once the step's rows are in.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 from datagen import templates
 from datagen.keys import request_key
 from datagen.spec.models import DemosSpec, LabelStep
+from datagen.spec.plan import (PlannedStep, check_template, columns_of, produced_columns, refuse_include_generated,
+                               step_teachers, step_view)
+from datagen.store import reads
+from datagen.strategies import agreement
+from datagen.strategies.base import Job, PlannedRequest, Round
 
 
-@dataclass
-class PlannedRequest:
-    key: str
-    step: str
-    parent_id: str | None
-    sample_index: int
-    messages: list[dict[str, str]]
-    teacher: str
-    lineage: list[tuple[str, str]] = field(default_factory=list)  # (parent_id, role) besides the input
-    fields: dict[str, Any] = field(default_factory=dict)  # produced columns known before the reply (curate's meta)
+# --- plan -----------------------------------------------------------------------------------------------------
+
+
+def plan(loaded, plan, shape, i: int, step: LabelStep) -> PlannedStep:
+    planned = plan_rows(loaded, shape, i, step, several_teachers=True)
+    if step.agreement is not None or step.vote is not None:
+        loc = ("steps", i)
+        planned.produced.update(agreement.plan_agreement(loaded, loc, step, planned.input_columns, planned.produced,
+                                                         len(planned.teachers)))
+        planned.view = step_view(step, step.input, planned.input_columns, planned.produced, decisions=step.name,
+                                 kept_only=step.vote == "majority", score_column=agreement.COLUMN)
+    return planned
+
+
+def plan_rows(loaded, shape, i: int, step, several_teachers: bool = False) -> PlannedStep:
+    """The checks of a step that answers the rows of its input with a prompt (label, and self)."""
+    loc = ("steps", i)
+    refuse_include_generated(loaded, loc, step)
+    names = step_teachers(loaded, loc, step, several=several_teachers)
+    input_cols = columns_of(shape, step.input)
+    fmt = getattr(step, "response_format", None)
+    produced = produced_columns(loaded, loc, step.output, fmt)
+    for col in produced:
+        if col in input_cols:
+            where = loc + ("output",) if col == step.output else loc + ("response_format",)
+            raise loaded.error(where, f"produced column `{col}` clashes with a column `{step.input}` already has; "
+                                      "choose another name")
+    if fmt is not None and any(loaded.spec.teachers[t].backend == "transformers" for t in names):
+        raise loaded.error(loc + ("response_format",), "structured output needs a `vllm` or `openai` teacher")
+    context = set(input_cols) | {"demos"} if (step.demos and step.demos.as_ == "variable") else set(input_cols)
+    check_template(loaded, loc + ("prompt",), step.prompt, context, step.input)
+    if step.system:
+        check_template(loaded, loc + ("system",), step.system, context, step.input)
+    if step.demos is not None:
+        demo_cols = columns_of(shape, step.demos.from_)
+        for key in ("user", "assistant"):
+            col = getattr(step.demos, key)
+            if col is not None and col not in demo_cols:
+                raise loaded.error(loc + ("demos", key), f"`{col}` is not a column of `{step.demos.from_}`; "
+                                                         f"columns: {', '.join(c for c in demo_cols if c != '_id')}")
+        if step.demos.as_ == "turns" and step.demos.user is None:
+            check_template(loaded, loc + ("prompt",), step.prompt, set(demo_cols), step.demos.from_)
+    view = step_view(step, step.input, input_cols, produced)
+    return PlannedStep(step, i, step.input, input_cols, produced, names, view)
+
+
+def describe(st: PlannedStep) -> str:
+    return st.input
+
+
+# --- requests -------------------------------------------------------------------------------------------------
 
 
 def draw_demos(demos: DemosSpec, pool: list[dict], row_id: str | None, seed: int, step: str) -> list[dict]:
@@ -41,10 +87,10 @@ def public(row: dict) -> dict:
     return {k: v for k, v in row.items() if not k.startswith("_")}
 
 
-def render_messages(step: LabelStep, row: dict, demo_rows: list[dict]) -> list[dict[str, str]]:
+def render_messages(step, row: dict, demo_rows: list[dict]) -> list[dict[str, str]]:
     context = public(row)
     messages: list[dict[str, str]] = []
-    demos = getattr(step, "demos", None)  # a curate step has none
+    demos = getattr(step, "demos", None)  # a meta step has none
     as_turns = demos is not None and demos.as_ == "turns"
     if not as_turns and demos is not None:
         context["demos"] = [public(d) for d in demo_rows]
@@ -59,9 +105,8 @@ def render_messages(step: LabelStep, row: dict, demo_rows: list[dict]) -> list[d
     return messages
 
 
-def build_requests(step: LabelStep, rows: list[dict], demo_pool: list[dict] | None, seed: int,
-                   teacher_name: str, teacher_identity: dict, sampling: dict,
-                   key_extra: dict | None = None) -> list[PlannedRequest]:
+def build_requests(step, rows: list[dict], demo_pool: list[dict] | None, seed: int, teacher_name: str,
+                   teacher_identity: dict, sampling: dict, key_extra: dict | None = None) -> list[PlannedRequest]:
     fmt = getattr(step, "response_format", None)
     schema = fmt.json_schema if fmt else None
     out = []
@@ -77,12 +122,32 @@ def build_requests(step: LabelStep, rows: list[dict], demo_pool: list[dict] | No
     return out
 
 
-def parse_reply(step: LabelStep, text: str) -> tuple[dict[str, Any] | None, str | None]:
+def rounds(job: Job) -> Iterator[Round]:
+    step = job.step
+    rows = reads.rows(job.con, job.st.input)
+    demo_pool = reads.rows(job.con, step.demos.from_) if getattr(step, "demos", None) else None
+    several = len(job.teachers) > 1
+    requests = []
+    for t in job.teachers:
+        # with several teachers, the name is part of the key: two teachers on one model still get their own rows
+        extra = {"teacher": t.name} if several else None
+        requests += build_requests(step, rows, demo_pool, job.seed, t.name, t.identity, t.sampling, key_extra=extra)
+    yield Round(requests)
+
+
+# --- replies --------------------------------------------------------------------------------------------------
+
+
+def json_schema(step) -> dict | None:
+    fmt = getattr(step, "response_format", None)
+    return fmt.json_schema if fmt else None
+
+
+def parse(step, text: str, req: PlannedRequest) -> tuple[dict[str, Any] | None, str | None]:
     """Produced fields (besides the output text) or the reason the reply is unusable."""
-    fmt = getattr(step, "response_format", None)  # expand and curate steps have no structured output
-    if fmt is None:
+    schema = json_schema(step)
+    if schema is None:
         return {}, None
-    schema = fmt.json_schema
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -96,3 +161,18 @@ def parse_reply(step: LabelStep, text: str) -> tuple[dict[str, Any] | None, str 
     except jsonschema.ValidationError as exc:
         return None, f"reply does not match the schema: {exc.message}"
     return {k: value.get(k) for k in schema["properties"]}, None
+
+
+def finish(job: Job) -> None:
+    if job.step.agreement is not None:
+        agreement.decide(job.con, job.st)
+
+
+def status_lines(con, st: PlannedStep) -> list[str]:
+    return []
+
+
+def card_notes(step) -> list[str]:
+    if step.agreement is not None:
+        return [f"answer agreement on `{step.agreement.column}`" + ("; majority vote" if step.vote else "")]
+    return []

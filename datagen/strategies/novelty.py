@@ -8,7 +8,7 @@ always get the same verdicts. A candidate is rejected when
   tokens of Google's `rouge-score` package (the implementation Self-Instruct used): lower-cased ASCII letters and
   digits, no stemming, so text in other scripts has no tokens and never matches;
 - the cosine similarity of its embedding with an existing item's is at or over `max_cosine` (vectors from
-  curation/embed.py, cached in the store's `embeddings` table).
+  datagen/embed.py, cached in the store's `embeddings` table).
 The verdict names the nearest offending item (`duplicate_of`) and its similarity (`score`).
 """
 
@@ -19,8 +19,8 @@ from typing import Callable
 
 import numpy as np
 
-from curation.text import normalise
-from datagen.strategies.decisions import Verdict
+from datagen.text import normalise
+from datagen.verdict import Verdict
 
 # float tolerance, so a pair exactly on a threshold counts as at it ("at or over"); float32 vectors need a wider one
 EPS = 1e-9

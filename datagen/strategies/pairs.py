@@ -15,27 +15,26 @@ disagree, nothing changed).
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter
 from datetime import datetime, timezone
 
-from datagen.spec.plan_feedback import pairs_stage
-from datagen.store.connection import quote_ident as q
-from datagen.store.writes import transaction
+from datagen.store import reads
+from datagen.store.decisions import replace_pairs
+from datagen.verdict import Verdict
+
+
+def pairs_stage(step_name: str) -> str:
+    return f"pairs:{step_name}"
 
 
 def pair_id(step: str, chosen: str, rejected: str) -> str:
     return hashlib.sha256(f"pair\0{step}\0{chosen}\0{rejected}".encode()).hexdigest()[:20]
 
 
-def wants_pairs(step) -> bool:
-    return step.strategy == "judge" and (step.pairs is not None or step.revise)
-
-
 def build_and_store(con, st) -> tuple[int, int]:
     """Rebuild the step's pairs and their decisions; returns (pairs kept, candidates dropped)."""
     step = st.spec
-    answers = _answers(con, st.input)
+    answers = reads.answered(con, st.input)
     if step.revise:
         pairs, drops = revision_pairs(con, st, answers)
     elif step.pairwise:
@@ -44,14 +43,6 @@ def build_and_store(con, st) -> tuple[int, int]:
         pairs, drops = score_pairs(con, st, answers)
     _write(con, step.name, pairs, drops)
     return len(pairs), len(drops)
-
-
-def _answers(con, judged_step: str) -> dict[str, dict]:
-    """The judged step's rows behind the judge: id -> its input, text and the messages it answered."""
-    got = con.execute(
-        "SELECT o._id, o._parent_id, o.text, r.messages FROM outputs o JOIN requests r ON r.key = o.key "
-        "WHERE o.step = ?", [judged_step]).fetchall()
-    return {rid: {"input": parent, "text": text, "messages": messages} for rid, parent, text, messages in got}
 
 
 def _pair(step: str, by: str, chosen_id: str, rejected_id: str, answers: dict, chosen_text: str | None = None,
@@ -74,10 +65,13 @@ def _drop(row_id: str, reason: str, score: float | None = None) -> dict:
 
 def score_pairs(con, st, answers: dict) -> tuple[list[dict], list[dict]]:
     step = st.spec
-    got = con.execute(f"SELECT _parent_id, avg({q(step.output)}) FROM {q(step.name)} "
-                      f"WHERE {q(step.output)} IS NOT NULL GROUP BY 1").fetchall()
+    scores: dict[str, list[float]] = {}
+    for r in reads.rows(con, step.name, ["_parent_id", step.output]):
+        if r[step.output] is not None:
+            scores.setdefault(r["_parent_id"], []).append(float(r[step.output]))
     by_input: dict[str, list[tuple[float, str]]] = {}
-    for rid, score in got:
+    for rid, values in scores.items():
+        score = sum(values) / len(values)
         if rid in answers:
             by_input.setdefault(answers[rid]["input"], []).append((float(score), rid))
     pairs, drops = [], []
@@ -99,10 +93,10 @@ def score_pairs(con, st, answers: dict) -> tuple[list[dict], list[dict]]:
 
 def verdict_pairs(con, st, answers: dict) -> tuple[list[dict], list[dict]]:
     step = st.spec
-    out, other = q(step.output), q(f"{step.output}_other")
-    got = con.execute(f"SELECT _parent_id, {other}, {out} FROM {q(step.name)}").fetchall()
+    other = f"{step.output}_other"
     votes: dict[tuple[str, str], list[str]] = {}  # (A, B) as shown -> verdicts
-    for first, second, verdict in got:
+    for r in reads.rows(con, step.name, ["_parent_id", other, step.output]):
+        first, second, verdict = r["_parent_id"], r[other], r[step.output]
         votes.setdefault((first, second), []).append(verdict)
     pairs, drops, seen = [], [], set()
     for (a, b) in sorted(votes):
@@ -139,9 +133,10 @@ def _winner(verdicts: list[str] | None, first: str, second: str) -> str | None:
 
 def revision_pairs(con, st, answers: dict) -> tuple[list[dict], list[dict]]:
     step = st.spec
-    got = con.execute(f"SELECT _id, _parent_id, {q(step.output)} FROM {q(step.name)} ORDER BY _id").fetchall()
+    got = sorted(reads.rows(con, step.name, ["_id", "_parent_id", step.output]), key=lambda r: r["_id"])
     pairs, drops = [], []
-    for rid, original, revision in got:
+    for r in got:
+        rid, original, revision = r["_id"], r["_parent_id"], r[step.output]
         if original not in answers:
             continue
         if (revision or "").strip() == (answers[original]["text"] or "").strip():
@@ -152,25 +147,9 @@ def revision_pairs(con, st, answers: dict) -> tuple[list[dict], list[dict]]:
 
 
 def _write(con, step: str, pairs: list[dict], drops: list[dict]) -> None:
-    import pyarrow as pa
-
-    stage = pairs_stage(step)
-    decisions = [{"row_id": p["_id"], "stage": stage, "kept": True, "reason": _kept_reason(p), "score": p["margin"]}
-                 for p in pairs]
-    decisions += [{"stage": stage, "kept": False, **d} for d in drops]
-    lineage = [{"child_id": p["_id"], "parent_id": p[f"{role}_id"], "role": role}
-               for p in pairs for role in ("chosen", "rejected")]
-    for p in pairs:
-        p["prompt"] = p["prompt"] if isinstance(p["prompt"], str) else json.dumps(p["prompt"], ensure_ascii=False)
-    with transaction(con):
-        con.execute("DELETE FROM lineage WHERE child_id IN (SELECT _id FROM pairs WHERE step = ?)", [step])
-        con.execute("DELETE FROM pairs WHERE step = ?", [step])
-        con.execute("DELETE FROM decisions WHERE stage = ?", [stage])
-        for table, rows in (("pairs", pairs), ("decisions", decisions), ("lineage", lineage)):
-            if rows:
-                con.register("_pairs_batch", pa.Table.from_pylist(rows))
-                con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _pairs_batch")
-                con.unregister("_pairs_batch")
+    verdicts = [(p["_id"], Verdict(True, _kept_reason(p), p["margin"])) for p in pairs]
+    verdicts += [(d["row_id"], Verdict(False, d["reason"], d["score"])) for d in drops]
+    replace_pairs(con, step, pairs_stage(step), pairs, verdicts)
 
 
 def _kept_reason(p: dict) -> str:

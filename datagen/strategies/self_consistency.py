@@ -14,38 +14,83 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from datagen.spec.plan_feedback import self_stage
-from datagen.store.connection import quote_ident as q
-from datagen.store.writes import transaction
+from datagen.spec.models import SelfStep
+from datagen.spec.plan import PlannedStep, check_clash, step_view
+from datagen.store import reads
+from datagen.store.decisions import derived_counts, replace_decisions, step_owner
+from datagen.strategies import label
+from datagen.strategies.base import Job
+from datagen.verdict import Verdict
+
+rounds = label.rounds  # the student answers the input rows as a labeling step would
 
 
-def parse_reply(step, text: str) -> tuple[dict, None]:
+def stage(step_name: str) -> str:
+    return f"self:{step_name}"
+
+
+def plan(loaded, plan, shape, i: int, step: SelfStep) -> PlannedStep:
+    loc = ("steps", i)
+    planned = label.plan_rows(loaded, shape, i, step)
+    answer = f"{step.output}_answer"
+    check_clash(loaded, loc, {answer: "VARCHAR"}, planned.input_columns, step.input)
+    planned.produced[answer] = "VARCHAR"
+    if step.reference is not None and step.reference not in planned.input_columns:
+        cols = ", ".join(c for c in planned.input_columns if not c.startswith("_"))
+        raise loaded.error(loc + ("reference",), f"`{step.reference}` is not a column of `{step.input}`; "
+                                                 f"columns: {cols}")
+    # the view shows the kept samples; the dropped ones are in `decisions` with their reason
+    planned.view = step_view(step, step.input, planned.input_columns, planned.produced, decisions=stage(step.name),
+                             kept_only=True)
+    return planned
+
+
+def describe(st: PlannedStep) -> str:
+    return st.input
+
+
+def json_schema(step) -> None:
+    return None
+
+
+def parse(step, text: str, req) -> tuple[dict, None]:
     """A student reply is always a row; an answer that cannot be extracted is dropped later, with that reason."""
-    from curation.filters.verify_math import extract_answer
+    from datagen.answers import extract_answer
 
     return {f"{step.output}_answer": extract_answer(text or "", step.extract)}, None
+
+
+def finish(job: Job) -> None:
+    kept, dropped = decide(job.con, job.st)
+    job.log(f"step {job.st.name}: kept {kept} samples, dropped {dropped} (keep: {job.step.keep}; see decisions)")
+
+
+def status_lines(con, st: PlannedStep) -> list[str]:
+    return [f"    {stage}: {kept} samples kept, {dropped} dropped (reasons in `decisions`)"
+            for stage, kept, dropped in derived_counts(con, st.name)]
+
+
+def card_notes(step) -> list[str]:
+    return [f"keep: {step.keep}" + (f" against `{step.reference}`" if step.reference else "")]
 
 
 def decide(con, st) -> tuple[int, int]:
     """Record kept/dropped for every current sample of the step; returns (kept, dropped)."""
     step = st.spec
-    ref = f", p.{q(step.reference)}" if step.keep == "verified" else ", NULL"
-    got = con.execute(
-        f"SELECT o._id, o._parent_id, json_extract_string(o.fields, '$.\"{step.output}_answer\"'){ref} "
-        f"FROM outputs o JOIN {q(st.input)} p ON p._id = o._parent_id "
-        f"WHERE o.step = ? AND o.key IN (SELECT key FROM _plan WHERE step = ?) ORDER BY o._parent_id, o._sample_index",
-        [step.name, step.name]).fetchall()
+    answer = f"{step.output}_answer"
+    cols = ["_id", "_parent_id", answer] + ([step.reference] if step.keep == "verified" else [])
+    got = reads.all_step_rows(con, st.view, cols)
     if step.keep == "majority":
-        verdicts = majority([(rid, parent, answer) for rid, parent, answer, _ in got])
+        verdicts = majority([(r["_id"], r["_parent_id"], r[answer]) for r in got])
     else:
-        verdicts = verified([(rid, answer, reference) for rid, _, answer, reference in got])
-    _write(con, self_stage(step.name), verdicts)
-    kept = sum(1 for v in verdicts if v["kept"])
+        verdicts = verified([(r["_id"], r[answer], r[step.reference]) for r in got])
+    replace_decisions(con, step_owner(step.name), [(stage(step.name), rid, v) for rid, v in verdicts])
+    kept = sum(1 for _, v in verdicts if v.kept)
     return kept, len(verdicts) - kept
 
 
-def majority(samples: list[tuple[str, str, str | None]]) -> list[dict]:
-    from curation.filters.verify_math import same_answer
+def majority(samples: list[tuple[str, str, str | None]]) -> list[tuple[str, Verdict]]:
+    from datagen.answers import same_answer
 
     by_input: dict[str, list[tuple[str, str | None]]] = defaultdict(list)
     for rid, parent, answer in samples:
@@ -82,8 +127,8 @@ def _majority_verdict(rid, answer, top, clusters, n, tied) -> dict:
                                 f"({len(top[1])} of {n})", share)
 
 
-def verified(samples: list[tuple[str, str | None, object]]) -> list[dict]:
-    from curation.filters.verify_math import extract_answer, same_answer
+def verified(samples: list[tuple[str, str | None, object]]) -> list[tuple[str, Verdict]]:
+    from datagen.answers import extract_answer, same_answer
 
     out = []
     for rid, answer, reference in samples:
@@ -99,17 +144,5 @@ def verified(samples: list[tuple[str, str | None, object]]) -> list[dict]:
     return out
 
 
-def _verdict(rid: str, kept: bool, reason: str, score: float | None) -> dict:
-    return {"row_id": rid, "kept": kept, "reason": reason, "score": score}
-
-
-def _write(con, stage: str, verdicts: list[dict]) -> None:
-    import pyarrow as pa
-
-    rows = [{**v, "stage": stage} for v in verdicts]
-    with transaction(con):
-        con.execute("DELETE FROM decisions WHERE stage = ?", [stage])
-        if rows:
-            con.register("_self_batch", pa.Table.from_pylist(rows))
-            con.execute("INSERT INTO decisions BY NAME SELECT * FROM _self_batch")
-            con.unregister("_self_batch")
+def _verdict(rid: str, kept: bool, reason: str, score: float | None) -> tuple[str, Verdict]:
+    return rid, Verdict(kept, reason, score)

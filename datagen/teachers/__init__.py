@@ -13,10 +13,12 @@ def teacher_identity(spec, spec_dir) -> dict:
     from datagen.bundled import model_identity
 
     if spec.backend == "openai":
-        return {"backend": "openai", "model": spec.model, "base_url": spec.base_url}
+        # several servers serve the same model: their order does not change what comes back
+        urls = sorted(spec.base_url) if isinstance(spec.base_url, list) else spec.base_url
+        return {"backend": "openai", "model": spec.model, "base_url": urls}
     identity = {"backend": spec.backend, "model": model_identity(spec.model, spec_dir)}
     if not spec.model.startswith("bundled:") and Path(identity["model"]).is_dir():
-        from datagen.teachers.student import folder_fingerprint
+        from datagen.teachers.fingerprint import folder_fingerprint
 
         identity["weights"] = folder_fingerprint(identity["model"])  # a retrained student must regenerate
     return identity
@@ -46,4 +48,4 @@ def make_teacher(name: str, spec, spec_dir, seed: int):
         return VLLMTeacher(name, str(path), {**spec.engine.model_dump(), "seed": seed})
     from datagen.teachers.transformers_teacher import TransformersTeacher
 
-    return TransformersTeacher(name, str(path), device=spec.device)
+    return TransformersTeacher(name, str(path), device=spec.device, batch_size=spec.batch_size)

@@ -1,14 +1,15 @@
 """The one small interface every teacher backend implements.
 
-A teacher takes chat requests that share sampling parameters and returns, per requested sample, the text, the finish
-reason, token counts and (when asked) the top-k log-probabilities of every output token. A sample that could not be
-produced is returned with ``error`` set; it never raises for one bad reply, so the run goes on.
+A teacher takes chat requests that share sampling parameters and streams back, per request, one sample per wanted
+key: the text, the finish reason, token counts and (when asked) the top-k log-probabilities of every output token.
+A sample that could not be produced comes back with ``error`` set; a teacher never raises for one bad reply, so the
+run goes on.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 
 @dataclass
@@ -32,6 +33,7 @@ class Sample:
     logprobs: list[TokenLogprobs] | None = None
     error: str | None = None  # set when the sample failed; then text is None
     seconds: float | None = None
+    worker: str | None = None  # which server or engine replica made it
 
 
 @dataclass
@@ -68,20 +70,25 @@ class GenOptions:
     json_schema: dict[str, Any] | None = None  # structured output
 
 
+Finished = list[tuple[int, list[Sample]]]  # (index into the requests, one Sample per key) for each finished request
+
+
 class Teacher(Protocol):
     name: str
 
-    def generate(self, requests: list[GenRequest], options: GenOptions) -> list[list[Sample]]:
-        """Return, for each request, one Sample per key, in order."""
+    def stream(self, requests: list[GenRequest], options: GenOptions) -> Iterator[Finished]:
+        """Generate every request, yielding what finished since the last yield (possibly nothing) at least every
+        second or so, so the caller can commit as it goes. Every request comes back exactly once. Closing the
+        iterator early (Ctrl-C, the caller's error) cancels what is in flight."""
         ...
 
     def close(self) -> None: ...
 
 
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during `generate`: in-flight requests were cancelled; `partial` holds, per request and key, the samples
-    that had finished (None where a sample had not), so the run loop can keep them before it stops."""
-
-    def __init__(self, partial: list[list[Sample | None]]):
-        super().__init__()
-        self.partial = partial
+def generate(teacher: Teacher, requests: list[GenRequest], options: GenOptions) -> list[list[Sample]]:
+    """All of a stream at once: for each request, its samples (for callers that need no streaming)."""
+    results: list[list[Sample] | None] = [None] * len(requests)
+    for finished in teacher.stream(requests, options):
+        for i, samples in finished:
+            results[i] = samples
+    return results  # type: ignore[return-value]

@@ -4,8 +4,12 @@ One HTTP request per sample (not every server supports `n`), bounded concurrency
 and jitter on 429, 5xx, timeouts and dropped connections, `Retry-After` honoured. A sample that still fails after
 `max_attempts` comes back with its last error; it never raises, so the run goes on. `timeout_s` bounds each attempt
 as a whole (a server that trickles bytes cannot hold a request forever). Error texts never contain the API key, even
-when a server echoes it back. On Ctrl-C the in-flight requests are cancelled and the samples that had finished come
-back in `Interrupted.partial`, so the run loop can keep them.
+when a server echoes it back.
+
+Replies stream back as they finish: the teacher runs its own event loop between yields, keeping `max_concurrency`
+requests in flight. Ctrl-C and SIGTERM cancel what is in flight at once (the loop's own signal handlers wake it even
+when the OS hands the signal to another thread) and raise KeyboardInterrupt / Terminated in the caller, which has
+already been handed everything that finished.
 """
 
 from __future__ import annotations
@@ -20,18 +24,21 @@ from typing import Any
 
 import httpx
 
-from datagen.teachers.base import GenOptions, GenRequest, Interrupted, Sample, TokenLogprobs
+from datagen.errors import Terminated
+from datagen.teachers.base import GenOptions, GenRequest, Sample, TokenLogprobs
 from datagen.teachers.ratelimit import RateLimiter
+from datagen.teachers.servers import ServerPool
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+HEARTBEAT_SECONDS = 1.0  # the stream yields at least this often, even with nothing finished, so the caller can commit
 
 
 class OpenAITeacher:
-    def __init__(self, name: str, *, base_url: str, model: str, api_key: str | None, max_concurrency: int = 16,
+    def __init__(self, name: str, *, base_url: str | list[str], model: str, api_key: str | None, max_concurrency: int = 16,
                  timeout_s: float = 120, max_attempts: int = 4, requests_per_minute: int | None = None,
                  tokens_per_minute: int | None = None, backoff_base_s: float = 0.5, backoff_max_s: float = 30):
         self.name = name
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.servers = ServerPool(base_url if isinstance(base_url, list) else [base_url])
         self.model = model
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._secret = api_key or None
@@ -42,44 +49,52 @@ class OpenAITeacher:
         self.backoff_max_s = backoff_max_s
         self.limiter = RateLimiter(requests_per_minute, tokens_per_minute)
 
-    def generate(self, requests: list[GenRequest], options: GenOptions) -> list[list[Sample]]:
-        finished: dict[tuple[int, int], Sample] = {}
+    def stream(self, requests: list[GenRequest], options: GenOptions):
+        """One HTTP request per sample, `max_concurrency` in flight; yields what finished (see base.Teacher)."""
+        jobs = iter([(i, j, index) for i, r in enumerate(requests)
+                     for j, index in enumerate(r.sample_indices or range(len(r.keys)))])
+        got: dict[int, dict[int, Sample]] = {}
+        for i, r in enumerate(requests):
+            if not r.keys:
+                got[i] = {}
+        loop = asyncio.new_event_loop()
+        client = loop.run_until_complete(self._client())
+        signals = _Signals(loop)
+        inflight: dict[asyncio.Task, tuple[int, int]] = {}
         try:
-            return asyncio.run(self._generate(requests, options, finished))
-        except KeyboardInterrupt:
-            raise Interrupted([[finished.get((i, j)) for j in range(len(r.keys))]
-                               for i, r in enumerate(requests)]) from None
+            ready = [(i, []) for i in list(got) if not requests[i].keys]
+            for i, _ in ready:
+                got.pop(i)
+            while True:
+                for i, j, index in _take(jobs, self.max_concurrency - len(inflight)):
+                    task = loop.create_task(self._sample(client, requests[i], index, options))
+                    inflight[task] = (i, j)
+                if not inflight:
+                    break
+                waiter = loop.create_task(asyncio.wait(list(inflight), timeout=HEARTBEAT_SECONDS,
+                                                       return_when=asyncio.FIRST_COMPLETED))
+                done, _ = signals.run(waiter)
+                for task in done:
+                    i, j = inflight.pop(task)
+                    got.setdefault(i, {})[j] = task.result()
+                    if len(got[i]) == len(requests[i].keys):
+                        samples = got.pop(i)
+                        ready.append((i, [samples[k] for k in range(len(samples))]))
+                yield ready
+                ready = []
+            if ready:
+                yield ready
+        finally:
+            signals.remove()
+            loop.run_until_complete(_cancel_all(list(inflight), client))
+            loop.close()
 
     def close(self) -> None:
-        pass
+        pass  # each stream opens and closes its own client
 
-    async def _generate(self, requests: list[GenRequest], options: GenOptions,
-                        finished: dict[tuple[int, int], Sample]) -> list[list[Sample]]:
+    async def _client(self) -> httpx.AsyncClient:
         limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
-        semaphore = asyncio.Semaphore(self.max_concurrency)
-        async with httpx.AsyncClient(timeout=self.timeout_s, limits=limits, headers=self._headers) as client:
-            async def one(i: int, j: int, req: GenRequest, index: int) -> Sample:
-                async with semaphore:
-                    sample = await self._sample(client, req, index, options)
-                finished[(i, j)] = sample
-                return sample
-
-            tasks = [[asyncio.create_task(one(i, j, r, idx))
-                      for j, idx in enumerate(r.sample_indices or range(len(r.keys)))]
-                     for i, r in enumerate(requests)]
-            interrupted = _cancel_on_sigint()
-            try:
-                return [[await t for t in group] for group in tasks]
-            except BaseException:  # Ctrl-C (the loop cancels us): cancel what is in flight, let it unwind
-                pending = [t for group in tasks for t in group if not t.done()]
-                for t in pending:
-                    t.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
-                if interrupted.is_set():
-                    raise KeyboardInterrupt from None
-                raise
-            finally:
-                _restore_sigint()
+        return httpx.AsyncClient(timeout=self.timeout_s, limits=limits, headers=self._headers)
 
     def payload(self, req: GenRequest, sample_index: int, options: GenOptions) -> dict[str, Any]:
         s = options.sampling
@@ -107,17 +122,22 @@ class OpenAITeacher:
         for attempt in range(1, self.max_attempts + 1):
             await self.limiter.acquire(estimate)
             retry_after: float | None = None
+            server = await self.servers.acquire()
+            server_ok = False
             try:
-                resp = await asyncio.wait_for(client.post(self.url, json=body), self.timeout_s)
+                resp = await asyncio.wait_for(client.post(server.url, json=body), self.timeout_s)
             except asyncio.TimeoutError:
                 last_error = f"timed out after {self.timeout_s:g} s"
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             else:
+                # a 4xx other than a rate limit is the request's fault, not the server's
+                server_ok = resp.status_code == 200 or resp.status_code not in RETRY_STATUS
                 if resp.status_code == 200:
                     sample = _parse_response(resp)
                     if sample.error is None:
                         sample.seconds = time.monotonic() - start
+                        sample.worker = server.label
                         return sample
                     last_error = sample.error  # a garbled 200 (cut-off JSON) is worth another try
                 else:
@@ -127,6 +147,8 @@ class OpenAITeacher:
                     retry_after = _retry_after(resp)
                     if retry_after is not None:
                         self.limiter.pause(min(retry_after, self.backoff_max_s * 4))
+            finally:
+                self.servers.release(server, server_ok)
             if attempt < self.max_attempts:
                 await asyncio.sleep(self._backoff(attempt, retry_after))
         error = f"{last_error} (after {attempt} attempt{'s' if attempt > 1 else ''})"
@@ -143,31 +165,70 @@ class OpenAITeacher:
         return random.uniform(ceiling / 2, ceiling)  # jitter spreads retries so they do not arrive in a burst
 
 
-def _cancel_on_sigint() -> asyncio.Event:
-    """Ctrl-C cancels the running task through the loop's own signal handler, which also wakes the loop.
-
-    Python's default handler only runs when the main thread runs bytecode. When the OS hands SIGINT to another
-    thread (DuckDB's, the resolver's) while every request in flight is waiting on a slow server, the main thread
-    sleeps in the selector until a reply comes, which can be minutes. The loop's handler wakes it at once.
-    """
-    loop, task, interrupted = asyncio.get_running_loop(), asyncio.current_task(), asyncio.Event()
-
-    def on_sigint() -> None:
-        interrupted.set()
+async def _cancel_all(tasks: list[asyncio.Task], client: httpx.AsyncClient) -> None:
+    for task in tasks:
         task.cancel()
-
-    try:
-        loop.add_signal_handler(signal.SIGINT, on_sigint)
-    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no unix signals
-        pass
-    return interrupted
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await client.aclose()
 
 
-def _restore_sigint() -> None:
-    try:
-        asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)  # back to the default KeyboardInterrupt
-    except (NotImplementedError, RuntimeError, ValueError):
-        pass
+def _take(it, n: int) -> list:
+    out = []
+    for _ in range(max(0, n)):
+        item = next(it, None)
+        if item is None:
+            break
+        out.append(item)
+    return out
+
+
+class _Signals:
+    """Ctrl-C and SIGTERM cancel the loop's current wait through the loop's own signal handlers, which also wake it.
+
+    Python's default handlers only run when the main thread runs bytecode. When the OS hands the signal to another
+    thread (DuckDB's, the resolver's) while every request in flight is waiting on a slow server, the main thread
+    sleeps in the selector until a reply comes, which can be minutes. The loop's handlers wake it at once. The
+    handlers that were there before (the CLI's SIGTERM handler) are put back afterwards.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.waiter: asyncio.Task | None = None
+        self.received: int | None = None
+        self.previous: dict[int, object] = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous = signal.getsignal(sig)
+                loop.add_signal_handler(sig, self._on_signal, sig)
+                self.previous[sig] = previous
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no unix signals
+                pass
+
+    def _on_signal(self, sig: int) -> None:
+        self.received = sig
+        if self.waiter is not None:
+            self.waiter.cancel()
+
+    def run(self, waiter: asyncio.Task):
+        self.waiter = waiter
+        try:
+            if self.received is not None:  # a signal came while the caller had the stream's last yield
+                waiter.cancel()
+            return self.loop.run_until_complete(waiter)
+        except asyncio.CancelledError:
+            if self.received is None:
+                raise
+        finally:
+            self.waiter = None
+        raise Terminated() if self.received == signal.SIGTERM else KeyboardInterrupt()
+
+    def remove(self) -> None:
+        for sig, previous in self.previous.items():
+            try:
+                self.loop.remove_signal_handler(sig)
+                signal.signal(sig, previous)
+            except (NotImplementedError, RuntimeError, ValueError, TypeError):
+                pass
 
 
 def _retry_after(resp: httpx.Response) -> float | None:

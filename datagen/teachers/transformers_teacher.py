@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import time
 from itertools import groupby
+from typing import Iterator
 
 from datagen.teachers.base import GenOptions, GenRequest, Sample, Sampling, TokenLogprobs
 
@@ -15,10 +16,11 @@ BATCH_SIZE = 16  # sequences per `generate` call (prompts x samples per prompt)
 
 
 class TransformersTeacher:
-    def __init__(self, name: str, model_path: str, device: str = "cpu"):
+    def __init__(self, name: str, model_path: str, device: str = "cpu", batch_size: int = BATCH_SIZE):
         self.name = name
         self.model_path = model_path
         self.device = device
+        self.batch_size = batch_size
         self._model = None
         self._tokenizer = None
 
@@ -37,27 +39,24 @@ class TransformersTeacher:
             self._tokenizer = tok
         return self._model, self._tokenizer
 
-    def generate(self, requests: list[GenRequest], options: GenOptions) -> list[list[Sample]]:
+    def stream(self, requests: list[GenRequest], options: GenOptions) -> Iterator[list[tuple[int, list[Sample]]]]:
+        """Batches of `generate` calls; each batch's requests come back when it ends (see base.Teacher)."""
         if options.json_schema is not None:
             raise ValueError("structured output needs backend vllm or openai")
         s = options.sampling
         if s.presence_penalty is not None or s.frequency_penalty is not None:
             raise ValueError("presence_penalty and frequency_penalty need backend vllm or openai")
-        results: list[list[Sample] | None] = [None] * len(requests)
         # num_return_sequences is one number per `generate` call, so batch requests that want the same count.
         order = sorted(range(len(requests)), key=lambda i: len(requests[i].keys))
         for n, group in groupby(order, key=lambda i: len(requests[i].keys)):
             group = list(group)
             if n == 0:
-                for i in group:
-                    results[i] = []
+                yield [(i, []) for i in group]
                 continue
-            per_batch = max(1, BATCH_SIZE // n)
+            per_batch = max(1, self.batch_size // n)
             for start in range(0, len(group), per_batch):
                 idx = group[start : start + per_batch]
-                for i, samples in zip(idx, self._generate_isolated([requests[i] for i in idx], n, options)):
-                    results[i] = samples
-        return results  # type: ignore[return-value]
+                yield list(zip(idx, self._generate_isolated([requests[i] for i in idx], n, options)))
 
     def _generate_isolated(self, requests: list[GenRequest], n: int, options: GenOptions) -> list[list[Sample]]:
         """One batch; if it fails, retry each request alone so one bad prompt fails only its own samples."""

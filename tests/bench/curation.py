@@ -55,10 +55,10 @@ curation:
 
 
 def run_pipeline(work: Path, rows: list[dict], pairs, select_n: int) -> dict:
-    from curation.embed import embed, load_model
+    from datagen.embed import embed, load_model
     from curation.run import run_curation
     from datagen.spec.load import load_spec
-    from datagen.spec.plan import build_plan
+    from datagen.api import plan as build_plan
     from datagen.store.connection import open_store
     from datagen.store.views import sync_sources
 
@@ -117,7 +117,7 @@ def time_ivf(store: str) -> tuple[float, float]:
 # --- the comparisons, each in its own process ------------------------------------------------------------------
 
 def load_vectors(store: str, limit: int | None) -> tuple[np.ndarray, list[str]]:
-    from curation.embed import embed
+    from datagen.embed import embed
     from datagen.store.connection import open_store
 
     con = open_store(Path(store))
@@ -153,7 +153,7 @@ def full_matrix(store: str, m: int) -> dict:
 def semhash_run(store: str) -> dict:
     from semhash import SemHash
 
-    from curation.embed import load_model
+    from datagen.embed import load_model
 
     vectors, texts = load_vectors(store, None)
     model = load_model("bundled:all-minilm-l6-v2")

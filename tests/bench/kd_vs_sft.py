@@ -68,12 +68,12 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from datagen.run import run
+    from datagen.api import run
     from datagen.spec.load import load_spec
-    from datagen.spec.plan import build_plan
+    from datagen.api import plan as build_plan
     from sft.evaluate import token_loss
     from sft.rows import load_rows
-    from sft.student import load_student
+    from sft.model import load_student
     from sft.train import train
 
     problems = [json.loads(line) for line in DATA.read_text().splitlines()][: args.rows]

@@ -41,7 +41,7 @@ train:
 
 
 def make_store(folder: Path, rows: int, steps: int, batch: int, max_length: int) -> Path:
-    from datagen.run import run
+    from datagen.api import run
     from datagen.spec.load import load_spec
     from tests.scripted_server import ScriptedServer
 
@@ -64,7 +64,7 @@ def plain_trl(spec: Path) -> float:
 
     from datagen.bundled import resolve_model
     from datagen.spec.load import load_spec
-    from datagen.spec.plan import build_plan
+    from datagen.api import plan as build_plan
     from sft.rows import load_rows
 
     loaded = load_spec(spec)

@@ -1,4 +1,4 @@
-"""`strategy: curate` (meta-information synthesis) and several teachers per step, against a scripted teacher; and the
+"""`strategy: meta` (meta-information synthesis) and several teachers per step, against a scripted teacher; and the
 plan-time errors of the new keys."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from datagen.errors import UserError
-from datagen.run import run
-from datagen.spec.load import load_spec_text
-from datagen.spec.plan import build_plan
+from datagen.api import run
+from datagen.spec.load import load_spec, load_spec_text
+from datagen.api import plan as build_plan
 from tests.scripted_server import ScriptedServer
 from tests.test_run_scripted import store_rows
 
@@ -37,7 +37,7 @@ sources:
 {rows}
 steps:
   - name: problems
-    strategy: curate
+    strategy: meta
     teacher: t
     meta:
       topic: {{from: topics, column: topic}}
@@ -60,7 +60,7 @@ def problem_script(body):
     return "Q: " + text
 
 
-def test_curate_product_rows_lineage_and_coverage(tmp_path):
+def test_meta_product_rows_lineage_and_coverage(tmp_path):
     with ScriptedServer(problem_script) as server:
         spec = curate_spec(tmp_path, server.base_url)
         summary = run(load_spec_text(spec.read_text(), spec), log=lambda m: None)
@@ -89,7 +89,7 @@ def test_curate_product_rows_lineage_and_coverage(tmp_path):
     assert "empty cells: speed, hard, 2" in out.stdout
 
 
-def test_curate_sample_draws_exactly_count_combinations_with_the_seed(tmp_path):
+def test_meta_sample_draws_exactly_count_combinations_with_the_seed(tmp_path):
     picked = {}
     for seed in (5, 5, 6):
         with ScriptedServer(problem_script) as server:
@@ -200,13 +200,13 @@ BAD_STEPS = [
      "steps.0.novelty", "set novelty.column to one of: text, topic"),
     ("- {name: e, strategy: expand, teacher: a, demos: {from: s, as: turns, assistant: text}, prompt: x, target: 3}",
      "steps.0.demos.as", "remove `as: turns`"),
-    ("- {name: c, strategy: curate, teacher: a, meta: {d: [1, 2]}, combine: sample, prompt: '{{ d }}'}",
+    ("- {name: c, strategy: meta, teacher: a, meta: {d: [1, 2]}, combine: sample, prompt: '{{ d }}'}",
      "steps.0.combine", "set count"),
-    ("- {name: c, strategy: curate, teacher: a, meta: {d: [1, 2]}, combine: sample, count: 3, prompt: '{{ d }}'}",
+    ("- {name: c, strategy: meta, teacher: a, meta: {d: [1, 2]}, combine: sample, count: 3, prompt: '{{ d }}'}",
      "steps.0.count", "count 3 is more than the 2 combinations"),
-    ("- {name: c, strategy: curate, teacher: a, meta: {d: {from: s, column: nope}}, prompt: '{{ d }}'}",
+    ("- {name: c, strategy: meta, teacher: a, meta: {d: {from: s, column: nope}}, prompt: '{{ d }}'}",
      "steps.0.meta.d.column", "`nope` is not a column of `s`"),
-    ("- {name: c, strategy: curate, teacher: a, meta: {d: [1]}, prompt: '{{ e }}'}",
+    ("- {name: c, strategy: meta, teacher: a, meta: {d: [1]}, prompt: '{{ e }}'}",
      "steps.0.prompt", "template uses `e`"),
     ("- {name: l, strategy: label, teacher: [a, a], input: s, prompt: x}",
      "steps.0.teacher.1", "listed twice"),
@@ -229,3 +229,14 @@ def test_bad_new_keys_name_the_key_and_the_fix(step, where, message):
         build_plan(load_spec_text(BASE + "  " + step + "\n"))
     text = str(err.value)
     assert text.startswith(where + ":") and message in text and re.search(r"\(spec\.yaml:\d+:\d+\)", text), text
+
+
+def test_the_old_name_curate_still_works_and_the_warning_names_meta(tmp_path):
+    """`strategy: curate` is read as `meta`, and `datagen validate` warns with the new word and the line to change."""
+    spec = curate_spec(tmp_path, "http://127.0.0.1:9/v1")
+    spec.write_text(spec.read_text().replace("strategy: meta", "strategy: curate"))
+    out = subprocess.run([sys.executable, "-m", "datagen.cli", "validate", str(spec)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "steps.0.strategy: `curate` is the old name of `meta`" in out.stderr
+    assert "write `strategy: meta` (spec.yaml:14:5)" in out.stderr
+    assert load_spec(spec).spec.steps[0].strategy == "meta"

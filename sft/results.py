@@ -6,26 +6,18 @@ The store is opened only for these short writes (and read-only to fetch rows), n
 
 from __future__ import annotations
 
-import json
 import uuid
-from datetime import datetime, timezone
 
+from datagen.store import train_runs
 from datagen.store.connection import open_store
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 def start_run(store_path, settings, input_name: str, output: str, train_rows: int, eval_rows: int) -> str:
     run_id = uuid.uuid4().hex[:16]
     con = open_store(store_path)
     try:
-        con.execute(
-            "INSERT INTO train_runs (id, started_at, status, input, objective, student, output, settings, train_rows, "
-            "eval_rows) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
-            [run_id, _now(), input_name, settings.objective, settings.student, output,
-             settings.model_dump_json(), train_rows, eval_rows])
+        train_runs.start(con, run_id, input_name, settings.objective, settings.student, output,
+                         settings.model_dump_json(), train_rows, eval_rows)
     finally:
         con.close()
     return run_id
@@ -35,12 +27,8 @@ def finish_run(store_path, run_id: str, *, steps: int, train_tokens: int, train_
                before: dict, after: dict) -> None:
     con = open_store(store_path)
     try:
-        con.execute(
-            "UPDATE train_runs SET finished_at = ?, status = 'done', steps = ?, train_tokens = ?, train_seconds = ?, "
-            "train_loss = ?, loss_before = ?, loss_after = ?, accuracy_before = ?, accuracy_after = ?, "
-            "metrics_before = ?, metrics_after = ? WHERE id = ?",
-            [_now(), steps, train_tokens, train_seconds, train_loss, before.get("loss"), after.get("loss"),
-             before.get("accuracy"), after.get("accuracy"), json.dumps(before), json.dumps(after), run_id])
+        train_runs.finish(con, run_id, steps=steps, train_tokens=train_tokens, train_seconds=train_seconds,
+                          train_loss=train_loss, before=before, after=after)
     finally:
         con.close()
 
@@ -48,8 +36,7 @@ def finish_run(store_path, run_id: str, *, steps: int, train_tokens: int, train_
 def fail_run(store_path, run_id: str, error: str) -> None:
     con = open_store(store_path)
     try:
-        con.execute("UPDATE train_runs SET finished_at = ?, status = 'failed', error = ? WHERE id = ?",
-                    [_now(), error[:2000], run_id])
+        train_runs.fail(con, run_id, error)
     finally:
         con.close()
 
@@ -59,16 +46,28 @@ def comparison_rows(before: dict, after: dict) -> list[tuple[str, str, str, str]
     def row(name: str, b, a) -> tuple[str, str, str, str]:
         return name, _fmt(b), _fmt(a), (f"{a - b:+.4f}" if a is not None and b is not None else "")
 
-    rows = [row("held-out loss per token", before.get("loss"), after.get("loss"))]
+    rows = []
+    if "loss" in before or "loss" in after:
+        rows.append(row("held-out loss per token", before.get("loss"), after.get("loss")))
     acc_before, acc_after = before.get("accuracy_by_verifier") or {}, after.get("accuracy_by_verifier") or {}
     rows += [row(f"accuracy {key}", acc_before.get(key), acc_after.get(key)) for key in sorted(acc_before)]
-    rows += [row(name, before.get(key), after.get(key))  # objective: dpo (sft/dpo.py)
-             for key, name in PREFERENCE_METRICS.items() if key in before or key in after]
+    source = before.get("reference_source") or after.get("reference_source")
+    if source:  # eval.source (sft/eval_source.py)
+        rows.append(row(f"reference loss per token ({source})", before.get("reference_loss"),
+                        after.get("reference_loss")))
+        acc_before = before.get("reference_accuracy_by_verifier") or {}
+        acc_after = after.get("reference_accuracy_by_verifier") or {}
+        rows += [row(f"accuracy {key} ({source})", acc_before.get(key), acc_after.get(key))
+                 for key in sorted(acc_before)]
+    rows += [row(name, before.get(key), after.get(key))  # kd (sft/kd_eval.py) and dpo (sft/dpo.py)
+             for key, name in OBJECTIVE_METRICS.items() if key in before or key in after]
     return rows
 
 
-PREFERENCE_METRICS = {"preference_accuracy": "held-out preference accuracy",
-                      "logp_margin": "held-out log-prob margin (chosen - rejected)"}
+OBJECTIVE_METRICS = {"kd_kl": "held-out KL(teacher || student) on its top-k",
+                     "kd_top1": "held-out top-1 agreement with the teacher",
+                     "preference_accuracy": "held-out preference accuracy",
+                     "logp_margin": "held-out log-prob margin (chosen - rejected)"}
 
 
 def _fmt(v) -> str:

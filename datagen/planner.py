@@ -1,0 +1,159 @@
+"""Building the plan: the spec resolved into ordered steps and checked before any model loads.
+
+Checks here: every teacher, source and step a spec names exists; a step reads only sources and earlier steps; file
+sources load; query sources run. Each strategy checks its own steps (`plan` in its module: template variables exist
+in the input's columns, produced columns do not clash with inherited ones, ...). The checks of the curation, export
+and train blocks belong to those parts; `datagen.api.plan` runs them after this.
+"""
+
+from __future__ import annotations
+
+import re
+
+import duckdb
+
+from datagen import sources as src
+from datagen.errors import UserError
+from datagen.spec.load import LoadedSpec
+from datagen.spec.plan import Plan
+from datagen.store import shape as shapes
+from datagen.store.views import QueryView, SourceView
+from datagen.store.writes import create_table_from_rows
+from datagen.strategies import strategy_of
+
+
+def build_plan(loaded: LoadedSpec) -> Plan:
+    spec = loaded.spec
+    plan = Plan(loaded)
+    _check_teachers(loaded)
+    shape = shapes.open_shape()
+    try:
+        _load_file_sources(loaded, plan, shape)
+        created: set[str] = set(plan.source_rows)
+        plan.views += [SourceView(name) for name in plan.source_rows]
+        step_names = [s.name for s in spec.steps]
+        _check_unique_names(loaded, step_names)
+        for i, step in enumerate(spec.steps):
+            for name, where in _reads(step):
+                _ensure(loaded, plan, shape, created, name, ("steps", i) + where, step_names[:i])
+            planned = strategy_of(step).plan(loaded, plan, shape, i, step)
+            plan.steps.append(planned)
+            shapes.create_step(shape, planned.name, planned.input, planned.input_columns, planned.produced)
+            created.add(step.name)
+            plan.views.append(planned.view)
+        for name, source in spec.sources.items():
+            if source.query is not None and name not in created:
+                _ensure(loaded, plan, shape, created, name, ("sources", name, "query"), step_names)
+    finally:
+        shape.close()
+    return plan
+
+
+def describe(plan: Plan) -> str:
+    spec = plan.spec
+    lines = [f"spec {spec.name}: store {plan.loaded.store_path}"]
+    for name, cols in plan.source_columns.items():
+        size = f"{len(plan.source_rows[name])} rows" if name in plan.source_rows else "SQL view"
+        lines.append(f"  source {name}: {size}; columns {', '.join(c for c in cols if c != '_id')}")
+    for st in plan.steps:
+        s = st.spec
+        extra = f", logprobs {s.logprobs}" if s.logprobs else ""
+        lines.append(f"  step {st.index + 1} {s.name}: {s.strategy} {strategy_of(s).describe(st)} with "
+                     f"{', '.join(st.teachers)}, n={s.n}{extra} -> {', '.join(st.produced)}")
+    if spec.train is not None:
+        t = spec.train
+        source = t.input or ("curated" if spec.curation is not None else spec.steps[-1].name)
+        init = f", truncated to {len(t.keep_layers) if t.keep_layers else 'every other'} layers" \
+            if t.init == "truncate" else ""
+        lines.append(f"  train: {t.objective} of {t.student}{init} on {source} -> {t.output}")
+    return "\n".join(lines)
+
+
+def _check_teachers(loaded: LoadedSpec) -> None:
+    """A local model folder that does not exist and an unknown `bundled:` name are spec mistakes, reported at
+    `datagen validate` (not as a crash when the run starts)."""
+    from datagen.bundled import model_identity
+
+    for name, teacher in loaded.spec.teachers.items():
+        if teacher.backend == "openai":
+            continue  # a served model name, not a file
+        try:
+            model_identity(teacher.model, loaded.dir)
+        except ValueError as exc:
+            hint = "" if "bundled" in str(exc) else "; give an existing model folder, a hub id or a bundled: model"
+            raise loaded.error(("teachers", name, "model"), f"{exc}{hint}") from None
+
+
+def _reads(step) -> list[tuple[str, tuple]]:
+    """The sources and earlier steps a step reads, with the key that names each (for error positions)."""
+    out = []
+    if getattr(step, "input", None) is not None:
+        out.append((step.input, ("input",)))
+    if getattr(step, "demos", None) is not None:
+        out.append((step.demos.from_, ("demos", "from")))
+    for dim, values in (getattr(step, "meta", None) or {}).items():
+        if not isinstance(values, list):
+            out.append((values.from_, ("meta", dim, "from")))
+    return out
+
+
+def _check_unique_names(loaded: LoadedSpec, step_names: list[str]) -> None:
+    seen: set[str] = set()
+    for i, name in enumerate(step_names):
+        if name in seen:
+            raise loaded.error(("steps", i, "name"), f"step name `{name}` is used twice; names must be unique")
+        if name in loaded.spec.sources:
+            raise loaded.error(("steps", i, "name"), f"step name `{name}` is also a source name; rename one")
+        seen.add(name)
+
+
+def _load_file_sources(loaded: LoadedSpec, plan: Plan, shape: duckdb.DuckDBPyConnection) -> None:
+    for name, source in loaded.spec.sources.items():
+        if source.query is not None:
+            continue
+        path = loaded.resolve_path(source.path) if source.path is not None else None
+        if path is not None and not path.exists():
+            raise loaded.error(("sources", name, "path"), f"file not found: {path}; fix the path "
+                               "(relative paths start at the spec's folder)")
+        try:
+            rows = src.load_rows(name, path, source.inline, source.limit)
+            if not rows:
+                raise UserError("the source has no rows")
+            create_table_from_rows(shape, name, rows)
+        except UserError as exc:
+            raise loaded.error(("sources", name), str(exc)) from None
+        plan.source_rows[name] = rows
+        plan.source_columns[name] = src.columns_of(rows)
+
+
+def referenced_names(sql: str, names: list[str]) -> list[str]:
+    return [n for n in names if re.search(rf"(?<![\w.]){re.escape(n)}(?!\w)", sql, flags=re.IGNORECASE)]
+
+
+def _ensure(loaded: LoadedSpec, plan: Plan, shape: duckdb.DuckDBPyConnection, created: set[str], name: str,
+            loc: tuple, earlier_steps: list[str]) -> None:
+    """Make sure `name` (a source or an earlier step) exists in the shape database, creating query views on demand."""
+    spec = loaded.spec
+    if name in created:
+        return
+    all_steps = [s.name for s in spec.steps]
+    if name in all_steps:
+        raise loaded.error(loc, f"`{name}` is a step that runs at or after this one; a step can only read sources "
+                                "and earlier steps: reorder the steps")
+    source = spec.sources.get(name)
+    if source is None:
+        known = sorted(list(spec.sources) + earlier_steps)
+        raise loaded.error(loc, f"`{name}` is not a source or an earlier step; known: {', '.join(known) or 'none'}")
+    qloc = ("sources", name, "query")
+    for dep in referenced_names(source.query, list(spec.sources) + all_steps):
+        if dep == name:
+            continue
+        if dep in all_steps and dep not in earlier_steps:
+            raise loaded.error(qloc, f"the query reads step `{dep}`, which has not run when `{name}` is needed")
+        _ensure(loaded, plan, shape, created, dep, qloc, earlier_steps)
+    try:
+        plan.source_columns[name] = shapes.create_query_view(shape, name, source.query, source.limit)
+    except duckdb.Error as exc:
+        raise loaded.error(qloc, f"the query does not run: {str(exc).splitlines()[0]}") from None
+    created.add(name)
+    plan.views.append(QueryView(name, source.query, source.limit))

@@ -1,0 +1,190 @@
+"""The run loop: for each step, ask its strategy for rounds of requests, skip the finished ones, stream the rest
+through the teacher and commit as samples arrive; then let the strategy derive what it derives (pairs, votes).
+
+A killed run, re-run, picks up where it stopped; a finished spec re-runs without loading a model. The loop never
+branches on a strategy's name: everything step-specific is in the strategy's module (strategies/base.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable
+
+import duckdb
+
+from datagen.errors import RunFailed
+from datagen.keys import canonical
+from datagen.spec.plan import Plan, PlannedStep, effective_sampling
+from datagen.store import reads, runs
+from datagen.store.writes import insert_pending
+from datagen.stream import Counts, generate
+from datagen.strategies import strategy_of
+from datagen.strategies.base import Job, Round, TeacherSetup
+from datagen.teachers.base import GenOptions, Sampling
+from datagen.templates import TemplateFailed
+
+MIN_SAMPLES_FOR_BUDGET = 20  # below this many finished samples a failure rate says little
+
+
+@dataclass
+class StepSummary:
+    step: str
+    planned: int = 0
+    cached: int = 0
+    generated: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class RunSummary:
+    store: str
+    steps: list[StepSummary] = field(default_factory=list)
+    seconds: float = 0.0
+    models_loaded: list[str] = field(default_factory=list)
+
+
+Progress = Callable[[str, int, int], None]  # (step, done, total)
+
+
+def run_steps(con: duckdb.DuckDBPyConnection, plan: Plan, progress: Progress | None = None,
+              log: Callable[[str], None] = print) -> RunSummary:
+    """Generate every step of the plan into the store (its views already synced)."""
+    start = time.monotonic()
+    summary = RunSummary(store=str(plan.loaded.store_path))
+    teachers: dict[str, object] = {}
+    started = datetime.now(timezone.utc).replace(tzinfo=None)
+    runs.start(con, started, os.getpid(), plan.spec.model_dump_json(by_alias=True))
+    status = "failed"
+    try:
+        for st in plan.steps:
+            summary.steps.append(run_step(con, plan, st, teachers, progress, log))
+        status = "done"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        summary.models_loaded = list(teachers)
+        for teacher in teachers.values():
+            teacher.close()
+        summary.seconds = time.monotonic() - start
+        runs.finish(con, started, status, canonical([s.__dict__ for s in summary.steps]))
+    return summary
+
+
+def teacher_setups(plan: Plan, st: PlannedStep) -> list[TeacherSetup]:
+    """Each teacher of the step with its identity and the step's effective sampling on it (both part of every key)."""
+    from datagen.teachers import teacher_identity
+
+    out = []
+    for name in st.teachers:
+        spec = plan.spec.teachers[name]
+        out.append(TeacherSetup(name, teacher_identity(spec, plan.loaded.dir),
+                                effective_sampling(spec.sampling, st.spec.sampling)))
+    return out
+
+
+def run_step(con: duckdb.DuckDBPyConnection, plan: Plan, st: PlannedStep, teachers: dict, progress: Progress | None,
+             log: Callable[[str], None]) -> StepSummary:
+    strategy = strategy_of(st.spec)
+    job = Job(con, plan, st, teacher_setups(plan, st), log)
+    summary = StepSummary(st.name)
+    keys: list[str] = []
+    rounds = strategy.rounds(job)
+    try:
+        for rnd in rounds:
+            keys += [r.key for r in rnd.requests]
+            insert_pending(con, st.name, rnd.requests, keys)
+            run_round(con, plan, job, rnd, teachers, summary, progress, log)
+    except TemplateFailed as exc:
+        raise plan.loaded.error(("steps", st.index), str(exc)) from None
+    finally:
+        rounds.close()
+    if summary.generated or summary.failed:
+        check_budget(st.spec, summary, final=True)
+    strategy.finish(job)
+    return summary
+
+
+def run_round(con, plan: Plan, job: Job, rnd: Round, teachers: dict, summary: StepSummary,
+              progress: Progress | None, log: Callable[[str], None]) -> None:
+    st = job.st
+    finished = reads.finished_keys(con, [r.key for r in rnd.requests], failed_too=not rnd.retry_failed)
+    todo = [r for r in rnd.requests if r.key not in finished]
+    summary.planned += len(rnd.requests)
+    summary.cached += len(rnd.requests) - len(todo)
+    report = _reporter(st, summary, progress)
+    report()
+    strategy = strategy_of(st.spec)
+    for setup in job.teachers:
+        mine = [r for r in todo if r.teacher == setup.name]
+        if not mine:
+            continue
+        teacher = _teacher(plan, setup.name, teachers, log)
+        options = GenOptions(Sampling(**setup.sampling), logprobs=st.spec.logprobs,
+                             json_schema=strategy.json_schema(st.spec))
+        counts = Counts()
+
+        def parse(req, sample):
+            return strategy.parse(st.spec, sample.text, req)
+
+        def committed():
+            _add(summary, counts)
+            report()
+            check_budget(st.spec, summary)
+
+        try:
+            generate(con, teacher, setup.name, mine, options, parse, counts, on_commit=committed)
+        finally:
+            _add(summary, counts)
+
+
+def _add(summary: StepSummary, counts: Counts) -> None:
+    """Move what a stream counted so far into the step's summary (and zero it, so nothing counts twice)."""
+    for name in ("generated", "failed", "prompt_tokens", "completion_tokens", "seconds"):
+        setattr(summary, name, getattr(summary, name) + getattr(counts, name))
+        setattr(counts, name, type(getattr(counts, name))())
+
+
+def _reporter(st: PlannedStep, summary: StepSummary, progress: Progress | None):
+    def report() -> None:
+        if progress:
+            progress(st.name, summary.cached + summary.generated + summary.failed, summary.planned)
+    return report
+
+
+def _teacher(plan: Plan, name: str, teachers: dict, log: Callable[[str], None]):
+    if name not in teachers:
+        from datagen.teachers import make_teacher
+
+        spec = plan.spec.teachers[name]
+        log(f"loading teacher {name} ({spec.backend}: {spec.model})")
+        teachers[name] = make_teacher(name, spec, plan.loaded.dir, plan.spec.seed)
+    return teachers[name]
+
+
+def check_budget(step, summary: StepSummary, final: bool = False) -> None:
+    """Stop early once enough samples show the failure rate is over budget; at the step's end, always check."""
+    attempted = summary.generated + summary.failed
+    if attempted == 0 or (attempted < MIN_SAMPLES_FOR_BUDGET and not final):
+        return
+    rate = summary.failed / attempted
+    if rate > step.max_failure_rate:
+        raise RunFailed(
+            f"step {step.name}: {summary.failed} of {attempted} samples failed ({rate:.0%}), over its "
+            f"max_failure_rate of {step.max_failure_rate:.0%}; see `datagen query SPEC \"select error, count(*) "
+            f"from requests where status = 'failed' group by 1\"`, fix the cause and re-run (finished work is kept)"
+        )
+
+
+def describe_summary(summary: RunSummary) -> list[list[str]]:
+    rows = []
+    for s in summary.steps:
+        rows.append([s.step, str(s.planned), str(s.cached), str(s.generated), str(s.failed),
+                     str(s.prompt_tokens), str(s.completion_tokens), f"{s.seconds:.1f}"])
+    return rows

@@ -1,0 +1,93 @@
+"""Generation as a stream: send requests to a teacher, commit finished samples to the store as they arrive.
+
+The teacher keeps its backend busy (an engine's queue full, HTTP requests in flight up to the concurrency) and
+yields each request as it finishes; this module turns replies into rows (through the caller's `parse`) and commits
+them every COMMIT_SECONDS, in one transaction each time. Ctrl-C, SIGTERM or an error stops the stream: what finished
+is committed first, so a re-run generates only the rest. `kill -9` loses only what was not yet committed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import duckdb
+
+from datagen.keys import canonical
+from datagen.store.writes import BatchResult, write_batch
+from datagen.teachers.base import GenOptions, GenRequest, Sample
+
+COMMIT_SECONDS = 2.0
+
+# (request, sample) -> produced fields and None, or None and the reason the reply is unusable
+Parse = Callable[[object, Sample], tuple[dict | None, str | None]]
+
+
+@dataclass
+class Counts:
+    generated: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+
+
+def group_by_prompt(requests: list) -> list[tuple[GenRequest, list]]:
+    """One GenRequest per prompt with all its missing samples, ordered so shared prefixes run together."""
+    groups: dict[str, list] = {}
+    for r in requests:
+        groups.setdefault(canonical([r.parent_id, r.messages]), []).append(r)
+    ordered = sorted(groups.values(), key=lambda rs: canonical(rs[0].messages))
+    return [(GenRequest(rs[0].messages, [r.key for r in rs], [r.sample_index for r in rs]), rs) for rs in ordered]
+
+
+def generate(con: duckdb.DuckDBPyConnection, teacher, teacher_name: str, todo: list, options: GenOptions,
+             parse: Parse, counts: Counts, on_commit: Callable[[], None] | None = None) -> None:
+    """Generate `todo` (planned requests of one teacher) and record every sample: a row, or a failed request with
+    its reason. Commits at least every COMMIT_SECONDS while samples arrive, and once more when the stream ends, for
+    whatever reason it ends."""
+    if not todo:
+        return
+    groups = group_by_prompt(todo)
+    result = BatchResult()
+    last = start = time.monotonic()
+    stream = teacher.stream([g for g, _ in groups], options)
+    try:
+        for finished in stream:
+            for i, samples in finished:
+                for req, sample in zip(groups[i][1], samples):
+                    _record(result, req, sample, teacher_name, parse, counts)
+            if result.requests and time.monotonic() - last >= COMMIT_SECONDS:
+                write_batch(con, result)
+                result, last = BatchResult(), time.monotonic()
+                if on_commit:
+                    on_commit()
+        if result.requests:
+            write_batch(con, result)
+            result = BatchResult()
+            if on_commit:
+                on_commit()
+    finally:
+        try:
+            if result.requests:  # stopped early (Ctrl-C, SIGTERM, an error): keep what finished
+                write_batch(con, result)
+        finally:
+            stream.close()  # a stream stopped early cancels what it has in flight
+            counts.seconds += time.monotonic() - start
+
+
+def _record(result: BatchResult, req, sample: Sample, teacher_name: str, parse: Parse, counts: Counts) -> None:
+    counts.prompt_tokens += sample.prompt_tokens or 0
+    counts.completion_tokens += sample.completion_tokens or 0
+    if sample.error is not None:
+        counts.failed += 1
+        result.add_failure(req.key, sample.error, sample)
+        return
+    fields, error = parse(req, sample)
+    if error is not None:
+        counts.failed += 1
+        result.add_failure(req.key, error, sample)
+        return
+    counts.generated += 1
+    result.add_row(req, sample, {**req.fields, **fields}, teacher_name)

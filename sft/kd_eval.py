@@ -1,0 +1,61 @@
+"""For `objective: kd`: how close the student is to the teacher's stored distribution on the held-out teacher rows.
+
+- `kd_kl`: the mean over matched answer positions of KL(teacher || student), both restricted to the teacher's stored
+  top-k ids and renormalised there, at temperature 1 whatever `kd.temperature` trained with (so runs with different
+  settings compare); the same quantity as the D of the loss at T = 1 (sft/kd.py).
+- `kd_top1`: the share of those positions where the student's most likely token (over its whole vocabulary) is the
+  teacher's most likely one.
+- `kd_positions`: how many positions that is (positions the byte-offset alignment matched, as in training).
+"""
+
+from __future__ import annotations
+
+
+def kd_metrics(model, tok, records: list[dict], stored: dict[str, list[dict]], k: int, token_map=None,
+               max_length: int = 1024, batch_size: int = 8) -> dict:
+    """records: held-out {prompt, completion, row}; stored: row id -> the teacher's positions (sft.rows)."""
+    import torch
+
+    from sft import kd
+    from sft.evaluate import completion_ids, padded_batches
+
+    aligner = kd.Aligner(tok)
+    encoded = [completion_ids(tok, r["prompt"], r["completion"], max_length) for r in records]
+    targets = [kd.teacher_targets(stored.get(r["row"]["_id"], []), token_map) for r in records]
+    kl_sum, agree, positions = 0.0, 0, 0
+    for first, labels, logits in padded_batches(model, tok, encoded, batch_size):
+        ids = torch.full((*labels.shape, k), -1, dtype=torch.long)
+        lps = torch.zeros((*labels.shape, k), dtype=torch.float32)
+        for row in range(labels.shape[0]):
+            full, start = encoded[first + row]
+            fill_targets(ids[row], lps[row], aligner, full, start, targets[first + row], k)
+        ids, lps = ids.to(logits.device), lps.to(logits.device)
+        parts = kd.kd_loss(logits, labels, ids, lps, alpha=0.0, temperature=1.0)
+        kl_sum += float(parts.kd) * parts.kd_positions
+        positions += parts.kd_positions
+        agree += top1_agreements(logits, ids, lps)
+    if not positions:
+        return {"kd_positions": 0}
+    return {"kd_kl": kl_sum / positions, "kd_top1": agree / positions, "kd_positions": positions}
+
+
+def fill_targets(ids, lps, aligner, full: list[int], start: int, target, k: int) -> None:
+    """One row's teacher top-k placed at the completion positions the aligner matched (the collator's layout)."""
+    import torch
+
+    where = list(range(start, len(full)))
+    for j, i in aligner([full[p] for p in where], target.tokens):
+        top_i, top_lp = target.top_ids[i][:k], target.top_logprobs[i][:k]
+        if top_i:
+            ids[where[j], : len(top_i)] = torch.tensor(top_i, dtype=torch.long)
+            lps[where[j], : len(top_lp)] = torch.tensor(top_lp, dtype=torch.float32)
+
+
+def top1_agreements(logits, ids, lps) -> int:
+    """Positions (with teacher data) where the student's argmax is the teacher's top-1; logits at t predict t + 1."""
+    student = logits[:, :-1].argmax(-1)
+    ids, lps = ids[:, 1:], lps[:, 1:]
+    has = (ids >= 0).any(-1)
+    best = lps.masked_fill(ids < 0, float("-inf")).argmax(-1, keepdim=True)
+    teacher = ids.gather(-1, best).squeeze(-1)
+    return int(((student == teacher) & has).sum())

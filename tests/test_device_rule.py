@@ -1,0 +1,130 @@
+"""The device rule in sft/: every tensor built for a model goes to the model's device (on a GPU run, cuda).
+
+Held without a GPU: the model is wrapped so that it reports a device of its own (`meta`) while its weights stay on
+the CPU, and `torch.Tensor.to` is patched so that a move to that device tags the tensor instead of moving it (a meta
+tensor has no data to compute with). The wrapper refuses any tensor that did not go through such a move, so
+removing one `.to(device)` from evaluation, KD scoring, DPO scoring or sampling fails this test.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+FAKE = torch.device("meta")
+
+
+def _target(args, kwargs):
+    device = kwargs.get("device", args[0] if args else None)
+    if isinstance(device, (str, torch.device)):
+        try:
+            return torch.device(device)
+        except RuntimeError:
+            return None
+    return None
+
+
+@pytest.fixture
+def fake_device(monkeypatch):
+    real_to = torch.Tensor.to
+
+    def to(self, *args, **kwargs):
+        if _target(args, kwargs) == FAKE:
+            self._on_model_device = True
+            return self
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+
+
+class OnFakeDevice:
+    """A real CPU model that says it lives on FAKE and checks that every tensor it is given was moved there."""
+
+    def __init__(self, model):
+        self.inner = model
+        self.checked = 0
+
+    @property
+    def device(self):
+        return FAKE
+
+    def _check(self, args, kwargs):
+        for value in list(args) + list(kwargs.values()):
+            if isinstance(value, torch.Tensor):
+                assert getattr(value, "_on_model_device", False), "a tensor was not moved to model.device"
+                self.checked += 1
+
+    def __call__(self, *args, **kwargs):
+        self._check(args, kwargs)
+        return self.inner(*args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        self._check(args, kwargs)
+        return self.inner.generate(*args, **kwargs)
+
+    def eval(self):
+        self.inner.eval()
+        return self
+
+    def parameters(self):
+        return self.inner.parameters()
+
+
+@pytest.fixture(scope="module")
+def small(bundled_model_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sft.model import truncate_layers
+
+    tok = AutoTokenizer.from_pretrained(bundled_model_path)
+    model = AutoModelForCausalLM.from_pretrained(bundled_model_path, dtype=torch.float32)
+    truncate_layers(model, [0, 15])
+    return model, tok
+
+
+RECORDS = [{"prompt": [{"role": "user", "content": f"What is {a} plus {b}?"}],
+            "completion": [{"role": "assistant", "content": f"{a} plus {b} is {a + b}. #### {a + b}"}],
+            "row": {"_id": f"r{a}", "answer": f"#### {a + b}", "_parent_id": f"p{a}"}} for a, b in [(2, 3), (4, 4)]]
+
+
+def test_evaluation_moves_its_tensors_to_the_model_device(fake_device, small):
+    from datagen.spec.curation_models import VerifyMathFilter
+    from sft.evaluate import Verifier, evaluate
+
+    model = OnFakeDevice(small[0])
+    check = Verifier("verify_math(solution)", VerifyMathFilter(type="verify_math", column="solution",
+                                                               reference="answer"))
+    metrics = evaluate(model, small[1], RECORDS, [check], "solution", max_length=64, max_new_tokens=4,
+                       batch_size=2)
+    assert metrics["eval_tokens"] > 0 and math.isfinite(metrics["loss"]) and "accuracy" in metrics
+    assert model.checked >= 4  # input ids and attention mask for the loss, and for generation
+
+
+def test_kd_and_dpo_scores_move_their_tensors_to_the_model_device(fake_device, small):
+    from sft.dpo import preference_metrics
+    from sft.kd_eval import kd_metrics
+
+    model, tok = OnFakeDevice(small[0]), small[1]
+    stored = {}
+    for r in RECORDS:
+        ids = tok(r["completion"][0]["content"], add_special_tokens=False)["input_ids"]
+        stored[r["row"]["_id"]] = [{"token": None, "token_id": i, "top_tokens": [None, None], "top_ids": [i, 0],
+                                    "top_logprobs": [-0.1, -2.5]} for i in ids]
+    metrics = kd_metrics(model, tok, RECORDS, stored, k=2, max_length=64, batch_size=2)
+    assert metrics["kd_positions"] > 0 and metrics["kd_kl"] >= 0
+    pairs = [{**r, "chosen": r["completion"], "rejected": [{"role": "assistant", "content": "no idea"}]}
+             for r in RECORDS]
+    assert "preference_accuracy" in preference_metrics(model, tok, pairs, max_length=64, batch_size=2)
+    assert model.checked >= 6
+
+
+def test_sampling_moves_its_prompt_to_the_model_device(fake_device, small):
+    from sft.sample import TransformersEngine
+
+    engine = TransformersEngine.__new__(TransformersEngine)
+    engine.model, engine.tok, engine.temperature = OnFakeDevice(small[0]), small[1], 0
+    ids = small[1]("Hello", add_special_tokens=False)["input_ids"]
+    [(text, _)] = engine.complete([ids], [3], [])
+    assert isinstance(text, str) and engine.model.checked == 1
