@@ -60,7 +60,7 @@ def run_pipeline(work: Path, rows: list[dict], pairs, select_n: int) -> dict:
     from datagen.spec.load import load_spec
     from datagen.api import plan as build_plan
     from datagen.store.connection import open_store
-    from datagen.store.views import sync_sources
+    from datagen.store.views import sync_views
 
     with (work / "rows.jsonl").open("w") as fh:
         for r in rows:
@@ -71,7 +71,7 @@ def run_pipeline(work: Path, rows: list[dict], pairs, select_n: int) -> dict:
         loaded = load_spec(work / "spec.yaml")
         plan = build_plan(loaded)
         con = open_store(loaded.store_path)
-        sync_sources(con, plan)
+        sync_views(con, plan.source_rows, plan.views)
     out["load rows into the store"] = (m.seconds, m.peak)
     with PeakRSS() as m:
         load_model("bundled:all-minilm-l6-v2")
@@ -196,15 +196,13 @@ def main() -> None:
     ap.add_argument("--sizes", help="with --stored-embeddings: comma-separated row counts (default 100k, 300k, "
                                     "--rows)")
     ap.add_argument("--select-method", choices=["kcenter", "cluster"], default="kcenter")
-    ap.add_argument("--columnar-decisions", action="store_true",
-                    help="with --stored-embeddings: curate with the Recorder change proposed in columnar_recorder.py")
     args = ap.parse_args()
     if args.stored_embeddings:
         from curation_scale import run as run_scale
 
         sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else sorted(
             {min(100_000, args.rows), min(300_000, args.rows), args.rows})
-        run_scale(sizes, args.select or 10_000, args.select_method, args.columnar_decisions)
+        run_scale(sizes, args.select or 10_000, args.select_method)
         return
     if args.levers:
         from curation_levers import run

@@ -4,7 +4,7 @@
 
 Each size runs in its own process (so each peak memory is its own) and:
 1. builds the rows (curation_data.build_rows: real sentences, 5% planted near-duplicates) and loads them into a
-   store through the product's path (load_spec, build_plan, sync_sources): the source ingest, in rows/s;
+   store through the product's path (load_spec, datagen.api.plan, sync_views): the source ingest, in rows/s;
 2. stores one vector per distinct normalised text through datagen/store/embeddings.py (the embeddings ingest, in
    rows/s). The vectors are SYNTHESISED, not computed: MiniLM on 2 cores does about 150 texts/s, so a million texts
    would take about two hours. Each row is a random mix of topic directions (1,000 topics, so unrelated rows have
@@ -70,10 +70,10 @@ def prepare(n: int, select_n: int, method: str, work: Path) -> dict:
     """Rows and vectors into a store in `work`: the two ingests, timed."""
     from datagen.embed import distinct, identity
     from datagen.spec.load import load_spec
-    from datagen.spec.plan import build_plan
+    from datagen.api import plan as build_plan
     from datagen.store import embeddings
     from datagen.store.connection import open_store
-    from datagen.store.views import sync_sources
+    from datagen.store.views import sync_views
 
     out: dict = {"rows": n}
     rows, pairs = build_rows(n)
@@ -83,7 +83,8 @@ def prepare(n: int, select_n: int, method: str, work: Path) -> dict:
     start, cpu = time.monotonic(), time.process_time()
     loaded = load_spec(work / "spec.yaml")
     con = open_store(loaded.store_path)
-    sync_sources(con, build_plan(loaded))
+    plan = build_plan(loaded)
+    sync_views(con, plan.source_rows, plan.views)
     out["source_ingest_s"], out["source_ingest_cpu_s"] = time.monotonic() - start, time.process_time() - cpu
     ids = [r for (r,) in con.execute("SELECT _id FROM rows").fetchall()]
     texts = [r["text"] for r in rows]
@@ -101,14 +102,8 @@ def prepare(n: int, select_n: int, method: str, work: Path) -> dict:
     return out
 
 
-def curate(work: Path, columnar: bool = False) -> dict:
-    """What `datagen curate` does, in a process of its own: load the spec and plan, open the store, run curation.
-
-    `columnar`: with the change to curation/run.py proposed in columnar_recorder.py."""
-    if columnar:
-        from columnar_recorder import apply
-
-        apply()
+def curate(work: Path) -> dict:
+    """What `datagen curate` does, in a process of its own: load the spec and plan, open the store, run curation."""
     from curation import run
     from curation.run import run_curation
 
@@ -121,7 +116,7 @@ def curate(work: Path, columnar: bool = False) -> dict:
 
     run.Recorder.record = noting
     from datagen.spec.load import load_spec
-    from datagen.spec.plan import build_plan
+    from datagen.api import plan as build_plan
     from datagen.store.connection import open_store
 
     start, cpu = time.monotonic(), time.process_time()
@@ -149,7 +144,7 @@ def _rss() -> int:
 def report(r: dict) -> None:
     n = r["rows"]
     print(f"\n{n} rows: source ingest {r['source_ingest_s']:.1f} s, {n / r['source_ingest_s']:,.0f} rows/s "
-          f"({n / r['source_ingest_cpu_s']:,.0f} per CPU second; JSONL through load_spec + build_plan + "
+          f"({n / r['source_ingest_cpu_s']:,.0f} per CPU second; JSONL through load_spec + plan + "
           f"sync_sources); embeddings ingest {r['distinct']} vectors in {r['embed_ingest_s']:.1f} s, "
           f"{r['distinct'] / r['embed_ingest_s']:,.0f} rows/s ({r['distinct'] / r['embed_ingest_cpu_s']:,.0f} per "
           f"CPU second)")
@@ -162,12 +157,12 @@ def report(r: dict) -> None:
           f"dedup: {r['found']} of {r['planted']}")
 
 
-def run(sizes: list[int], select_n: int, method: str, columnar: bool = False) -> None:
+def run(sizes: list[int], select_n: int, method: str) -> None:
     results = []
     for n in sizes:
         with tempfile.TemporaryDirectory(prefix="datagen-scale-") as tmp:
             result = {}
-            for phase in ("prepare", "curate-columnar" if columnar else "curate"):
+            for phase in ("prepare", "curate"):
                 cmd = [sys.executable, __file__, phase, tmp, str(n), str(select_n), method]
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode != 0:
@@ -188,5 +183,5 @@ if __name__ == "__main__":
     if phase == "prepare":
         result = prepare(int(rows_n), int(select), how, Path(folder))
     else:
-        result = curate(Path(folder), columnar=phase == "curate-columnar")
+        result = curate(Path(folder))
     print(json.dumps(result, default=float))
