@@ -145,7 +145,7 @@ def report(r: dict) -> None:
     n = r["rows"]
     print(f"\n{n} rows: source ingest {r['source_ingest_s']:.1f} s, {n / r['source_ingest_s']:,.0f} rows/s "
           f"({n / r['source_ingest_cpu_s']:,.0f} per CPU second; JSONL through load_spec + plan + "
-          f"sync_sources); embeddings ingest {r['distinct']} vectors in {r['embed_ingest_s']:.1f} s, "
+          f"sync_views); embeddings ingest {r['distinct']} vectors in {r['embed_ingest_s']:.1f} s, "
           f"{r['distinct'] / r['embed_ingest_s']:,.0f} rows/s ({r['distinct'] / r['embed_ingest_cpu_s']:,.0f} per "
           f"CPU second)")
     rss = dict(r["rss"])
