@@ -199,6 +199,9 @@ class SemanticDedup(DedupBase):
     threshold: float = Field(0.92, gt=0, le=1)
     exact_below: int = Field(50_000, ge=0)  # up to this many rows, search every pair exactly (blocked)
     nprobe: int = Field(16, ge=1, le=4096)  # above it, clusters (IVF lists) searched per row
+    # torch: embed every row with `model`; cascade: a static model distilled from `model` proposes the rows that may
+    # have a neighbour, `model` embeds only those and decides (curation/dedup/cascade.py)
+    backend: Literal["torch", "cascade"] = "torch"
 
 
 DEDUP_TYPES = ("exact", "minhash", "semantic")
@@ -255,6 +258,8 @@ class DiversitySpec(Model):
     weight_by_length: bool = False
     length_column: str | None = None
     pool: float = Field(4.0, ge=1)  # kcenter with quality/difficulty: choose among the best pool * n rows
+    # torch: `model` itself; static: a static model distilled once from it (about a fiftieth of the CPU)
+    backend: Literal["torch", "static"] = "torch"
 
     @model_validator(mode="after")
     def _shape(self) -> "DiversitySpec":

@@ -75,6 +75,17 @@ class EngineSpec(Model):
     tensor_parallel_size: int = Field(1, ge=1)
     data_parallel_size: int = Field(1, ge=1)
 
+    @field_validator("data_parallel_size")
+    @classmethod
+    def _one_engine(cls, v: int) -> int:
+        # an in-process `vllm.LLM` is one engine; vLLM's data parallelism needs its own launcher per rank
+        if v > 1:
+            raise ValueError(
+                f"data_parallel_size must be 1 for an in-process vLLM teacher, got {v}: it runs one engine. "
+                "For more engines, remove it and set `replicas: N` under `datagen run --ray`; to split one model "
+                "over several GPUs, set tensor_parallel_size")
+        return v
+
 
 class VLLMTeacherSpec(Model):
     backend: Literal["vllm"]
