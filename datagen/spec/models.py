@@ -9,7 +9,10 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
+
+from datagen.extra_body import masked
+from datagen.spec.reasoning_models import ReasoningSpec, ThinkingSpec, check_extra_body
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Names the store itself uses; a step or source with one of these names would shadow a store table.
@@ -91,6 +94,16 @@ class OpenAITeacherSpec(Model):
     timeout_s: float = Field(120, gt=0)
     max_attempts: int = Field(4, ge=1, le=20)
     sampling: SamplingSpec = SamplingSpec()
+    extra_body: dict[str, Any] | None = None  # sent with every request as is (specs/reasoning.md)
+
+    @field_validator("extra_body")
+    @classmethod
+    def _extra_body(cls, v: dict | None) -> dict | None:
+        return check_extra_body(v)
+
+    @field_serializer("extra_body")
+    def _masked(self, v: dict | None):
+        return masked(v)  # key-like values never reach a dump (the store's `_runs`)
 
     @field_validator("base_url")
     @classmethod
@@ -183,6 +196,16 @@ class StepBase(Model):
     n: int = Field(1, ge=1, le=256)
     logprobs: int | None = Field(None, ge=1, le=20)
     max_failure_rate: float = Field(0.5, ge=0, le=1)
+    extra_body: dict[str, Any] | None = None  # merged over the teacher's (HTTP teachers only)
+
+    @field_validator("extra_body")
+    @classmethod
+    def _extra_body(cls, v: dict | None) -> dict | None:
+        return check_extra_body(v)
+
+    @field_serializer("extra_body")
+    def _masked(self, v: dict | None):
+        return masked(v)  # key-like values never reach a dump (the store's `_runs`)
 
     @field_validator("name")
     @classmethod
@@ -210,6 +233,8 @@ class LabelStep(StepBase):
     response_format: ResponseFormatSpec | None = None
     agreement: AgreementSpec | None = None
     vote: Literal["majority"] | None = None
+    reasoning: bool | ReasoningSpec = False  # keep the trace apart: <output>_reasoning (specs/reasoning.md)
+    thinking: ThinkingSpec | None = None  # budget forcing of the trace (in-process teachers)
 
 
 class NoveltySpec(Model):
@@ -292,6 +317,8 @@ class SelfStep(StepBase):
     keep: Literal["majority", "verified"] = "majority"
     extract: str | None = None  # a regex for the final answer (group 1 if it has one); default: `#### x`, boxed, last number
     reference: str | None = None  # with `keep: verified`: the input column holding the reference answer
+    reasoning: bool | ReasoningSpec = False
+    thinking: ThinkingSpec | None = None
 
     @model_validator(mode="after")
     def _reference(self) -> "SelfStep":
@@ -331,6 +358,7 @@ class ExportSpec(Model):
     test_split: float | None = Field(None, gt=0, lt=1)  # share of inputs held out as a `test` split
     shard_rows: int = Field(100_000, ge=1)  # rows per Parquet file
     license: str = "other"  # the card's license: an SPDX-like id the Hub knows (apache-2.0, mit, cc-by-4.0, other)
+    reasoning: Literal["inline", "field", "drop"] = "inline"  # how a trace is written (specs/reasoning.md)
     tags: list[str] = []  # added to the card's tags (synthetic, distillation, datagen)
 
 
@@ -413,6 +441,7 @@ class TrainSpec(Model):
     max_length: int = Field(1024, ge=16)
     lora: LoraSpec | None = None
     eval: EvalSpec | None = None
+    chat_template: str | None = None  # a Jinja file that replaces the student's chat template
 
     @model_validator(mode="after")
     def _layers(self) -> "TrainSpec":

@@ -13,7 +13,12 @@ def teacher_identity(spec, spec_dir) -> dict:
     from datagen.bundled import model_identity
 
     if spec.backend == "openai":
-        return {"backend": "openai", "model": spec.model, "base_url": spec.base_url}
+        identity = {"backend": "openai", "model": spec.model, "base_url": spec.base_url}
+        if spec.extra_body:  # only when set, so the keys of teachers without one never change
+            from datagen.extra_body import keyed
+
+            identity["extra_body"] = keyed(spec.extra_body)
+        return identity
     identity = {"backend": spec.backend, "model": model_identity(spec.model, spec_dir)}
     if not spec.model.startswith("bundled:") and Path(identity["model"]).is_dir():
         from datagen.teachers.fingerprint import folder_fingerprint
@@ -36,7 +41,7 @@ def make_teacher(name: str, spec, spec_dir, seed: int):
         return OpenAITeacher(name, base_url=spec.base_url, model=spec.model, api_key=api_key,
                              max_concurrency=spec.max_concurrency, timeout_s=spec.timeout_s,
                              max_attempts=spec.max_attempts, requests_per_minute=spec.requests_per_minute,
-                             tokens_per_minute=spec.tokens_per_minute)
+                             tokens_per_minute=spec.tokens_per_minute, extra_body=spec.extra_body)
     from datagen.bundled import resolve_model
 
     path = resolve_model(spec.model, spec_dir)
