@@ -202,6 +202,18 @@ def status_lines(con, st: PlannedStep) -> list[str]:
 
 
 def card_notes(step) -> list[str]:
+    notes = reasoning_notes(step)
     if step.agreement is not None:
-        return [f"answer agreement on `{step.agreement.column}`" + ("; majority vote" if step.vote else "")]
-    return []
+        notes.append(f"answer agreement on `{step.agreement.column}`" + ("; majority vote" if step.vote else ""))
+    return notes
+
+
+def reasoning_notes(step) -> list[str]:
+    if not markers_of(step):
+        return []
+    notes = [f"reasoning trace kept apart in `{reasoning.trace_column(step.output)}`"]
+    t = getattr(step, "thinking", None)
+    if t is not None:
+        bounds = [f"at most {t.max_tokens}" if t.max_tokens else "", f"at least {t.min_tokens}" if t.min_tokens else ""]
+        notes.append("trace budget-forced (s1): " + (" and ".join(b for b in bounds if b) or "no bounds") + " tokens")
+    return notes

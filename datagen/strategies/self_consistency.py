@@ -73,7 +73,8 @@ def status_lines(con, st: PlannedStep) -> list[str]:
 
 
 def card_notes(step) -> list[str]:
-    return [f"keep: {step.keep}" + (f" against `{step.reference}`" if step.reference else "")]
+    return [f"keep: {step.keep}" + (f" against `{step.reference}`" if step.reference else "")] + \
+        label.reasoning_notes(step)
 
 
 def decide(con, st) -> tuple[int, int]:
