@@ -5,13 +5,13 @@ SFTTrainer step on the inline form through `datagen train`."""
 
 from __future__ import annotations
 
-import duckdb
 import pytest
 import yaml
 
 from datagen.api import plan as build_plan, run
 from datagen.errors import UserError
 from datagen.spec.load import load_spec
+from tests.test_examples_e2e import query_json as query
 from tests.reasoning_fixtures import LIMIT, SHAPES, example_on, problems, reference, script
 from tests.scripted_server import ScriptedServer
 
@@ -24,16 +24,6 @@ def example(tmp_path_factory):
         run(load_spec(spec), log=lambda m: None)
         bodies = list(server.bodies)
     return spec, bodies
-
-
-def query(spec, sql: str) -> list[dict]:
-    con = duckdb.connect(str(load_spec(spec).store_path), read_only=True)
-    try:
-        cur = con.execute(sql)
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, r)) for r in cur.fetchall()]
-    finally:
-        con.close()
 
 
 def by_shape(spec) -> dict[str, list[dict]]:

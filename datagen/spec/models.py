@@ -9,10 +9,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from datagen.extra_body import masked
-from datagen.spec.reasoning_models import ReasoningSpec, ThinkingSpec, check_extra_body
+from datagen.spec.reasoning_models import ExtraBody, ReasoningSpec, ThinkingSpec
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Names the store itself uses; a step or source with one of these names would shadow a store table.
@@ -94,16 +93,7 @@ class OpenAITeacherSpec(Model):
     timeout_s: float = Field(120, gt=0)
     max_attempts: int = Field(4, ge=1, le=20)
     sampling: SamplingSpec = SamplingSpec()
-    extra_body: dict[str, Any] | None = None  # sent with every request as is (specs/reasoning.md)
-
-    @field_validator("extra_body")
-    @classmethod
-    def _extra_body(cls, v: dict | None) -> dict | None:
-        return check_extra_body(v)
-
-    @field_serializer("extra_body")
-    def _masked(self, v: dict | None):
-        return masked(v)  # key-like values never reach a dump (the store's `_runs`)
+    extra_body: ExtraBody = None  # sent with every request as is (specs/reasoning.md)
 
     @field_validator("base_url")
     @classmethod
@@ -196,16 +186,7 @@ class StepBase(Model):
     n: int = Field(1, ge=1, le=256)
     logprobs: int | None = Field(None, ge=1, le=20)
     max_failure_rate: float = Field(0.5, ge=0, le=1)
-    extra_body: dict[str, Any] | None = None  # merged over the teacher's (HTTP teachers only)
-
-    @field_validator("extra_body")
-    @classmethod
-    def _extra_body(cls, v: dict | None) -> dict | None:
-        return check_extra_body(v)
-
-    @field_serializer("extra_body")
-    def _masked(self, v: dict | None):
-        return masked(v)  # key-like values never reach a dump (the store's `_runs`)
+    extra_body: ExtraBody = None  # merged over the teacher's (HTTP teachers only)
 
     @field_validator("name")
     @classmethod

@@ -3,9 +3,9 @@ and `extra_body`, the request fields an HTTP teacher sends as they are."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, model_validator
 
 from datagen import extra_body
 
@@ -52,8 +52,12 @@ def markers_of(step) -> ReasoningSpec | None:
     return value or None
 
 
-def check_extra_body(value: dict[str, Any] | None) -> dict[str, Any] | None:
+def _check_extra_body(value: dict[str, Any] | None) -> dict[str, Any] | None:
     return extra_body.check(value) if value is not None else None
+
+
+# a teacher's or step's extra_body: checked, and with key-like values masked in every dump (the store's `_runs`)
+ExtraBody = Annotated[dict[str, Any] | None, AfterValidator(_check_extra_body), PlainSerializer(extra_body.masked)]
 
 
 def check_step(loaded, i: int, step, teacher_names: list[str]) -> None:
