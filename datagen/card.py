@@ -263,8 +263,10 @@ def public_model(ref: str, spec_dir: Path) -> str:
     return ref
 
 
-def public_url(url: str | None) -> str | None:
-    """A URL without credentials, query or fragment."""
+def public_url(url: str | list[str] | None) -> str | None:
+    """A URL (or several, comma-separated) without credentials, query or fragment."""
+    if isinstance(url, list):
+        return ", ".join(public_url(u) for u in url)
     if not url:
         return url
     from urllib.parse import urlsplit, urlunsplit
@@ -300,7 +302,7 @@ def _public_paths(node: Any, loc: tuple, spec_dir: Path) -> None:
                 node[key] = Path(value).name
             elif key in ("model", "student"):
                 node[key] = public_model(value, spec_dir)
-            elif key == "base_url":
+            elif key == "base_url" or (isinstance(key, int) and loc[-1:] == ("base_url",)):
                 node[key] = public_url(value)
 
 

@@ -85,7 +85,7 @@ class VLLMTeacherSpec(Model):
 class OpenAITeacherSpec(Model):
     backend: Literal["openai"]
     model: str
-    base_url: str
+    base_url: str | list[str]  # one server, or several that share the requests (least-loaded first)
     api_key_env: str | None = None
     max_concurrency: int = Field(16, ge=1, le=4096)
     requests_per_minute: int | None = Field(None, ge=1)
@@ -97,9 +97,16 @@ class OpenAITeacherSpec(Model):
 
     @field_validator("base_url")
     @classmethod
-    def _url(cls, v: str) -> str:
-        if not re.match(r"^https?://", v):
-            raise ValueError(f"base_url must start with http:// or https://, got {v!r}")
+    def _url(cls, v: str | list[str]) -> str | list[str]:
+        urls = v if isinstance(v, list) else [v]
+        if not urls:
+            raise ValueError("base_url is an empty list; give one URL or several")
+        for u in urls:
+            if not re.match(r"^https?://", u):
+                raise ValueError(f"base_url must start with http:// or https://, got {u!r}")
+        if isinstance(v, list):
+            cleaned = list(dict.fromkeys(u.rstrip("/") for u in v))
+            return cleaned if len(cleaned) > 1 else cleaned[0]
         return v.rstrip("/")
 
     @field_validator("api_key_env")

@@ -200,6 +200,11 @@ def m006_owners_and_probes(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("DROP TABLE student_probes")
 
 
+def m010_worker(con: duckdb.DuckDBPyConnection) -> None:
+    # which server (an HTTP teacher's base URL) or engine replica made each sample
+    con.execute("ALTER TABLE requests ADD COLUMN worker VARCHAR")
+
+
 MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("001_core", m001_core),
     ("002_curation", m002_curation),
@@ -207,6 +212,7 @@ MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("004_pairs", m004_pairs),
     ("005_train_runs", m005_train_runs),
     ("006_owners_and_probes", m006_owners_and_probes),
+    ("010_worker", m010_worker),  # named ahead: 007-009 were taken by work in progress elsewhere
 ]
 
 

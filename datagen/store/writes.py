@@ -48,7 +48,8 @@ class BatchResult:
 
 def _request_row(key: str, status: str, error: str | None, sample) -> dict[str, Any]:
     return {"key": key, "status": status, "error": error, "prompt_tokens": sample.prompt_tokens,
-            "completion_tokens": sample.completion_tokens, "seconds": sample.seconds}
+            "completion_tokens": sample.completion_tokens, "seconds": sample.seconds,
+            "worker": getattr(sample, "worker", None)}
 
 
 def insert_pending(con: duckdb.DuckDBPyConnection, step: str, requests: list, keys_now: list[str] | None) -> None:
@@ -84,13 +85,14 @@ def write_batch(con: duckdb.DuckDBPyConnection, result: BatchResult) -> None:
 
     reqs = pa.Table.from_pylist(result.requests, schema=pa.schema([
         ("key", pa.string()), ("status", pa.string()), ("error", pa.string()), ("prompt_tokens", pa.int64()),
-        ("completion_tokens", pa.int64()), ("seconds", pa.float64())]))
+        ("completion_tokens", pa.int64()), ("seconds", pa.float64()), ("worker", pa.string())]))
     with transaction(con):
         con.register("_req_batch", reqs)
         con.execute(
             """
             UPDATE requests SET status = b.status, error = b.error, prompt_tokens = b.prompt_tokens,
-                completion_tokens = b.completion_tokens, seconds = b.seconds, attempts = requests.attempts + 1,
+                completion_tokens = b.completion_tokens, seconds = b.seconds, worker = b.worker,
+                attempts = requests.attempts + 1,
                 updated_at = current_timestamp
             FROM _req_batch b WHERE requests.key = b.key
             """

@@ -13,7 +13,9 @@ def teacher_identity(spec, spec_dir) -> dict:
     from datagen.bundled import model_identity
 
     if spec.backend == "openai":
-        identity = {"backend": "openai", "model": spec.model, "base_url": spec.base_url}
+        # several servers serve the same model: their order does not change what comes back
+        urls = sorted(spec.base_url) if isinstance(spec.base_url, list) else spec.base_url
+        identity = {"backend": "openai", "model": spec.model, "base_url": urls}
         if spec.extra_body:  # only when set, so the keys of teachers without one never change
             from datagen.extra_body import keyed
 

@@ -35,6 +35,7 @@ class Sample:
     logprobs: list[TokenLogprobs] | None = None
     error: str | None = None  # set when the sample failed; then text is None
     seconds: float | None = None
+    worker: str | None = None  # which server or engine replica made it
     # the trace, when the server returned one in its own field or GenOptions.reasoning asked to split it off (then
     # `text` is the answer alone)
     reasoning: Reasoning | None = None

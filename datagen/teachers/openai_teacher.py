@@ -34,18 +34,19 @@ from datagen.errors import Terminated
 from datagen.reasoning import from_field
 from datagen.teachers.base import GenOptions, GenRequest, Sample, TokenLogprobs, split_sample
 from datagen.teachers.ratelimit import RateLimiter
+from datagen.teachers.servers import ServerPool
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 HEARTBEAT_SECONDS = 1.0  # the stream yields at least this often, even with nothing finished, so the caller can commit
 
 
 class OpenAITeacher:
-    def __init__(self, name: str, *, base_url: str, model: str, api_key: str | None, max_concurrency: int = 16,
+    def __init__(self, name: str, *, base_url: str | list[str], model: str, api_key: str | None, max_concurrency: int = 16,
                  timeout_s: float = 120, max_attempts: int = 4, requests_per_minute: int | None = None,
                  tokens_per_minute: int | None = None, backoff_base_s: float = 0.5, backoff_max_s: float = 30,
                  extra_body: dict | None = None):
         self.name = name
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.servers = ServerPool(base_url if isinstance(base_url, list) else [base_url])
         self.model = model
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._secret = api_key or None
@@ -131,17 +132,22 @@ class OpenAITeacher:
         for attempt in range(1, self.max_attempts + 1):
             await self.limiter.acquire(estimate)
             retry_after: float | None = None
+            server = await self.servers.acquire()
+            server_ok = False
             try:
-                resp = await asyncio.wait_for(client.post(self.url, json=body), self.timeout_s)
+                resp = await asyncio.wait_for(client.post(server.url, json=body), self.timeout_s)
             except asyncio.TimeoutError:
                 last_error = f"timed out after {self.timeout_s:g} s"
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             else:
+                # a 4xx other than a rate limit is the request's fault, not the server's
+                server_ok = resp.status_code == 200 or resp.status_code not in RETRY_STATUS
                 if resp.status_code == 200:
                     sample = _parse_response(resp, options.reasoning is not None)
                     if sample.error is None:
                         sample.seconds = time.monotonic() - start
+                        sample.worker = server.label
                         if options.reasoning is not None:
                             split_sample(sample, options.reasoning)  # a trace written inline, in the content
                         return sample
@@ -153,6 +159,8 @@ class OpenAITeacher:
                     retry_after = _retry_after(resp)
                     if retry_after is not None:
                         self.limiter.pause(min(retry_after, self.backoff_max_s * 4))
+            finally:
+                self.servers.release(server, server_ok)
             if attempt < self.max_attempts:
                 await asyncio.sleep(self._backoff(attempt, retry_after))
         error = f"{last_error} (after {attempt} attempt{'s' if attempt > 1 else ''})"
