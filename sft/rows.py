@@ -2,8 +2,9 @@
 
 A training row is the request as it was sent (system prompt, demos as turns, the rendered prompt) as `prompt`,
 and the step's output column as the `completion` (TRL's conversational prompt/completion format, so the loss falls
-on the assistant's tokens only), with a reasoning trace written as `export.reasoning` says, as export writes it. Rows with an empty output are left out. The held-out part (`eval.split`) is taken
-in whole inputs, so no prompt is in both parts; the choice follows the spec's seed.
+on the assistant's tokens only), with a reasoning trace written as `export.reasoning` says, as export writes it.
+Rows with an empty output are left out. The held-out part (`eval.split`) is taken in whole inputs, so no prompt is in
+both parts; the choice follows the spec's seed.
 """
 
 from __future__ import annotations

@@ -71,7 +71,8 @@ def test_http_teacher_captures_both_trace_shapes():
     # all trace, cut at max_tokens: a sample with an empty answer and an unclosed trace, not a failure
     assert (cut.error, cut.text, cut.reasoning.closed, cut.finish_reason) == (None, "", False, "length")
     # without `reasoning` asked for nothing changes: inline text stays whole, an all-trace reply fails as before
-    assert plain[0][0].text == "<think>1 + 1</think>#### 2" and plain[1][0].error.startswith("reply has no message content")
+    assert plain[0][0].text == "<think>1 + 1</think>#### 2"
+    assert plain[1][0].error.startswith("reply has no message content")
 
 
 def test_extra_body_is_sent_merged_and_secrets_never_leak():

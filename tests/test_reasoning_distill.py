@@ -1,7 +1,7 @@
-"""specs/reasoning_distill.yaml end to end against a scripted reasoning teacher on loopback (tests/reasoning_fixtures.py:
-traces in `reasoning_content`, in `reasoning` and inline, right and wrong answers, an unclosed trace): the stored
-columns, every curation decision, the three export forms loaded with `datasets`, the chat-template check, and one
-SFTTrainer step on the inline form through `datagen train`."""
+"""specs/reasoning_distill.yaml end to end against a scripted reasoning teacher on loopback
+(tests/reasoning_fixtures.py: traces in `reasoning_content`, in `reasoning` and inline, right and wrong answers, an
+unclosed trace): the stored columns, every curation decision, the three export forms loaded with `datasets`, the
+chat-template check, and one SFTTrainer step on the inline form through `datagen train`."""
 
 from __future__ import annotations
 
