@@ -1,10 +1,10 @@
 """Labeling: the teacher writes the output for inputs you already have (y ~ pT(y | I + demos + x)).
 
 Functions from rows to rows: `rounds` turns the input rows into chat requests (one per wanted sample, per teacher),
-and `parse` turns a teacher reply into the produced columns or a reason it failed. With `reasoning: true` the
-teacher splits the trace off (datagen/reasoning.py): the output column holds the answer alone and the trace and its
-length are produced columns beside it. With several teachers or samples
-per input, `agreement` and `vote` (agreement.py) compare their answers once the step's rows are in.
+and `parse` turns a teacher reply into the produced columns or a reason it failed. With several teachers or samples
+per input, `agreement` and `vote` (agreement.py) compare their answers once the step's rows are in. With
+`reasoning: true` the teacher splits the trace off (datagen/reasoning.py): the output column holds the answer alone,
+and the trace and its length are produced columns beside it.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any, Iterator
 from datagen import reasoning, templates
 from datagen.keys import request_key
 from datagen.spec.models import DemosSpec, LabelStep
-from datagen.spec.reasoning_models import markers_of
 from datagen.spec.plan import (PlannedStep, check_template, columns_of, produced_columns, refuse_include_generated,
                                step_teachers, step_view)
+from datagen.spec.reasoning_models import markers_of
 from datagen.store import reads
 from datagen.strategies import agreement
 from datagen.strategies.base import Job, PlannedRequest, Round
@@ -163,8 +163,7 @@ def json_schema(step) -> dict | None:
     return fmt.json_schema if fmt else None
 
 
-def parse(step, text: str, req: PlannedRequest, sample=None
-          ) -> tuple[dict[str, Any] | None, str | None]:
+def parse(step, text: str, req: PlannedRequest, sample=None) -> tuple[dict[str, Any] | None, str | None]:
     """Produced fields (besides the output text) or the reason the reply is unusable."""
     fields, error = parse_json(step, text)
     if error is None and markers_of(step):
