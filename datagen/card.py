@@ -36,6 +36,14 @@ FORMAT_TEXT = {
     "columns": "the source's columns as they are: these rows come from a source, not from a teacher, so they have no "
                "chat turns.",
 }
+REASONING_TEXT = {
+    "inline": "each assistant turn holds the teacher's reasoning trace in a `<think>` ... `</think>` block, then a "
+              "blank line and the answer (the open-r1 / OpenThoughts convention, which TRL's `SFTTrainer` trains on "
+              "as is).",
+    "field": "each assistant turn holds the answer in `content` and the teacher's reasoning trace in "
+             "`reasoning_content`, for chat templates that render that field.",
+    "drop": "the teacher's reasoning traces were left out: each assistant turn holds the answer alone.",
+}
 TERMS = ("The outputs in this dataset were written by the teacher models listed above. Those models' licences and "
          "terms of use apply to the data, and some of them restrict using outputs to train other models: check them "
          "before you use, share or train on this dataset.")
@@ -107,7 +115,10 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
 def contents_section(result) -> str:
     split_rows = [[s, n, ", ".join(f"`{p.name}`" for p in result.data_files if p.name.startswith(s + "-"))]
                   for s, n in result.splits.items()]
-    out = ["## Contents", f"Format: {FORMAT_TEXT[result.format]}", table(["split", "rows", "files"], split_rows)]
+    out = ["## Contents", f"Format: {FORMAT_TEXT[result.format]}"]
+    if result.reasoning:
+        out.append(f"Reasoning (`export.reasoning: {result.reasoning}`): {REASONING_TEXT[result.reasoning]}")
+    out.append(table(["split", "rows", "files"], split_rows))
     if result.skipped:
         out.append(f"{result.skipped} rows with an empty output were left out.")
     out.append("Columns (statistics over all splits):\n\n" + table(["column", "type", "nulls", "summary"],
@@ -285,7 +296,11 @@ def _public_paths(node: Any, loc: tuple, spec_dir: Path) -> None:
     items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
     for key, value in list(items):
         here = loc + (key,)
-        if isinstance(value, (dict, list)):
+        if key == "extra_body" and isinstance(value, dict):
+            from datagen.extra_body import masked
+
+            node[key] = masked(value)  # a credential someone put in a request body stays out of the card
+        elif isinstance(value, (dict, list)):
             _public_paths(value, here, spec_dir)
         elif isinstance(value, str):
             generic = tuple("*" if i == 1 and len(here) == 3 else p for i, p in enumerate(here))

@@ -281,19 +281,21 @@ def sample(model: str = typer.Argument(..., help="a student folder, a bundled: m
            engine: str = typer.Option("vllm", "--engine", help="vllm | transformers"),
            as_json: bool = typer.Option(False, "--json", help="print one JSON object per prompt")):
     """Answer prompts with a model, with s1 budget forcing of its reasoning."""
-    from sft.sample import Budget, as_dict, open_engine, read_prompts, resolve_target, sample as run_sample
+    from datagen.teachers.budget import Budget
+    from sft.sample import as_dict, check_budget, open_engine, read_prompts, resolve_target, sample as run_sample
 
     messages = read_prompts(prompt or [], file, system)
-    budget = Budget(max_thinking_tokens, min_thinking_tokens, think_start, think_end, wait, max_tokens)
-    budget.check()
+    budget = Budget(max_thinking_tokens=max_thinking_tokens, min_thinking_tokens=min_thinking_tokens,
+                    start=think_start, end=think_end, wait=wait, max_tokens=max_tokens)
+    check_budget(budget)
     path = resolve_target(model)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
-    runner = open_engine(engine, path, temperature)
+    runner = open_engine(engine, path)
     try:
-        replies = run_sample(runner, tok, messages, budget)
+        replies = run_sample(runner, tok, messages, budget, temperature)
     finally:
         runner.close()
     for r in replies:

@@ -22,10 +22,9 @@ from datagen.keys import canonical
 from datagen.spec.plan import Plan, PlannedStep, effective_sampling
 from datagen.store import batches, reads, runs, stats
 from datagen.store.writes import insert_pending
-from datagen.stream import Counts, generate
+from datagen.stream import Counts, generate, options_for
 from datagen.strategies import strategy_of
 from datagen.strategies.base import Job, Round, TeacherSetup
-from datagen.teachers.base import GenOptions, Sampling
 from datagen.templates import TemplateFailed
 
 MIN_SAMPLES_FOR_BUDGET = 20  # below this many finished samples a failure rate says little
@@ -85,13 +84,16 @@ def run_steps(con: duckdb.DuckDBPyConnection, plan: Plan, progress: Progress | N
 
 def teacher_setups(plan: Plan, st: PlannedStep) -> list[TeacherSetup]:
     """Each teacher of the step with its identity and the step's effective sampling on it (both part of every key)."""
+    from datagen.extra_body import keyed, merge
     from datagen.teachers import teacher_identity
 
     out = []
     for name in st.teachers:
         spec = plan.spec.teachers[name]
-        out.append(TeacherSetup(name, teacher_identity(spec, plan.loaded.dir),
-                                effective_sampling(spec.sampling, st.spec.sampling)))
+        identity = teacher_identity(spec, plan.loaded.dir)
+        if st.spec.extra_body:  # the request body the step sends decides its outputs (keyed without credentials)
+            identity["extra_body"] = keyed(merge(getattr(spec, "extra_body", None), st.spec.extra_body))
+        out.append(TeacherSetup(name, identity, effective_sampling(spec.sampling, st.spec.sampling)))
     return out
 
 
@@ -132,12 +134,11 @@ def run_round(con, plan: Plan, job: Job, rnd: Round, teachers: "Teachers", summa
         if not mine:
             continue
         teacher = teachers.get(setup.name)
-        options = GenOptions(Sampling(**setup.sampling), logprobs=st.spec.logprobs,
-                             json_schema=strategy.json_schema(st.spec))
+        options = options_for(st.spec, setup.sampling, strategy.json_schema(st.spec))
         counts = Counts()
 
         def parse(req, sample):
-            return strategy.parse(st.spec, sample.text, req)
+            return strategy.parse(st.spec, sample.text, req, sample)
 
         def committed():
             _add(summary, counts)

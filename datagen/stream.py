@@ -19,7 +19,7 @@ from datagen.budget import Budget
 from datagen.cost import Rates, max_request_cost
 from datagen.keys import canonical
 from datagen.store.writes import BatchResult, write_batch
-from datagen.teachers.base import GenOptions, GenRequest, Sample
+from datagen.teachers.base import GenOptions, GenRequest, Sample, Sampling
 
 COMMIT_SECONDS = 2.0
 
@@ -35,6 +35,24 @@ class Counts:
     completion_tokens: int = 0
     seconds: float = 0.0
     cost_usd: float = 0.0
+
+
+def options_for(step, sampling: dict, json_schema: dict | None) -> GenOptions:
+    """What a step asks of its teacher besides the prompts: sampling, logprobs, schema, the trace markers and
+    thinking budget (specs/reasoning.md) and the step's extra_body (merged over the teacher's by the teacher)."""
+    from datagen.reasoning import Markers
+    from datagen.spec.reasoning_models import markers_of
+    from datagen.teachers.budget import Budget
+
+    markers = markers_of(step)
+    thinking = getattr(step, "thinking", None)
+    budget = None
+    if thinking is not None:
+        budget = Budget(thinking.max_tokens, thinking.min_tokens or None, markers.start, markers.end, thinking.wait,
+                        thinking.final, sampling["max_tokens"])
+    return GenOptions(Sampling(**sampling), logprobs=step.logprobs, json_schema=json_schema,
+                      reasoning=Markers(markers.start, markers.end) if markers else None, thinking=budget,
+                      extra_body=step.extra_body)
 
 
 def group_by_prompt(requests: list) -> list[tuple[GenRequest, list]]:

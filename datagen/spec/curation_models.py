@@ -145,11 +145,29 @@ class VerifyCodeFilter(FilterBase):
     parallel: int = Field(2, ge=1, le=64)
 
 
-FILTER_TYPES = ("truncated", "length", "regex", "repetition", "score", "verify_math", "verify_code")
+class ReasoningFilter(FilterBase):
+    """Drop rows with no reasoning trace, an unclosed one, no answer after it (`require_answer`), or a trace whose
+    `_reasoning_tokens` is outside [min_tokens, max_tokens]. `column` is the answer column of a step with
+    `reasoning: true` (its trace is `<column>_reasoning`); by default the one such column of the input."""
+
+    type: Literal["reasoning"]
+    column: str | None = None
+    min_tokens: int | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, ge=1)
+    require_answer: bool = True
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "ReasoningFilter":
+        if self.min_tokens is not None and self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})")
+        return self
+
+
+FILTER_TYPES = ("truncated", "length", "regex", "repetition", "score", "verify_math", "verify_code", "reasoning")
 
 FilterSpec = Annotated[
     Union[TruncatedFilter, LengthFilter, RegexFilter, RepetitionFilter, ScoreFilter, VerifyMathFilter,
-          VerifyCodeFilter],
+          VerifyCodeFilter, ReasoningFilter],
     Field(discriminator="type"),
 ]
 

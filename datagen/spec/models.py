@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from datagen.spec.cost_models import BatchSpec, BudgetSpec, PriceSpec
+from datagen.spec.reasoning_models import ExtraBody, ReasoningSpec, ThinkingSpec
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Names the store itself uses; a step or source with one of these names would shadow a store table.
@@ -110,6 +111,7 @@ class OpenAITeacherSpec(Model):
     price: PriceSpec | None = None
     batch_discount: float = Field(0.5, ge=0, le=1)  # the share of the price a batch job saves
     batch: BatchSpec = BatchSpec()
+    extra_body: ExtraBody = None  # sent with every request as is (specs/reasoning.md)
 
     @field_validator("base_url")
     @classmethod
@@ -218,6 +220,7 @@ class StepBase(Model):
     n: int = Field(1, ge=1, le=256)
     logprobs: int | None = Field(None, ge=1, le=20)
     max_failure_rate: float = Field(0.5, ge=0, le=1)
+    extra_body: ExtraBody = None  # merged over the teacher's (HTTP teachers only)
 
     @field_validator("name")
     @classmethod
@@ -245,6 +248,8 @@ class LabelStep(StepBase):
     response_format: ResponseFormatSpec | None = None
     agreement: AgreementSpec | None = None
     vote: Literal["majority"] | None = None
+    reasoning: bool | ReasoningSpec = False  # keep the trace apart: <output>_reasoning (specs/reasoning.md)
+    thinking: ThinkingSpec | None = None  # budget forcing of the trace (in-process teachers)
 
 
 class NoveltySpec(Model):
@@ -327,6 +332,8 @@ class SelfStep(StepBase):
     keep: Literal["majority", "verified"] = "majority"
     extract: str | None = None  # a regex for the final answer (group 1 if it has one); default: `#### x`, boxed, last number
     reference: str | None = None  # with `keep: verified`: the input column holding the reference answer
+    reasoning: bool | ReasoningSpec = False
+    thinking: ThinkingSpec | None = None
 
     @model_validator(mode="after")
     def _reference(self) -> "SelfStep":
@@ -366,6 +373,7 @@ class ExportSpec(Model):
     test_split: float | None = Field(None, gt=0, lt=1)  # share of inputs held out as a `test` split
     shard_rows: int = Field(100_000, ge=1)  # rows per Parquet file
     license: str = "other"  # the card's license: an SPDX-like id the Hub knows (apache-2.0, mit, cc-by-4.0, other)
+    reasoning: Literal["inline", "field", "drop"] = "inline"  # how a trace is written (specs/reasoning.md)
     tags: list[str] = []  # added to the card's tags (synthetic, distillation, datagen)
 
 
@@ -448,6 +456,7 @@ class TrainSpec(Model):
     max_length: int = Field(1024, ge=16)
     lora: LoraSpec | None = None
     eval: EvalSpec | None = None
+    chat_template: str | None = None  # a Jinja file that replaces the student's chat template
 
     @model_validator(mode="after")
     def _layers(self) -> "TrainSpec":

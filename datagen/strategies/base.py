@@ -109,8 +109,9 @@ class Strategy(Protocol):
     def json_schema(self, step) -> dict | None:
         """The response schema the teacher is constrained to, if any (part of every key)."""
 
-    def parse(self, step, text: str, req: PlannedRequest) -> tuple[dict | None, str | None]:
-        """A reply's produced columns besides the output text, or the reason it is unusable (a failed request)."""
+    def parse(self, step, text: str, req: PlannedRequest, sample=None) -> tuple[dict | None, str | None]:
+        """A reply's produced columns besides the output text, or the reason it is unusable (a failed request).
+        `sample` is the teacher's whole Sample (its `reasoning`, when the step keeps a trace)."""
 
     def finish(self, job: Job) -> None:
         """What the step derives once its rows are all in (pairs, votes, kept samples), recomputed from the store."""

@@ -149,7 +149,7 @@ def json_schema(step) -> None:
     return None
 
 
-def parse(step, text: str, req) -> tuple[dict, None]:
+def parse(step, text: str, req, sample=None) -> tuple[dict, None]:
     return {}, None
 
 

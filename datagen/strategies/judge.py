@@ -263,7 +263,7 @@ def _requests(step: JudgeStep, parent_id: str, context: dict, teacher_name: str,
     return out
 
 
-def parse(step: JudgeStep, text: str, req: PlannedRequest) -> tuple[dict | None, str | None]:
+def parse(step: JudgeStep, text: str, req: PlannedRequest, sample=None) -> tuple[dict | None, str | None]:
     """The produced fields of one verdict, or the reason it is unusable (then the request is failed)."""
     text = (text or "").strip()
     if step.revise:

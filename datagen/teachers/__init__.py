@@ -15,7 +15,12 @@ def teacher_identity(spec, spec_dir) -> dict:
     if spec.backend == "openai":
         # several servers serve the same model: their order does not change what comes back
         urls = sorted(spec.base_url) if isinstance(spec.base_url, list) else spec.base_url
-        return {"backend": "openai", "model": spec.model, "base_url": urls}
+        identity = {"backend": "openai", "model": spec.model, "base_url": urls}
+        if spec.extra_body:  # only when set, so the keys of teachers without one never change
+            from datagen.extra_body import keyed
+
+            identity["extra_body"] = keyed(spec.extra_body)
+        return identity
     identity = {"backend": spec.backend, "model": model_identity(spec.model, spec_dir)}
     if not spec.model.startswith("bundled:") and Path(identity["model"]).is_dir():
         from datagen.teachers.fingerprint import folder_fingerprint
@@ -49,7 +54,7 @@ def make_teacher(name: str, spec, spec_dir, seed: int, journal=None, ray: bool =
         return OpenAITeacher(name, base_url=spec.base_url, model=spec.model, api_key=api_key,
                              max_concurrency=spec.max_concurrency, timeout_s=spec.timeout_s,
                              max_attempts=spec.max_attempts, requests_per_minute=spec.requests_per_minute,
-                             tokens_per_minute=spec.tokens_per_minute)
+                             tokens_per_minute=spec.tokens_per_minute, extra_body=spec.extra_body)
     from datagen.bundled import resolve_model
 
     path = resolve_model(spec.model, spec_dir)

@@ -63,7 +63,7 @@ class Replica:
         # Several replicas may share a node: let the OS place their threads (Ray sets OMP_NUM_THREADS to the CPUs
         # the actor was given) rather than each binding its threads to the same cores.
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-        self.index = index
+        self.index, self.kind = index, kind
         self.instance = uuid.uuid4().hex  # a restarted actor is a new instance: the driver notices and re-sends
         if kind == "vllm":
             from datagen.teachers.vllm_teacher import VLLMTeacher
@@ -133,7 +133,7 @@ class Replica:
 
     def _loop(self, options: GenOptions) -> None:
         try:
-            if hasattr(self.teacher, "llm"):  # vLLM: one long stream over the inbox
+            if self.kind == "vllm":  # one long engine stream over the inbox
                 order: list[int] = []
                 self._drain(self.teacher.stream(self._feed(order), options), order)
             else:  # transformers: batches as they come
