@@ -79,11 +79,11 @@ class _Context:
     def texts(self, column: str, idx: list[int]) -> list[str]:
         return [as_text(self.rows[i].get(column)) for i in idx]
 
-    def vectors(self, column: str, model: str, idx: list[int]):
+    def vectors(self, column: str, model: str, idx: list[int], backend: str = "torch"):
         from datagen.embed import embed
 
         return embed(self.con, self.texts(column, idx), [self.rows[i]["_id"] for i in idx], model,
-                     self.loaded.dir, self.log)
+                     self.loaded.dir, self.log, backend=backend)
 
 
 def _timed(rec: Recorder, stage: str, alive: list[int], fn) -> list[int]:
@@ -120,6 +120,13 @@ def _dedup(ctx: _Context, spec, alive: list[int], seed: int) -> list[Verdict]:
         from curation.dedup.minhash import minhash_dedup
 
         result = minhash_dedup(ctx.texts(spec.column, alive), order, spec.threshold, spec.ngram, spec.num_perm)
+    elif spec.backend == "cascade":  # the static model proposes, MiniLM decides (specs/curation.md)
+        from curation.dedup.cascade import cascade_dedup
+
+        def embed(pos: list[int], backend: str):
+            return ctx.vectors(spec.column, spec.model, [alive[k] for k in pos], backend)
+
+        result = cascade_dedup(len(alive), order, spec.threshold, embed, spec.exact_below, spec.nprobe, seed)
     else:
         from curation.dedup.semantic import semantic_dedup
 
@@ -149,7 +156,8 @@ def _select(ctx: _Context, rec: Recorder, spec, alive: list[int], seed: int) -> 
     sub = [ctx.rows[i] for i in alive]
 
     def embed(column: str, model: str, idx: list[int]):
-        return ctx.vectors(column, model, [alive[k] for k in idx])
+        backend = spec.diversity.backend if spec.diversity is not None else "torch"
+        return ctx.vectors(column, model, [alive[k] for k in idx], backend)
 
     sel = select(spec, sub, seed, embed)
     picked = {p: k for k, p in enumerate(sel.chosen)}

@@ -39,6 +39,8 @@ def check_curation(loaded, plan) -> None:
             check.column(loc, f, key)
         if f.type == "length":
             check.model(loc + ("tokenizer",), f.tokenizer)
+        if f.type == "reasoning":
+            _check_reasoning(loaded, loc, cur.input, columns, f.column)
     if cur.decontaminate is not None:
         _check_decontaminate(loaded, plan, check, cur)
     for i, d in enumerate(cur.dedup):
@@ -69,6 +71,22 @@ def describe_curation(cur: CurationSpec | None) -> list[str]:
         criteria = [k for k in ("quality", "difficulty", "diversity") if getattr(cur.select, k) is not None]
         stages.append(f"select {cur.select.n}" + (f" by {', '.join(criteria)}" if criteria else ""))
     return [f"  curation of {cur.input}: {' -> '.join(stages) or 'no stages'} -> curated"]
+
+
+def _check_reasoning(loaded, loc: tuple, input_name: str, columns: list[str], column: str | None) -> None:
+    """The reasoning filter reads an answer column with its trace beside it (`<column>_reasoning`)."""
+    from curation.filters.reasoning import default_column
+    from datagen.reasoning import trace_column
+
+    if column is None:
+        if default_column(columns) is None:
+            raise loaded.error(loc, f"the reasoning filter needs `column`: the answer column of a step with "
+                                    f"`reasoning: true` (its trace is `<column>_reasoning`); `{input_name}` has "
+                                    f"{'several' if any(trace_column(c) in columns for c in columns) else 'none'}")
+        return
+    if trace_column(column) not in columns:
+        raise loaded.error(loc + ("column",), f"`{input_name}` has no `{trace_column(column)}`: set `reasoning: "
+                                              f"true` on the step that writes `{column}` (or name its column)")
 
 
 def _check_decontaminate(loaded, plan, check: "_Checker", cur: CurationSpec) -> None:

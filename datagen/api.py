@@ -75,16 +75,35 @@ def plan(spec: SpecLike, limit: int | None = None) -> Plan:
     return p
 
 
-def describe(p: Plan) -> str:
-    """The plan as text: sources, steps, the curation stages, the export and training (what `validate` prints)."""
+def describe(p: Plan, max_usd: float | None = None) -> str:
+    """The plan as text (what `validate` prints): sources, steps, the curation stages, the export and training, and
+    what it would cost (specs/cost.md) against `max_usd` (else the spec's budget)."""
     from curation.validate import describe_curation
+    from datagen.estimate import describe_estimate, estimate
     from datagen.export import describe_export
     from datagen.planner import describe as describe_plan
 
+    if max_usd is None and p.spec.budget is not None:
+        max_usd = p.spec.budget.max_usd
     text = describe_plan(p).split("\n")
     train = [line for line in text if line.startswith("  train:")]
     rest = [line for line in text if not line.startswith("  train:")]
-    return "\n".join(rest + describe_curation(p.spec.curation) + describe_export(p.loaded, p) + train)
+    return "\n".join(rest + describe_curation(p.spec.curation) + describe_export(p.loaded, p) + train) + "\n" + \
+        describe_estimate(estimate(p), max_usd)
+
+
+@_loop_safe
+def cancel_batches(spec: SpecLike, log: Log | None = None) -> list[tuple]:
+    """Cancel the open provider batches of the spec's store: (teacher, batch id, status) of each."""
+    from datagen.runloop import cancel_batches as cancel
+    from datagen.store.connection import open_store
+
+    p = plan(spec)
+    con = open_store(p.loaded.store_path)
+    try:
+        return cancel(con, p, log or _default_log)
+    finally:
+        con.close()
 
 
 @_loop_safe
@@ -95,12 +114,14 @@ def validate(spec: SpecLike) -> Plan:
 
 @_loop_safe
 def run(spec: SpecLike, *, limit: int | None = None, verbose: bool = False, progress=None, log: Log | None = None,
-        checked: Plan | None = None):
+        checked: Plan | None = None, max_usd: float | None = None, ray: str | None = None):
     """Generate every step (resuming finished work), then run the `curation:` block. Returns the RunSummary.
 
     `limit`: the first N input rows of every step fed by a source, in a store of their own. Engine and library
     output goes to the log file beside the store unless `verbose`. `progress(step, done, total, output_tokens)` is
-    called as samples are committed."""
+    called as samples are committed. `max_usd` (else the spec's `budget.max_usd`) caps what the store spends in all
+    (specs/cost.md). `ray`: a Ray cluster's address (`auto`, `host:port`, or `local` to start one for the run);
+    in-process teachers then run as `replicas` actors on it (specs/scale.md)."""
     from datagen import console
     from datagen.runloop import run_steps
     from datagen.store.connection import open_store
@@ -112,19 +133,41 @@ def run(spec: SpecLike, *, limit: int | None = None, verbose: bool = False, prog
     log = log or _default_log
     p = checked or plan(spec, limit)
     loaded = p.loaded
+    _check_replicas(loaded, ray)
+    if max_usd is None and loaded.spec.budget is not None:
+        max_usd = loaded.spec.budget.max_usd
     with console.quiet(loaded.log_path, verbose):
+        if ray:
+            from datagen.teachers.replicas import connect
+
+            connect(ray)
         con = open_store(loaded.store_path)
         try:
             sync_views(con, p.source_rows, p.views)
-            summary = run_steps(con, p, progress=progress, log=log)
+            summary = run_steps(con, p, progress=progress, log=log, max_usd=max_usd, ray=bool(ray))
             if loaded.spec.curation is not None:
                 from curation.run import run_curation
 
                 summary.funnel = run_curation(con, loaded, p, log=log)
         finally:
             con.close()
+            if ray:
+                from datagen.teachers.replicas import disconnect
+
+                disconnect()
     summary.seconds = time.monotonic() - started  # the whole run: engine starts and curation included
     return summary
+
+
+def _check_replicas(loaded: LoadedSpec, ray: str | None) -> None:
+    if ray:
+        return
+    for name, t in loaded.spec.teachers.items():
+        if getattr(t, "replicas", 1) > 1:
+            raise loaded.error(("teachers", name, "replicas"), f"replicas: {t.replicas} runs engine copies on a Ray "
+                                                               "cluster: run with `datagen run SPEC --ray ADDRESS` "
+                                                               "(`--ray local` starts one on this machine), or set "
+                                                               "replicas: 1")
 
 
 @_loop_safe

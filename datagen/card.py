@@ -9,6 +9,7 @@ scrubbed once more at the end in case a prompt or query quoted one.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import re
 from datetime import datetime, timezone
@@ -17,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from datagen.cost import usd
 from datagen.version import __version__
 from datagen.store import stats
 
@@ -33,6 +35,14 @@ FORMAT_TEXT = {
     "preference": "`prompt`, `chosen` and `rejected` (conversational); TRL's `DPOTrainer` reads it as is.",
     "columns": "the source's columns as they are: these rows come from a source, not from a teacher, so they have no "
                "chat turns.",
+}
+REASONING_TEXT = {
+    "inline": "each assistant turn holds the teacher's reasoning trace in a `<think>` ... `</think>` block, then a "
+              "blank line and the answer (the open-r1 / OpenThoughts convention, which TRL's `SFTTrainer` trains on "
+              "as is).",
+    "field": "each assistant turn holds the answer in `content` and the teacher's reasoning trace in "
+             "`reasoning_content`, for chat templates that render that field.",
+    "drop": "the teacher's reasoning traces were left out: each assistant turn holds the answer alone.",
 }
 TERMS = ("The outputs in this dataset were written by the teacher models listed above. Those models' licences and "
          "terms of use apply to the data, and some of them restrict using outputs to train other models: check them "
@@ -105,7 +115,10 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
 def contents_section(result) -> str:
     split_rows = [[s, n, ", ".join(f"`{p.name}`" for p in result.data_files if p.name.startswith(s + "-"))]
                   for s, n in result.splits.items()]
-    out = ["## Contents", f"Format: {FORMAT_TEXT[result.format]}", table(["split", "rows", "files"], split_rows)]
+    out = ["## Contents", f"Format: {FORMAT_TEXT[result.format]}"]
+    if result.reasoning:
+        out.append(f"Reasoning (`export.reasoning: {result.reasoning}`): {REASONING_TEXT[result.reasoning]}")
+    out.append(table(["split", "rows", "files"], split_rows))
     if result.skipped:
         out.append(f"{result.skipped} rows with an empty output were left out.")
     out.append("Columns (statistics over all splits):\n\n" + table(["column", "type", "nulls", "summary"],
@@ -254,9 +267,14 @@ def tokens_text(con) -> str:
     rows = [[t["step"], t["teacher"], t["requests"], t["done"], t["failed"], t["prompt_tokens"],
              t["completion_tokens"], float(t["seconds"])] for t in totals]
     rows.append(["**total**", "", *(sum(r[i] for r in rows) for i in range(2, 8))])
+    costs = [t["cost_usd"] for t in totals]
+    costs.append(functools.reduce(stats.add_cost, costs, None))
+    for row, cost in zip(rows, costs):  # "-": no price declared for that teacher (specs/cost.md)
+        row.append(usd(cost))
     return table(["step", "teacher", "requests", "done", "failed", "prompt tokens", "completion tokens",
-                  "generation seconds"], rows) + "\n\nGeneration seconds are wall-clock time spent generating " \
-        "(each request holds its share; engine start not included), as in the run's table and the HTML report."
+                  "generation seconds", "cost (USD)"], rows) + "\n\nGeneration seconds are wall-clock time spent " \
+        "generating (each request holds its share; engine start not included), as in the run's table and the HTML " \
+        "report."
 
 
 # --- keeping local things out ----------------------------------------------------------------------------------
@@ -272,8 +290,10 @@ def public_model(ref: str, spec_dir: Path) -> str:
     return ref
 
 
-def public_url(url: str | None) -> str | None:
-    """A URL without credentials, query or fragment."""
+def public_url(url: str | list[str] | None) -> str | None:
+    """A URL (or several, comma-separated) without credentials, query or fragment."""
+    if isinstance(url, list):
+        return ", ".join(public_url(u) for u in url)
     if not url:
         return url
     from urllib.parse import urlsplit, urlunsplit
@@ -297,7 +317,11 @@ def _public_paths(node: Any, loc: tuple, spec_dir: Path, name: str) -> None:
     items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
     for key, value in list(items):
         here = loc + (key,)
-        if isinstance(value, (dict, list)):
+        if key == "extra_body" and isinstance(value, dict):
+            from datagen.extra_body import masked
+
+            node[key] = masked(value)  # a credential someone put in a request body stays out of the card
+        elif isinstance(value, (dict, list)):
             _public_paths(value, here, spec_dir, name)
         elif isinstance(value, str):
             generic = tuple("*" if i == 1 and len(here) == 3 else p for i, p in enumerate(here))
@@ -305,7 +329,7 @@ def _public_paths(node: Any, loc: tuple, spec_dir: Path, name: str) -> None:
                 node[key] = Path(value.replace("{name}", name)).name  # `out/{name}` would read `{name}`
             elif key in ("model", "student"):
                 node[key] = public_model(value, spec_dir)
-            elif key == "base_url":
+            elif key == "base_url" or (isinstance(key, int) and loc[-1:] == ("base_url",)):
                 node[key] = public_url(value)
 
 

@@ -101,19 +101,40 @@ def run(spec: Path = typer.Argument(..., help="the spec file"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
         verbose: bool = VERBOSE,
         limit: Optional[int] = typer.Option(None, "--limit", help="try the spec on the first N input rows of every "
-                                                                 "source-fed step (a separate store)")):
+                                                                 "source-fed step (a separate store)"),
+        max_usd: Optional[float] = typer.Option(None, "--max-usd", help="spend at most this many USD in all "
+                                                "(overrides budget.max_usd; the store's earlier spend counts)"),
+        cancel_batches: bool = typer.Option(False, "--cancel-batches", help="cancel the open provider batches and "
+                                            "stop; the next run collects what they finished"),
+        ray: Optional[str] = typer.Option(None, "--ray", help="run in-process teachers as `replicas` on a Ray cluster: "
+                                                              "auto, host:port, or local")):
     """Generate every step (resuming finished work), storing rows and lineage in the spec's DuckDB store.
 
     Engine and library messages go to runs/<name>.log beside the store unless --verbose."""
     from datagen import api, console
     from datagen.progress import ProgressReporter
 
+    if max_usd is not None and max_usd <= 0:
+        raise UserError(f"--max-usd must be more than 0, got {max_usd:g}")
+    if cancel_batches:
+        _print_cancelled(api.cancel_batches(_load(spec, limit)))
+        return
     plan = _plan(spec, limit, keys=False)  # a teacher that needs its key says so when it starts
     if not quiet:
-        print(api.describe(plan), flush=True)
+        print(api.describe(plan, max_usd), flush=True)
     with console.quiet(plan.loaded.log_path, verbose), ProgressReporter(enabled=not quiet) as reporter:
-        summary = api.run(plan.loaded, progress=reporter.update, log=reporter.log, checked=plan, verbose=verbose)
+        summary = api.run(plan.loaded, progress=reporter.update, log=reporter.log, checked=plan, verbose=verbose,
+                          max_usd=max_usd, ray=ray)
     _print_summary(summary)
+
+
+def _print_cancelled(cancelled: list[tuple]) -> None:
+    if not cancelled:
+        print("no open batches to cancel")
+    for teacher, batch_id, status in cancelled:
+        print(f"batch {batch_id} (teacher {teacher}): {status}")
+    if cancelled:
+        print("the next `datagen run` collects what they finished and sends the rest again")
 
 
 @app.command()
@@ -143,7 +164,7 @@ def _print_summary(summary) -> None:
         return
     table = Table(title=f"run finished in {summary.seconds:.1f} s; store {summary.store}")
     for col in ("step", "requested", "cached", "generated", "failed", "prompt tokens", "completion tokens",
-                "generation seconds"):
+                "generation seconds", "cost"):
         table.add_column(col, justify="left" if col == "step" else "right")
     for row in describe_summary(summary):
         table.add_row(*row)
@@ -156,6 +177,7 @@ def status(spec: Path = typer.Argument(..., help="the spec file"),
            limit: Optional[int] = typer.Option(None, "--limit", help="the store of `run --limit N`")):
     """Per step: requests done, failed and pending, and the commonest errors."""
     from datagen import api
+    from datagen.cost import usd
 
     result = api.status(_load(spec, limit))
     for r in result["steps"]:
@@ -163,12 +185,19 @@ def status(spec: Path = typer.Argument(..., help="the spec file"),
         if total == 0:
             print(f"{r['step']}: not started")
             continue
+        cost = f", {usd(r['cost_usd'])}" if r["cost_usd"] is not None else ""
         print(f"{r['step']}: {r['done']} done, {r['failed']} failed, {r['pending']} pending "
-              f"of {total}; {r['completion_tokens']} completion tokens")
+              f"of {total}; {r['completion_tokens']} completion tokens{cost}")
         for error, n in r["top_errors"]:
             print(f"    {n} x {error[:150]}")
         for line in r["lines"]:  # what the strategy adds: accepted items, coverage, pairs built, samples kept
             print(line)
+    if result["cost_usd"] is not None:
+        print(f"spent: {usd(result['cost_usd'])} in all")
+    for b in result["batches"]:
+        print(f"open batch {b['batch_id'] or '(being created: ' + b['input_file_id'] + ')'} (teacher {b['teacher']}, "
+              f"step {b['step']}): {b['status']}, {len(b['keys'])} requests out, {b['completed'] or 0} done, "
+              f"{b['failed'] or 0} failed; submitted {b['submitted_at']:%Y-%m-%d %H:%M}")
     _print_funnel(result["funnel"])
 
 
@@ -298,19 +327,21 @@ def sample(model: str = typer.Argument(..., help="a student folder, a bundled: m
            engine: str = typer.Option("vllm", "--engine", help="vllm | transformers"),
            as_json: bool = typer.Option(False, "--json", help="print one JSON object per prompt")):
     """Answer prompts with a model, with s1 budget forcing of its reasoning."""
-    from sft.sample import Budget, as_dict, open_engine, read_prompts, resolve_target, sample as run_sample
+    from datagen.teachers.budget import Budget
+    from sft.sample import as_dict, check_budget, open_engine, read_prompts, resolve_target, sample as run_sample
 
     messages = read_prompts(prompt or [], file, system)
-    budget = Budget(max_thinking_tokens, min_thinking_tokens, think_start, think_end, wait, max_tokens)
-    budget.check()
+    budget = Budget(max_thinking_tokens=max_thinking_tokens, min_thinking_tokens=min_thinking_tokens,
+                    start=think_start, end=think_end, wait=wait, max_tokens=max_tokens)
+    check_budget(budget)
     path = resolve_target(model)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
-    runner = open_engine(engine, path, temperature)
+    runner = open_engine(engine, path)
     try:
-        replies = run_sample(runner, tok, messages, budget)
+        replies = run_sample(runner, tok, messages, budget, temperature)
     finally:
         runner.close()
     for r in replies:

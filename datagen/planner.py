@@ -16,6 +16,7 @@ from datagen import sources as src
 from datagen.errors import UserError
 from datagen.spec.load import LoadedSpec
 from datagen.spec.plan import Plan
+from datagen.spec.reasoning_models import check_step
 from datagen.store import shape as shapes
 from datagen.store.views import QueryView, SourceView
 from datagen.store.writes import create_table_from_rows
@@ -39,6 +40,7 @@ def build_plan(loaded: LoadedSpec) -> Plan:
             for name, where in _reads(step):
                 _ensure(loaded, plan, shape, created, name, ("steps", i) + where, step_names[:i])
             planned = strategy_of(step).plan(loaded, plan, shape, i, step)
+            check_step(loaded, i, step, planned.teachers)
             plan.steps.append(planned)
             shapes.create_step(shape, planned.name, planned.input, planned.input_columns, planned.produced)
             created.add(step.name)

@@ -7,6 +7,7 @@ font is fetched, so the file opens offline and can be mailed around.
 
 from __future__ import annotations
 
+import functools
 import os
 from datetime import datetime, timezone
 from html import escape
@@ -15,6 +16,7 @@ from pathlib import Path
 from datagen.version import __version__
 from datagen import svg
 from datagen.card import public_model
+from datagen.cost import usd
 from datagen.spec.load import LoadedSpec
 from datagen.spec.plan import Plan
 from datagen.store import stats
@@ -282,16 +284,19 @@ def teachers(plan: Plan, con) -> str:
         model = public_model(spec.model, plan.loaded.dir) if spec else "(not in this spec)"
         rate = t["completion_tokens"] / t["seconds"] if t["seconds"] else None
         rows.append([name, spec.backend if spec else "", model, int(t["requests"]), int(t["done"]), int(t["failed"]),
-                     int(t["prompt_tokens"]), int(t["completion_tokens"]), float(t["seconds"]), rate])
+                     int(t["prompt_tokens"]), int(t["completion_tokens"]), float(t["seconds"]), rate,
+                     usd(t["cost_usd"])])
     charts = [_figure(svg.hbars([(n, t["completion_tokens"]) for n, t in per.items()], width=520),
                       "completion tokens per teacher"),
               _figure(svg.hbars([(n, round(t["seconds"], 1)) for n, t in per.items()], width=520,
                                 colour=svg.PALETTE[1], unit=" s"), "generation seconds per teacher")]
     by_step = _table(["step", "teacher", "requests", "done", "failed", "prompt tokens", "completion tokens",
-                      "generation seconds"],
+                      "generation seconds", "cost (USD)"],
                      [[t["step"], t["teacher"], t["requests"], t["done"], t["failed"], t["prompt_tokens"],
-                       t["completion_tokens"], float(t["seconds"])] for t in totals])
+                       t["completion_tokens"], float(t["seconds"]), usd(t["cost_usd"])] for t in totals])
+    total = functools.reduce(stats.add_cost, [t["cost_usd"] for t in totals], None)
     return (f'<div class="charts">{"".join(charts)}</div>'
             + _table(["teacher", "backend", "model", "requests", "done", "failed", "prompt tokens",
-                      "completion tokens", "generation seconds", "completion tokens per second"], rows)
-            + by_step + _note(SECONDS_NOTE))
+                      "completion tokens", "generation seconds", "completion tokens per second", "cost (USD)"],
+                     rows)
+            + by_step + _note(f"Cost in all: {usd(total)} (\"-\": no price declared). {SECONDS_NOTE}"))

@@ -15,15 +15,16 @@ from typing import Callable
 
 import duckdb
 
+from datagen.budget import Budget
+from datagen.cost import rates_of, usd
 from datagen.errors import RunFailed
 from datagen.keys import canonical
 from datagen.spec.plan import Plan, PlannedStep, effective_sampling
-from datagen.store import reads, runs
+from datagen.store import batches, reads, runs, stats
 from datagen.store.writes import insert_pending
-from datagen.stream import Counts, generate
+from datagen.stream import Counts, generate, options_for
 from datagen.strategies import strategy_of
 from datagen.strategies.base import Job, Round, TeacherSetup
-from datagen.teachers.base import GenOptions, Sampling
 from datagen.templates import TemplateFailed
 
 MIN_SAMPLES_FOR_BUDGET = 20  # below this many finished samples a failure rate says little
@@ -39,6 +40,7 @@ class StepSummary:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
+    cost_usd: float = 0.0
 
 
 @dataclass
@@ -54,25 +56,28 @@ Progress = Callable[[str, int, int, int], None]  # (step, samples done, samples 
 
 
 def run_steps(con: duckdb.DuckDBPyConnection, plan: Plan, progress: Progress | None = None,
-              log: Callable[[str], None] = print) -> RunSummary:
-    """Generate every step of the plan into the store (its views already synced)."""
+              log: Callable[[str], None] = print, max_usd: float | None = None, ray: bool = False) -> RunSummary:
+    """Generate every step of the plan into the store (its views already synced), spending at most `max_usd` in all
+    (what the store has spent included); with `ray`, in-process teachers run as replicas on the Ray cluster this
+    process has joined."""
     start = time.monotonic()
+    budget = Budget(max_usd, stats.spent(con)) if max_usd is not None else None
     summary = RunSummary(store=str(plan.loaded.store_path))
-    teachers: dict[str, object] = {}
+    teachers = Teachers(con, plan, ray, log)
     started = datetime.now(timezone.utc).replace(tzinfo=None)
     runs.start(con, started, os.getpid(), plan.spec.model_dump_json(by_alias=True))
     status = "failed"
     try:
         for st in plan.steps:
-            summary.steps.append(run_step(con, plan, st, teachers, progress, log))
+            summary.steps.append(run_step(con, plan, st, teachers, progress, log, budget))
+        batches.close_unplanned(con)
         status = "done"
     except KeyboardInterrupt:
         status = "interrupted"
         raise
     finally:
-        summary.models_loaded = list(teachers)
-        for teacher in teachers.values():
-            teacher.close()
+        summary.models_loaded = list(teachers.loaded)
+        teachers.close()
         summary.seconds = time.monotonic() - start
         runs.finish(con, started, status, canonical([s.__dict__ for s in summary.steps]))
     return summary
@@ -80,18 +85,21 @@ def run_steps(con: duckdb.DuckDBPyConnection, plan: Plan, progress: Progress | N
 
 def teacher_setups(plan: Plan, st: PlannedStep) -> list[TeacherSetup]:
     """Each teacher of the step with its identity and the step's effective sampling on it (both part of every key)."""
+    from datagen.extra_body import keyed, merge
     from datagen.teachers import teacher_identity
 
     out = []
     for name in st.teachers:
         spec = plan.spec.teachers[name]
-        out.append(TeacherSetup(name, teacher_identity(spec, plan.loaded.dir),
-                                effective_sampling(spec.sampling, st.spec.sampling)))
+        identity = teacher_identity(spec, plan.loaded.dir)
+        if st.spec.extra_body:  # the request body the step sends decides its outputs (keyed without credentials)
+            identity["extra_body"] = keyed(merge(getattr(spec, "extra_body", None), st.spec.extra_body))
+        out.append(TeacherSetup(name, identity, effective_sampling(spec.sampling, st.spec.sampling)))
     return out
 
 
-def run_step(con: duckdb.DuckDBPyConnection, plan: Plan, st: PlannedStep, teachers: dict, progress: Progress | None,
-             log: Callable[[str], None]) -> StepSummary:
+def run_step(con: duckdb.DuckDBPyConnection, plan: Plan, st: PlannedStep, teachers: "Teachers",
+             progress: Progress | None, log: Callable[[str], None], budget: Budget | None = None) -> StepSummary:
     strategy = strategy_of(st.spec)
     job = Job(con, plan, st, teacher_setups(plan, st), log)
     summary = StepSummary(st.name)
@@ -101,7 +109,7 @@ def run_step(con: duckdb.DuckDBPyConnection, plan: Plan, st: PlannedStep, teache
         for rnd in rounds:
             keys += [r.key for r in rnd.requests]
             insert_pending(con, st.name, rnd.requests, keys)
-            run_round(con, plan, job, rnd, teachers, summary, progress, log)
+            run_round(con, plan, job, rnd, teachers, summary, progress, log, budget)
     except TemplateFailed as exc:
         raise plan.loaded.error(("steps", st.index), str(exc)) from None
     finally:
@@ -112,8 +120,8 @@ def run_step(con: duckdb.DuckDBPyConnection, plan: Plan, st: PlannedStep, teache
     return summary
 
 
-def run_round(con, plan: Plan, job: Job, rnd: Round, teachers: dict, summary: StepSummary,
-              progress: Progress | None, log: Callable[[str], None]) -> None:
+def run_round(con, plan: Plan, job: Job, rnd: Round, teachers: "Teachers", summary: StepSummary,
+              progress: Progress | None, log: Callable[[str], None], budget: Budget | None = None) -> None:
     st = job.st
     finished = reads.finished_keys(con, [r.key for r in rnd.requests], failed_too=not rnd.retry_failed)
     todo = [r for r in rnd.requests if r.key not in finished]
@@ -126,13 +134,12 @@ def run_round(con, plan: Plan, job: Job, rnd: Round, teachers: dict, summary: St
         mine = [r for r in todo if r.teacher == setup.name]
         if not mine:
             continue
-        teacher = _teacher(plan, setup.name, teachers, log)
-        options = GenOptions(Sampling(**setup.sampling), logprobs=st.spec.logprobs,
-                             json_schema=strategy.json_schema(st.spec))
+        teacher = teachers.get(setup.name)
+        options = options_for(st.spec, setup.sampling, strategy.json_schema(st.spec))
         counts = Counts()
 
         def parse(req, sample):
-            return strategy.parse(st.spec, sample.text, req)
+            return strategy.parse(st.spec, sample.text, req, sample)
 
         def committed():
             _add(summary, counts)
@@ -140,14 +147,15 @@ def run_round(con, plan: Plan, job: Job, rnd: Round, teachers: dict, summary: St
             check_budget(st.spec, summary)
 
         try:
-            generate(con, teacher, setup.name, mine, options, parse, counts, on_commit=committed)
+            generate(con, teacher, setup.name, mine, options, parse, counts, on_commit=committed,
+                     rates=rates_of(plan.spec.teachers[setup.name]), budget=budget)
         finally:
             _add(summary, counts)
 
 
 def _add(summary: StepSummary, counts: Counts) -> None:
     """Move what a stream counted so far into the step's summary (and zero it, so nothing counts twice)."""
-    for name in ("generated", "failed", "prompt_tokens", "completion_tokens", "seconds"):
+    for name in ("generated", "failed", "prompt_tokens", "completion_tokens", "seconds", "cost_usd"):
         setattr(summary, name, getattr(summary, name) + getattr(counts, name))
         setattr(counts, name, type(getattr(counts, name))())
 
@@ -160,20 +168,53 @@ def _reporter(st: PlannedStep, summary: StepSummary, progress: Progress | None):
     return report
 
 
-def _teacher(plan: Plan, name: str, teachers: dict, log: Callable[[str], None]):
-    if name not in teachers:
-        from datagen.teachers import make_teacher
+class Teachers:
+    """The run's teachers, each made when a step first has work for it, all closed at the end."""
 
-        from datagen.teachers import start_message
+    def __init__(self, con: duckdb.DuckDBPyConnection, plan: Plan, ray: bool, log: Callable[[str], None]):
+        self.con, self.plan, self.ray, self.log = con, plan, ray, log
+        self.loaded: dict[str, object] = {}
 
-        spec = plan.spec.teachers[name]
-        log(start_message(name, spec, plan.loaded.dir))
-        started = time.monotonic()
-        teacher = make_teacher(name, spec, plan.loaded.dir, plan.spec.seed)
-        teachers[name] = teacher
-        if teacher.start():  # loads the model now, so the step's progress and seconds count generation only
-            log(f"teacher {name} ready in {time.monotonic() - started:.0f} s")
-    return teachers[name]
+    def get(self, name: str):
+        if name not in self.loaded:
+            from datagen.teachers import make_teacher, start_message
+
+            spec = self.plan.spec.teachers[name]
+            ray = self.ray and spec.backend != "openai"
+            where = f", {spec.replicas} replica{'s' if spec.replicas > 1 else ''} on Ray" if ray else ""
+            self.log(start_message(name, spec, where))
+            started = time.monotonic()
+            # a batch-mode teacher records its batches in the store before it waits on them
+            journal = batches.StoreJournal(self.con, name, self.log)
+            still_out = batches.open_batches(self.con, name)
+            if still_out and not (spec.backend == "openai" and spec.batch.enabled):
+                self.log(f"warning: teacher {name} has {len(still_out)} batches still open from an earlier run; "
+                         "their requests are sent again now, and paid again; set `batch.enabled: true` to collect "
+                         "them instead")
+            teacher = make_teacher(name, spec, self.plan.loaded.dir, self.plan.spec.seed, journal=journal, ray=ray)
+            self.loaded[name] = teacher
+            if teacher.start():  # loads the model now, so the step's progress and seconds count generation only
+                self.log(f"teacher {name} ready in {time.monotonic() - started:.0f} s")
+        return self.loaded[name]
+
+    def close(self) -> None:
+        for teacher in self.loaded.values():
+            teacher.close()
+
+
+def cancel_batches(con: duckdb.DuckDBPyConnection, plan: Plan, log: Callable[[str], None] = print) -> list[tuple]:
+    """Ask the provider to cancel every open batch of the spec's batch-mode teachers: (teacher, batch id, status).
+    The next run reads what they finished and sends the rest again."""
+    from datagen.teachers import make_teacher
+
+    out = []
+    for name, spec in plan.spec.teachers.items():
+        if spec.backend != "openai" or not batches.open_batches(con, name):
+            continue
+        spec = spec.model_copy(update={"batch": spec.batch.model_copy(update={"enabled": True})})
+        teacher = make_teacher(name, spec, plan.loaded.dir, plan.spec.seed, batches.StoreJournal(con, name, log))
+        out += [(name, batch_id, status) for batch_id, status in teacher.cancel_open()]
+    return out
 
 
 def check_budget(step, summary: StepSummary, final: bool = False) -> None:
@@ -194,5 +235,5 @@ def describe_summary(summary: RunSummary) -> list[list[str]]:
     rows = []
     for s in summary.steps:
         rows.append([s.step, str(s.planned), str(s.cached), str(s.generated), str(s.failed),
-                     str(s.prompt_tokens), str(s.completion_tokens), f"{s.seconds:.1f}"])
+                     str(s.prompt_tokens), str(s.completion_tokens), f"{s.seconds:.1f}", usd(s.cost_usd)])
     return rows

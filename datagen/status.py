@@ -7,13 +7,15 @@ from pathlib import Path
 
 from datagen.spec.plan import Plan
 from datagen.store import stats
+from datagen.store.batches import open_batches
 from datagen.store.decisions import curation_funnel
 from datagen.store.readonly import open_readonly
 from datagen.strategies import strategy_of
 
 
 def status(plan: Plan, store: Path | None = None) -> dict:
-    """{"steps": [{step, done, failed, pending, completion_tokens, top_errors, lines}], "funnel": [...]}"""
+    """{"steps": [{step, done, failed, pending, completion_tokens, cost_usd, top_errors, lines}], "funnel": [...],
+    "cost_usd": the steps' total, "batches": the open provider batches}"""
     con = open_readonly(store or plan.loaded.store_path)
     try:
         steps = []
@@ -22,6 +24,8 @@ def status(plan: Plan, store: Path | None = None) -> dict:
             row["lines"] = strategy_of(st.spec).status_lines(con, st)
             steps.append(row)
         funnel = [{"stage": s, "rows_in": n, "rows_out": k} for s, n, k in curation_funnel(con)]
-        return {"steps": steps, "funnel": funnel}
+        costs = [s["cost_usd"] for s in steps if s["cost_usd"] is not None]
+        return {"steps": steps, "funnel": funnel, "cost_usd": sum(costs) if costs else None,
+                "batches": open_batches(con)}
     finally:
         con.close()

@@ -4,6 +4,7 @@ The teacher keeps its backend busy (an engine's queue full, HTTP requests in fli
 yields each request as it finishes; this module turns replies into rows (through the caller's `parse`) and commits
 them every COMMIT_SECONDS, in one transaction each time. Ctrl-C, SIGTERM or an error stops the stream: what finished
 is committed first, so a re-run generates only the rest. `kill -9` loses only what was not yet committed.
+Under a hard budget (budget.py) requests go out in parts that fit under the cap at their worst-case cost.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from typing import Callable
 
 import duckdb
 
+from datagen.budget import Budget
+from datagen.cost import Rates, max_request_cost
 from datagen.keys import canonical
 from datagen.store.writes import BatchResult, write_batch
-from datagen.teachers.base import GenOptions, GenRequest, Sample
+from datagen.teachers.base import GenOptions, GenRequest, Sample, Sampling
 
 COMMIT_SECONDS = 2.0
 
@@ -31,6 +34,25 @@ class Counts:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
+    cost_usd: float = 0.0
+
+
+def options_for(step, sampling: dict, json_schema: dict | None) -> GenOptions:
+    """What a step asks of its teacher besides the prompts: sampling, logprobs, schema, the trace markers and
+    thinking budget (specs/reasoning.md) and the step's extra_body (merged over the teacher's by the teacher)."""
+    from datagen.reasoning import Markers
+    from datagen.spec.reasoning_models import markers_of
+    from datagen.teachers.budget import Budget
+
+    markers = markers_of(step)
+    thinking = getattr(step, "thinking", None)
+    budget = None
+    if thinking is not None:
+        budget = Budget(thinking.max_tokens, thinking.min_tokens or None, markers.start, markers.end, thinking.wait,
+                        thinking.final, sampling["max_tokens"])
+    return GenOptions(Sampling(**sampling), logprobs=step.logprobs, json_schema=json_schema,
+                      reasoning=Markers(markers.start, markers.end) if markers else None, thinking=budget,
+                      extra_body=step.extra_body)
 
 
 def group_by_prompt(requests: list) -> list[tuple[GenRequest, list]]:
@@ -43,21 +65,48 @@ def group_by_prompt(requests: list) -> list[tuple[GenRequest, list]]:
 
 
 def generate(con: duckdb.DuckDBPyConnection, teacher, teacher_name: str, todo: list, options: GenOptions,
-             parse: Parse, counts: Counts, on_commit: Callable[[], None] | None = None) -> None:
+             parse: Parse, counts: Counts, on_commit: Callable[[], None] | None = None, rates: Rates | None = None,
+             budget: Budget | None = None) -> None:
     """Generate `todo` (planned requests of one teacher) and record every sample: a row, or a failed request with
-    its reason. Commits at least every COMMIT_SECONDS while samples arrive, and once more when the stream ends, for
-    whatever reason it ends."""
+    its reason, with its cost at `rates`. Commits at least every COMMIT_SECONDS while samples arrive, and once more
+    when the stream ends, for whatever reason it ends. With a `budget` (and a known price), only what fits under the
+    cap at its worst case is sent; the rest raises BudgetExhausted once what was sent is in."""
     if not todo:
         return
     groups = group_by_prompt(todo)
+    if budget is None or rates is None:
+        _stream(con, teacher, teacher_name, groups, options, parse, counts, on_commit, rates)
+        return
+    worst = [max_request_cost(rates, g.messages, len(g.keys), options.sampling.max_tokens) for g, _ in groups]
+    while groups:
+        n = budget.admit(worst)
+        if n == 0:
+            raise budget.exhausted(groups[0][1][0].step, sum(len(rs) for _, rs in groups), sum(worst))
+        # an admitted part runs to its end, and what it did not spend of its reservation admits the next part
+        spent = _stream(con, teacher, teacher_name, groups[:n], options, parse, counts, on_commit, rates)
+        budget.settle(sum(worst[:n]), spent)
+        groups, worst = groups[n:], worst[n:]
+
+
+def _stream(con, teacher, teacher_name: str, groups: list, options: GenOptions, parse: Parse, counts: Counts,
+            on_commit: Callable[[], None] | None, rates: Rates | None) -> float:
+    """Stream these prompt groups through the teacher and record them; returns what they cost."""
     result = BatchResult()
-    last = time.monotonic()
+    last = last_finish = time.monotonic()
+    spent = 0.0
     stream = teacher.stream([g for g, _ in groups], options)
     try:
         for finished in stream:
+            # every sample gets its share of the wall time since the last finish, whatever the backend, so a step's
+            # `seconds` add up to its generation time however many requests overlapped: the run table,
+            # `requests.seconds`, the card and the report show one figure
+            now, arrived = time.monotonic(), sum(len(samples) for _, samples in finished)
+            share = (now - last_finish) / arrived if arrived else 0.0
+            last_finish = now if arrived else last_finish
             for i, samples in finished:
                 for req, sample in zip(groups[i][1], samples):
-                    _record(result, req, sample, teacher_name, parse, counts)
+                    sample.seconds = share
+                    spent += _record(result, req, sample, teacher_name, parse, counts, rates)
             if result.requests and time.monotonic() - last >= COMMIT_SECONDS:
                 write_batch(con, result)
                 result, last = BatchResult(), time.monotonic()
@@ -74,22 +123,26 @@ def generate(con: duckdb.DuckDBPyConnection, teacher, teacher_name: str, todo: l
                 write_batch(con, result)
         finally:
             stream.close()  # a stream stopped early cancels what it has in flight
+    return spent
 
 
-def _record(result: BatchResult, req, sample: Sample, teacher_name: str, parse: Parse, counts: Counts) -> None:
+def _record(result: BatchResult, req, sample: Sample, teacher_name: str, parse: Parse, counts: Counts,
+            rates: Rates | None) -> float:
     counts.prompt_tokens += sample.prompt_tokens or 0
     counts.completion_tokens += sample.completion_tokens or 0
-    # each sample's share of the stream's wall time (teachers split it): the run table, `requests.seconds`, the
-    # card and the report then show one figure per step, the engine's start not included
     counts.seconds += sample.seconds or 0.0
+    # a reply that does not parse was still paid for
+    cost = rates.cost(sample.prompt_tokens, sample.completion_tokens) if rates is not None else None
+    counts.cost_usd += cost or 0.0
     if sample.error is not None:
         counts.failed += 1
-        result.add_failure(req.key, sample.error, sample)
-        return
+        result.add_failure(req.key, sample.error, sample, cost)
+        return cost or 0.0
     fields, error = parse(req, sample)
     if error is not None:
         counts.failed += 1
-        result.add_failure(req.key, error, sample)
-        return
+        result.add_failure(req.key, error, sample, cost)
+        return cost or 0.0
     counts.generated += 1
-    result.add_row(req, sample, {**req.fields, **fields}, teacher_name)
+    result.add_row(req, sample, {**req.fields, **fields}, teacher_name, cost)
+    return cost or 0.0

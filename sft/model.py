@@ -28,6 +28,8 @@ def load_student(train, spec_dir: Path):
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    if getattr(train, "chat_template", None):  # saved with the student, so it answers in the form it learned
+        tok.chat_template = (Path(spec_dir or ".") / train.chat_template).read_text(encoding="utf-8")
     dtype = torch.float32 if not torch.cuda.is_available() else "auto"
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     if train.init == "truncate":

@@ -72,9 +72,14 @@ def train(loaded: LoadedSpec, out: str | Path | None = None, max_steps: int | No
     else:
         rows = load_rows(loaded, plan, settings.input, split)
     log(f"training on `{rows.input}`: {len(rows.train)} rows, {len(rows.eval)} held out"
-        + (f"; {rows.skipped} rows with an empty output left out" if rows.skipped else ""))
+        + (f"; {rows.skipped} rows with an empty output left out" if rows.skipped else "")
+        + (f"; reasoning traces {rows.reasoning} (export.reasoning)" if getattr(rows, "reasoning", None) else ""))
     target = output_dir(loaded, out)
     model, tok = load_student(settings, loaded.dir)
+    if settings.objective != "dpo":
+        from sft.reasoning_check import check_trace_reaches
+
+        check_trace_reaches(tok, rows, settings.max_length)  # before any training time is spent
     eval_kwargs = dict(output_column=rows.output_column, max_length=settings.max_length,
                        max_new_tokens=settings.eval.max_new_tokens if settings.eval else 256,
                        batch_size=settings.batch_size, spec_dir=loaded.dir)

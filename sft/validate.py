@@ -41,6 +41,9 @@ def check_train(loaded: LoadedSpec, plan) -> None:
         if train.student != SMOLLM2:
             raise loaded.error(("train", "student"), f"unknown bundled model `{train.student}`; the bundled chat "
                                                      f"model is {SMOLLM2}")
+    if train.chat_template is not None and not loaded.resolve_path(train.chat_template).is_file():
+        raise loaded.error(("train", "chat_template"), f"file not found: {loaded.resolve_path(train.chat_template)}; "
+                                                       "give a Jinja chat template file (relative to the spec)")
     if train.objective == "kd" and train.kd.hidden is not None:
         from sft.hidden import check_hidden
 

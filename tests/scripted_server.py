@@ -1,7 +1,9 @@
 """A scripted OpenAI-compatible teacher on 127.0.0.1 for tests that must know the teacher's replies.
 
 The script is a function from the request body to a reply: a string (the assistant text), a dict with any of
-`text`, `finish_reason`, `status`, `body`, `headers`, `delay`, `drop`, `echo_auth` (a 401 whose body repeats the
+`text` (None sends `content: null`), `finish_reason`, `reasoning_content` / `reasoning` (a trace in the message's own
+field, as DeepSeek's API and vLLM's reasoning parsers send it), `reasoning_tokens` (usage's
+`completion_tokens_details`), `status`, `body`, `headers`, `delay`, `drop`, `echo_auth` (a 401 whose body repeats the
 request's Authorization header, as careless servers do), or an exception. Every request is counted, so tests can
 prove what was (and was not) sent.
 """
@@ -80,7 +82,7 @@ class ScriptedServer:
                 if "raw" in reply:
                     self._send_raw(200, reply["raw"].encode())
                     return
-                self._send(200, completion(body, reply.get("text", ""), reply.get("finish_reason", "stop")))
+                self._send(200, completion(body, reply.get("text", ""), reply.get("finish_reason", "stop"), reply))
 
             def _send(self, status: int, payload: dict, headers: dict | None = None):
                 self._send_raw(status, json.dumps(payload).encode(), headers)
@@ -116,14 +118,21 @@ class ScriptedServer:
             self.auth.clear()
 
 
-def completion(body: dict, text: str, finish_reason: str = "stop") -> dict:
+def completion(body: dict, text: str | None, finish_reason: str = "stop", reply: dict | None = None) -> dict:
+    reply = reply or {}
     prompt_tokens = sum(len(m["content"].split()) for m in body.get("messages", []))
+    message = {"role": "assistant", "content": text}
+    message.update({k: reply[k] for k in ("reasoning_content", "reasoning") if k in reply})
+    words = len((text or "").split()) + sum(len(str(message.get(k) or "").split())
+                                             for k in ("reasoning_content", "reasoning"))
     out: dict = {
         "id": "cmpl-scripted", "object": "chat.completion", "model": body.get("model", "scripted"),
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(text.split()),
-                  "total_tokens": prompt_tokens + len(text.split())},
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": words, "total_tokens": prompt_tokens + words},
     }
+    if "reasoning_tokens" in reply:
+        out["usage"]["completion_tokens_details"] = {"reasoning_tokens": reply["reasoning_tokens"]}
+    text = text or ""
     if body.get("logprobs"):
         k = body.get("top_logprobs") or 1
         content = []

@@ -1,6 +1,6 @@
 """The shape of the code, held: the import-linter contracts in pyproject.toml (layers one way, the store and the
 spec importing nothing above them, teachers importing neither), no import cycle among modules, no code outside
-datagen/strategies/ that branches on a strategy's name."""
+datagen/strategies/ that branches on a strategy's name, no SQL outside datagen/store/."""
 
 from __future__ import annotations
 
@@ -68,4 +68,10 @@ def test_no_import_cycles_among_modules():
 def test_no_code_outside_strategies_branches_on_a_strategy_name():
     found = [f"{p.relative_to(ROOT)}:{i}" for p in sources("datagen/strategies/")
              for i, line in enumerate(p.read_text().splitlines(), 1) if re.search(r"strategy\s*[!=]=", line)]
+    assert found == []
+def test_no_sql_outside_the_store():
+    """Outside datagen/store/, code asks the store; it does not run SQL (a user's SQL runs in the store too)."""
+    found = [f"{p.relative_to(ROOT)}:{i}: {line.strip()[:80]}" for p in sources("datagen/store/")
+             for i, line in enumerate(p.read_text().splitlines(), 1)
+             if re.search(r"\.(execute|executemany|sql)\(", line)]
     assert found == []

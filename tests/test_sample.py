@@ -1,4 +1,6 @@
-"""Budget forcing on the real vLLM engine, loading a student folder written by `save_student`."""
+"""Budget forcing on the real vLLM engine through `datagen sample`'s code, loading a student folder written by
+`save_student`. The forcing is the teachers' (datagen/teachers/budget.py); test_reasoning_vllm.py drives the same code
+while generating data."""
 
 from __future__ import annotations
 
@@ -6,7 +8,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from datagen.errors import UserError
-from sft.sample import Budget, VLLMEngine, sample
+from datagen.teachers.budget import Budget
+from sft.sample import check_budget, open_engine, sample
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +24,7 @@ def student(tmp_path_factory, bundled_model_path):
 
 @pytest.fixture(scope="module")
 def engine(student):
-    eng = VLLMEngine(student, temperature=0.0, max_model_len=1024)
+    eng = open_engine("vllm", student, max_model_len=1024)
     yield eng
     eng.close()
 
@@ -55,6 +58,6 @@ def test_min_thinking_tokens_appends_wait(engine, student):
 
 def test_budget_checks():
     with pytest.raises(UserError, match="must not exceed"):
-        Budget(min_thinking_tokens=10, max_thinking_tokens=5).check()
+        check_budget(Budget(min_thinking_tokens=10, max_thinking_tokens=5))
     with pytest.raises(UserError, match="at least 1"):
-        Budget(max_thinking_tokens=0).check()
+        check_budget(Budget(max_thinking_tokens=0))

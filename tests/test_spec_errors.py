@@ -159,3 +159,26 @@ def test_validate_imports_no_torch_or_vllm(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(spec)], capture_output=True, text=True, timeout=120)
     assert "ok: the spec is valid" in out.stdout, out.stderr
     assert "HEAVY []" in out.stdout
+
+
+VLLM = GOOD.replace("    backend: openai\n    base_url: http://127.0.0.1:9/v1\n    model: m\n",
+                    "    backend: vllm\n    model: bundled:smollm2-135m-instruct\n    engine: {ENGINE}\n")
+
+
+@pytest.mark.parametrize("engine,code,parts", [
+    ("{data_parallel_size: 2}", 2, ["teachers.big.engine.data_parallel_size", "got 2", "replicas", "--ray",
+                                    "tensor_parallel_size", "spec.yaml:6:"]),
+    ("{tensor_parallel_size: 2, data_parallel_size: 1}", 0, ["ok: the spec is valid"]),
+])
+def test_in_process_vllm_refuses_data_parallel(tmp_path, engine, code, parts):
+    """One in-process engine cannot be data-parallel: `datagen validate` says to use replicas, and exits 2."""
+    import subprocess
+
+    assert "{ENGINE}" in VLLM
+    spec = write(tmp_path, VLLM.replace("{ENGINE}", engine))
+    out = subprocess.run([sys.executable, "-m", "datagen.cli", "validate", str(spec)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == code, (out.returncode, out.stdout, out.stderr)
+    assert "Traceback" not in out.stderr
+    for part in parts:
+        assert part in out.stdout + out.stderr, f"{part!r} not in {out.stdout + out.stderr!r}"

@@ -59,7 +59,13 @@ def _verify_code(spec, rows, spec_dir):
     return verify_code_filter(spec, rows)
 
 
+def _reasoning(spec, rows, spec_dir):
+    from curation.filters.reasoning import reasoning_filter
+
+    return reasoning_filter(spec, rows)
+
+
 _FILTERS: dict[str, Callable[..., list[Verdict]]] = {
     "length": _length, "regex": _regex, "truncated": _truncated, "score": _score, "repetition": _repetition,
-    "verify_math": _verify_math, "verify_code": _verify_code,
+    "verify_math": _verify_math, "verify_code": _verify_code, "reasoning": _reasoning,
 }

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from curation.select.diversity import default_clusters, kcenter, kmeans_labels, stratified
-from curation.select.quality import length_ranks, quality_ranks
+from curation.select.quality import length, length_ranks, quality_ranks
 from datagen.text import as_text
 
 Embed = Callable[[str, str, list[int]], np.ndarray]
@@ -67,7 +67,7 @@ def select(spec, rows: list[dict], seed: int, embed: Embed) -> Selection:
     lengths = None
     if div.weight_by_length:
         column = div.length_column or spec.difficulty.column
-        lengths = [float(len(as_text(r.get(column)))) for r in ordered]
+        lengths = [length(r.get(column)) or 0.0 for r in ordered]
     picks = stratified(groups, spec.n, seed, lengths)
     chosen = [ranked[p] for p in picks]
     notes = {ranked[p]: f"group {groups[p]}, pick {k + 1}" for k, p in enumerate(picks)}

@@ -27,5 +27,12 @@ def quality_ranks(rows: list[dict], column: str, order: str = "highest") -> np.n
 
 
 def length_ranks(rows: list[dict], column: str) -> np.ndarray:
-    """Longer text ranks higher: s1's proxy for a harder question is a longer reasoning trace (length in characters)."""
-    return percentile_ranks([float(len(as_text(r.get(column)))) for r in rows])
+    """Longer text ranks higher: s1's proxy for a harder question is a longer reasoning trace. A text column counts
+    its characters; a number column is a length already (`_reasoning_tokens`, a trace's tokens) and ranks by value."""
+    return percentile_ranks([length(r.get(column)) for r in rows])
+
+
+def length(value) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return numeric(value)
+    return float(len(as_text(value)))

@@ -145,11 +145,29 @@ class VerifyCodeFilter(FilterBase):
     parallel: int = Field(2, ge=1, le=64)
 
 
-FILTER_TYPES = ("truncated", "length", "regex", "repetition", "score", "verify_math", "verify_code")
+class ReasoningFilter(FilterBase):
+    """Drop rows with no reasoning trace, an unclosed one, no answer after it (`require_answer`), or a trace whose
+    `_reasoning_tokens` is outside [min_tokens, max_tokens]. `column` is the answer column of a step with
+    `reasoning: true` (its trace is `<column>_reasoning`); by default the one such column of the input."""
+
+    type: Literal["reasoning"]
+    column: str | None = None
+    min_tokens: int | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, ge=1)
+    require_answer: bool = True
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "ReasoningFilter":
+        if self.min_tokens is not None and self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})")
+        return self
+
+
+FILTER_TYPES = ("truncated", "length", "regex", "repetition", "score", "verify_math", "verify_code", "reasoning")
 
 FilterSpec = Annotated[
     Union[TruncatedFilter, LengthFilter, RegexFilter, RepetitionFilter, ScoreFilter, VerifyMathFilter,
-          VerifyCodeFilter],
+          VerifyCodeFilter, ReasoningFilter],
     Field(discriminator="type"),
 ]
 
@@ -199,6 +217,9 @@ class SemanticDedup(DedupBase):
     threshold: float = Field(0.92, gt=0, le=1)
     exact_below: int = Field(50_000, ge=0)  # up to this many rows, search every pair exactly (blocked)
     nprobe: int = Field(16, ge=1, le=4096)  # above it, clusters (IVF lists) searched per row
+    # torch: embed every row with `model`; cascade: a static model distilled from `model` proposes the rows that may
+    # have a neighbour, `model` embeds only those and decides (curation/dedup/cascade.py)
+    backend: Literal["torch", "cascade"] = "torch"
 
 
 DEDUP_TYPES = ("exact", "minhash", "semantic")
@@ -255,6 +276,8 @@ class DiversitySpec(Model):
     weight_by_length: bool = False
     length_column: str | None = None
     pool: float = Field(4.0, ge=1)  # kcenter with quality/difficulty: choose among the best pool * n rows
+    # torch: `model` itself; static: a static model distilled once from it (about a fiftieth of the CPU)
+    backend: Literal["torch", "static"] = "torch"
 
     @model_validator(mode="after")
     def _shape(self) -> "DiversitySpec":

@@ -11,6 +11,9 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from datagen.spec.cost_models import BatchSpec, BudgetSpec, PriceSpec
+from datagen.spec.reasoning_models import ExtraBody, ReasoningSpec, ThinkingSpec
+
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Names the store itself uses; a step or source with one of these names would shadow a store table.
 # DuckDB's reserved keywords (duckdb_keywords() where keyword_category = 'reserved').
@@ -22,7 +25,8 @@ SQL_RESERVED = set(
     "trailing true union unique unpivot using variadic when where window with".split()
 )
 RESERVED_NAMES = {"requests", "lineage", "decisions", "curated", "train_runs", "outputs", "token_logprobs", "pairs",
-                  "decontaminate"}  # a curation stage's name in `decisions`
+                  "decontaminate",  # a curation stage's name in `decisions`
+                  "batches", "batch_requests"}
 
 
 class Model(BaseModel):
@@ -72,18 +76,31 @@ class EngineSpec(Model):
     tensor_parallel_size: int = Field(1, ge=1)
     data_parallel_size: int = Field(1, ge=1)
 
+    @field_validator("data_parallel_size")
+    @classmethod
+    def _one_engine(cls, v: int) -> int:
+        # an in-process `vllm.LLM` is one engine; vLLM's data parallelism needs its own launcher per rank
+        if v > 1:
+            raise ValueError(
+                f"data_parallel_size must be 1 for an in-process vLLM teacher, got {v}: it runs one engine. "
+                "For more engines, remove it and set `replicas: N` under `datagen run --ray`; to split one model "
+                "over several GPUs, set tensor_parallel_size")
+        return v
+
 
 class VLLMTeacherSpec(Model):
     backend: Literal["vllm"]
     model: str
     sampling: SamplingSpec = SamplingSpec()
     engine: EngineSpec = EngineSpec()
+    replicas: int = Field(1, ge=1, le=1024)  # engine copies, as Ray actors under `datagen run --ray`
+    price: PriceSpec | None = None  # a local engine costs nothing unless a price is declared (specs/cost.md)
 
 
 class OpenAITeacherSpec(Model):
     backend: Literal["openai"]
     model: str
-    base_url: str
+    base_url: str | list[str]  # one server, or several that share the requests (least-loaded first)
     api_key_env: str | None = None
     max_concurrency: int = Field(16, ge=1, le=4096)
     requests_per_minute: int | None = Field(None, ge=1)
@@ -91,13 +108,31 @@ class OpenAITeacherSpec(Model):
     timeout_s: float = Field(120, gt=0)
     max_attempts: int = Field(4, ge=1, le=20)
     sampling: SamplingSpec = SamplingSpec()
+    price: PriceSpec | None = None
+    batch_discount: float = Field(0.5, ge=0, le=1)  # the share of the price a batch job saves
+    batch: BatchSpec = BatchSpec()
+    extra_body: ExtraBody = None  # sent with every request as is (specs/reasoning.md)
 
     @field_validator("base_url")
     @classmethod
-    def _url(cls, v: str) -> str:
-        if not re.match(r"^https?://", v):
-            raise ValueError(f"base_url must start with http:// or https://, got {v!r}")
+    def _url(cls, v: str | list[str]) -> str | list[str]:
+        urls = v if isinstance(v, list) else [v]
+        if not urls:
+            raise ValueError("base_url is an empty list; give one URL or several")
+        for u in urls:
+            if not re.match(r"^https?://", u):
+                raise ValueError(f"base_url must start with http:// or https://, got {u!r}")
+        if isinstance(v, list):
+            cleaned = list(dict.fromkeys(u.rstrip("/") for u in v))
+            return cleaned if len(cleaned) > 1 else cleaned[0]
         return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_batch_api(self) -> "OpenAITeacherSpec":
+        if self.batch.enabled and isinstance(self.base_url, list):
+            raise ValueError("batch mode sends every request to one provider's batch API: give one base_url, or "
+                             "set batch.enabled: false to share the requests among several servers")
+        return self
 
     @field_validator("api_key_env")
     @classmethod
@@ -115,6 +150,8 @@ class TransformersTeacherSpec(Model):
     device: str = "cpu"
     batch_size: int = Field(16, ge=1)
     sampling: SamplingSpec = SamplingSpec()
+    replicas: int = Field(1, ge=1, le=1024)  # model copies, as Ray actors under `datagen run --ray`
+    price: PriceSpec | None = None
 
 
 TeacherSpec = Annotated[
@@ -193,6 +230,7 @@ class StepBase(Model):
     n: int = Field(1, ge=1, le=256)
     logprobs: int | None = Field(None, ge=1, le=20)
     max_failure_rate: float = Field(0.5, ge=0, le=1)
+    extra_body: ExtraBody = None  # merged over the teacher's (HTTP teachers only)
 
     @field_validator("name")
     @classmethod
@@ -220,6 +258,8 @@ class LabelStep(StepBase):
     response_format: ResponseFormatSpec | None = None
     agreement: AgreementSpec | None = None
     vote: Literal["majority"] | None = None
+    reasoning: bool | ReasoningSpec = False  # keep the trace apart: <output>_reasoning (specs/reasoning.md)
+    thinking: ThinkingSpec | None = None  # budget forcing of the trace (in-process teachers)
 
 
 class NoveltySpec(Model):
@@ -304,6 +344,8 @@ class SelfStep(StepBase):
     keep: Literal["majority", "verified"] = "majority"
     extract: str | None = None  # a regex for the final answer (group 1 if it has one); default: `#### x`, boxed, last number
     reference: str | None = None  # with `keep: verified`: the input column holding the reference answer
+    reasoning: bool | ReasoningSpec = False
+    thinking: ThinkingSpec | None = None
 
     @model_validator(mode="after")
     def _reference(self) -> "SelfStep":
@@ -343,6 +385,7 @@ class ExportSpec(Model):
     test_split: float | None = Field(None, gt=0, lt=1)  # share of inputs held out as a `test` split
     shard_rows: int = Field(100_000, ge=1)  # rows per Parquet file
     license: str = "other"  # the card's license: an SPDX-like id the Hub knows (apache-2.0, mit, cc-by-4.0, other)
+    reasoning: Literal["inline", "field", "drop"] = "inline"  # how a trace is written (specs/reasoning.md)
     tags: list[str] = []  # added to the card's tags (synthetic, distillation, datagen)
 
 
@@ -425,6 +468,7 @@ class TrainSpec(Model):
     max_length: int = Field(1024, ge=16)
     lora: LoraSpec | None = None
     eval: EvalSpec | None = None
+    chat_template: str | None = None  # a Jinja file that replaces the student's chat template
 
     @model_validator(mode="after")
     def _layers(self) -> "TrainSpec":
@@ -453,6 +497,7 @@ class Spec(Model):
     curation: CurationSpec | None = None
     export: ExportSpec | None = None
     train: TrainSpec | None = None
+    budget: BudgetSpec | None = None  # a hard cap on spend (specs/cost.md)
 
     @field_validator("name")
     @classmethod

@@ -23,7 +23,7 @@ TEMPLATES: dict[str, Starter] = {
     "label": Starter("label.yaml", ("gsm8k_60.jsonl",),
                      "a teacher answers inputs you have (8 GSM8K problems, 2 samples each), with demonstrations"),
     "reasoning": Starter("reasoning.yaml", ("gsm8k_60.jsonl",),
-                         "reasoning traces in <think> tags, kept when the final answer is verified correct"),
+                         "reasoning traces kept apart and budgeted (s1), kept when the answer is verified correct"),
     "self-instruct": Starter("self-instruct.yaml", ("self_instruct_seed_60.jsonl",),
                              "new tasks invented from seed tasks (ROUGE-L novelty), then answered"),
     "feedback": Starter("feedback.yaml", ("gsm8k_60.jsonl",),

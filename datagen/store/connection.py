@@ -30,6 +30,13 @@ def open_store(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection
     return con
 
 
+def open_scratch() -> duckdb.DuckDBPyConnection:
+    """An empty store in memory, migrated: for working out what a plan would do without touching the real one."""
+    con = duckdb.connect(":memory:")
+    migrate(con)
+    return con
+
+
 def _in_use_error(path: Path, exc: Exception) -> UserError:
     text = str(exc)
     match = re.search(r"PID (\d+)", text)

@@ -200,6 +200,48 @@ def m006_owners_and_probes(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("DROP TABLE student_probes")
 
 
+def m007_cost_and_batches(con: duckdb.DuckDBPyConnection) -> None:
+    # What a request cost (USD, from the usage the server reported and the teacher's price; NULL without a price),
+    # added up over every time it was sent.
+    con.execute("ALTER TABLE requests ADD COLUMN cost_usd DOUBLE")
+    # Provider batch jobs (datagen/store/batches.py). A row is written after the input file is uploaded and before
+    # the batch is created, so a crash in between can still find the batch by its input file.
+    con.execute(
+        """
+        CREATE TABLE batches (
+            input_file_id VARCHAR PRIMARY KEY,
+            batch_id VARCHAR,              -- the provider's id; NULL until the batch is created
+            teacher VARCHAR NOT NULL,
+            status VARCHAR NOT NULL,       -- submitting, then the provider's: validating, in_progress, finalizing,
+                                           -- completed, expired, failed, cancelling, cancelled
+            requests INTEGER,
+            completed INTEGER,
+            failed INTEGER,
+            error VARCHAR,
+            submitted_at TIMESTAMP DEFAULT current_timestamp,
+            updated_at TIMESTAMP DEFAULT current_timestamp
+        )
+        """
+    )
+    # The requests a batch holds. A request is still out in the batch while its `attempts` have not moved since it
+    # was sent (no reply recorded since) and it was not put back (`requeued`, after an expiry, failure or cancel).
+    con.execute(
+        """
+        CREATE TABLE batch_requests (
+            input_file_id VARCHAR NOT NULL,
+            key VARCHAR NOT NULL,
+            attempts_at_send INTEGER NOT NULL,
+            requeued BOOLEAN NOT NULL DEFAULT false
+        )
+        """
+    )
+
+
+def m010_worker(con: duckdb.DuckDBPyConnection) -> None:
+    # which server (an HTTP teacher's base URL) or engine replica made each sample
+    con.execute("ALTER TABLE requests ADD COLUMN worker VARCHAR")
+
+
 MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("001_core", m001_core),
     ("002_curation", m002_curation),
@@ -207,6 +249,8 @@ MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("004_pairs", m004_pairs),
     ("005_train_runs", m005_train_runs),
     ("006_owners_and_probes", m006_owners_and_probes),
+    ("007_cost_and_batches", m007_cost_and_batches),
+    ("010_worker", m010_worker),  # named ahead: 007-009 were taken by work in progress elsewhere
 ]
 
 

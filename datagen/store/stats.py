@@ -62,10 +62,10 @@ def step_counts(con, steps: list[tuple[str, str, str | None]]) -> list[dict[str,
 def step_status(con, step: str) -> dict[str, Any]:
     """For `datagen status`: a step's requests done, failed and pending, tokens, and the commonest errors."""
     row = con.execute(
-        """
+        f"""
         SELECT count(*) FILTER (WHERE r.status = 'done'), count(*) FILTER (WHERE r.status = 'failed'),
                count(*) FILTER (WHERE r.status = 'pending' OR r.status IS NULL),
-               coalesce(sum(r.completion_tokens), 0)
+               coalesce(sum(r.completion_tokens), 0), {cost_sum(con)}
         FROM _plan p LEFT JOIN requests r USING (key) WHERE p.step = ?
         """, [step]).fetchall()[0]
     errors = con.execute(
@@ -74,21 +74,42 @@ def step_status(con, step: str) -> dict[str, Any]:
         WHERE p.step = ? AND r.status = 'failed' GROUP BY 1 ORDER BY n DESC LIMIT 3
         """, [step]).fetchall()
     return {"step": step, "done": row[0], "failed": row[1], "pending": row[2], "completion_tokens": row[3],
-            "top_errors": errors}
+            "cost_usd": row[4], "top_errors": errors}
+
+
+def cost_sum(con) -> str:
+    """`sum(r.cost_usd)`, or NULL for a store from before costs were recorded (read-only opens do not migrate)."""
+    has = con.execute("SELECT count(*) FROM duckdb_columns() WHERE table_name = 'requests' AND column_name = "
+                      "'cost_usd'").fetchall()[0][0]
+    return "sum(r.cost_usd)" if has else "NULL::DOUBLE"
+
+
+def spent(con) -> float:
+    """USD the store has recorded as spent, over every request of every run (old versions of the spec too)."""
+    return con.execute(f"SELECT coalesce({cost_sum(con)}, 0) FROM requests r").fetchall()[0][0]
+
+
+def output_means(con) -> dict[str, float]:
+    """step -> the mean completion tokens of its finished samples (any version of the spec): what a sample of that
+    step is expected to write."""
+    rows = con.execute("SELECT step, avg(completion_tokens) FROM requests WHERE status = 'done' AND "
+                       "completion_tokens IS NOT NULL GROUP BY step").fetchall()
+    return {step: float(mean) for step, mean in rows}
 
 
 def token_totals(con) -> list[dict[str, Any]]:
     """Tokens and time per step and teacher, over the requests the current spec makes (done and failed)."""
     rows = con.execute(
-        """
+        f"""
         SELECT r.step, coalesce(r.teacher, ''), count(*), count(*) FILTER (WHERE r.status = 'done'),
                count(*) FILTER (WHERE r.status = 'failed'), coalesce(sum(r.prompt_tokens), 0),
-               coalesce(sum(r.completion_tokens), 0), coalesce(sum(r.seconds), 0)
+               coalesce(sum(r.completion_tokens), 0), coalesce(sum(r.seconds), 0), {cost_sum(con)}
         FROM requests r JOIN _plan p ON p.key = r.key AND p.step = r.step
         GROUP BY 1, 2 ORDER BY 1, 2
         """
     ).fetchall()
-    keys = ("step", "teacher", "requests", "done", "failed", "prompt_tokens", "completion_tokens", "seconds")
+    keys = ("step", "teacher", "requests", "done", "failed", "prompt_tokens", "completion_tokens", "seconds",
+            "cost_usd")
     return [dict(zip(keys, r)) for r in rows]
 
 
@@ -96,10 +117,15 @@ def per_teacher(totals: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for t in totals:
         acc = out.setdefault(t["teacher"], {"requests": 0, "done": 0, "failed": 0, "prompt_tokens": 0,
-                                            "completion_tokens": 0, "seconds": 0.0})
+                                            "completion_tokens": 0, "seconds": 0.0, "cost_usd": None})
         for k in acc:
-            acc[k] += t[k]
+            acc[k] = add_cost(acc[k], t[k]) if k == "cost_usd" else acc[k] + t[k]
     return out
+
+
+def add_cost(a: float | None, b: float | None) -> float | None:
+    """Costs add up; None (no price) stays None only while nothing has a price."""
+    return b if a is None else a if b is None else a + b
 
 
 def selection_method(plan) -> str:

@@ -22,12 +22,12 @@ class BatchResult:
     lineage: list[dict[str, Any]] = field(default_factory=list)
     logprobs: list[dict[str, Any]] = field(default_factory=list)
 
-    def add_failure(self, key: str, error: str, sample) -> None:
-        self.requests.append(_request_row(key, "failed", error, sample))
+    def add_failure(self, key: str, error: str, sample, cost_usd: float | None = None) -> None:
+        self.requests.append(_request_row(key, "failed", error, sample, cost_usd))
 
-    def add_row(self, req, sample, fields: dict[str, Any], teacher: str) -> str:
+    def add_row(self, req, sample, fields: dict[str, Any], teacher: str, cost_usd: float | None = None) -> str:
         rid = row_id(req.key)
-        self.requests.append(_request_row(req.key, "done", None, sample))
+        self.requests.append(_request_row(req.key, "done", None, sample, cost_usd))
         self.outputs.append({
             "_id": rid, "key": req.key, "step": req.step, "_parent_id": req.parent_id,
             "_sample_index": req.sample_index, "_teacher": teacher, "_finish_reason": sample.finish_reason,
@@ -46,9 +46,10 @@ class BatchResult:
         return rid
 
 
-def _request_row(key: str, status: str, error: str | None, sample) -> dict[str, Any]:
+def _request_row(key: str, status: str, error: str | None, sample, cost_usd: float | None) -> dict[str, Any]:
     return {"key": key, "status": status, "error": error, "prompt_tokens": sample.prompt_tokens,
-            "completion_tokens": sample.completion_tokens, "seconds": sample.seconds}
+            "completion_tokens": sample.completion_tokens, "seconds": sample.seconds,
+            "worker": getattr(sample, "worker", None), "cost_usd": cost_usd}
 
 
 def insert_pending(con: duckdb.DuckDBPyConnection, step: str, requests: list, keys_now: list[str] | None) -> None:
@@ -84,13 +85,18 @@ def write_batch(con: duckdb.DuckDBPyConnection, result: BatchResult) -> None:
 
     reqs = pa.Table.from_pylist(result.requests, schema=pa.schema([
         ("key", pa.string()), ("status", pa.string()), ("error", pa.string()), ("prompt_tokens", pa.int64()),
-        ("completion_tokens", pa.int64()), ("seconds", pa.float64())]))
+        ("completion_tokens", pa.int64()), ("seconds", pa.float64()), ("worker", pa.string()),
+        ("cost_usd", pa.float64())]))
     with transaction(con):
         con.register("_req_batch", reqs)
         con.execute(
             """
             UPDATE requests SET status = b.status, error = b.error, prompt_tokens = b.prompt_tokens,
-                completion_tokens = b.completion_tokens, seconds = b.seconds, attempts = requests.attempts + 1,
+                completion_tokens = b.completion_tokens, seconds = b.seconds, worker = b.worker,
+                attempts = requests.attempts + 1,
+                -- money spent on a key adds up: a failed request that is sent again was paid for both times
+                cost_usd = CASE WHEN b.cost_usd IS NULL THEN requests.cost_usd
+                                ELSE coalesce(requests.cost_usd, 0) + b.cost_usd END,
                 updated_at = current_timestamp
             FROM _req_batch b WHERE requests.key = b.key
             """

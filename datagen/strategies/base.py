@@ -62,6 +62,38 @@ class Job:
         return self.plan.spec.seed
 
 
+@dataclass
+class Volume:
+    """At most how many rows a source or step holds: `inputs` inputs with at most `per_input` rows each (the
+    samples of one input), for the plan's cost estimate."""
+
+    inputs: int
+    per_input: int = 1
+
+    @property
+    def rows(self) -> int:
+        return self.inputs * self.per_input
+
+
+@dataclass
+class StepEstimate:
+    requests: int  # at most this many requests for each of the step's teachers
+    volume: Volume  # at most this many rows in the step's view (what a later step reads)
+    # some of its prompts, rendered, each standing for an equal share of the requests; empty when its inputs are
+    # only known once earlier steps have run
+    prompts: list[list[dict[str, str]]] = field(default_factory=list)
+
+
+ESTIMATE_PROMPTS = 2000  # prompts rendered for an estimate at most; more inputs are sampled evenly
+
+
+def spread(rows: list, limit: int = ESTIMATE_PROMPTS) -> list:
+    """At most `limit` of `rows`, evenly spaced, so an estimate over many inputs stays quick."""
+    if len(rows) <= limit:
+        return rows
+    return [rows[i * len(rows) // limit] for i in range(limit)]
+
+
 class Strategy(Protocol):
     def plan(self, loaded: LoadedSpec, plan: Plan, shape: duckdb.DuckDBPyConnection, i: int, step
              ) -> PlannedStep:
@@ -77,8 +109,9 @@ class Strategy(Protocol):
     def json_schema(self, step) -> dict | None:
         """The response schema the teacher is constrained to, if any (part of every key)."""
 
-    def parse(self, step, text: str, req: PlannedRequest) -> tuple[dict | None, str | None]:
-        """A reply's produced columns besides the output text, or the reason it is unusable (a failed request)."""
+    def parse(self, step, text: str, req: PlannedRequest, sample=None) -> tuple[dict | None, str | None]:
+        """A reply's produced columns besides the output text, or the reason it is unusable (a failed request).
+        `sample` is the teacher's whole Sample (its `reasoning`, when the step keeps a trace)."""
 
     def finish(self, job: Job) -> None:
         """What the step derives once its rows are all in (pairs, votes, kept samples), recomputed from the store."""
@@ -88,3 +121,8 @@ class Strategy(Protocol):
 
     def card_notes(self, step) -> list[str]:
         """A few words each about how the step made its rows, for the dataset card."""
+
+    def estimate(self, job: Job, volume_of: Callable[[str], Volume]) -> StepEstimate:
+        """The most requests the step can send and rows it can make, given the most rows each relation it reads can
+        hold (`volume_of`), with some of its prompts where its inputs are known before the run. `job.con` is a
+        scratch store holding the sources (steps are empty there)."""

@@ -25,7 +25,7 @@ from datagen.spec.plan import (Plan, PlannedStep, check_template, columns_of, pr
 from datagen.store import reads
 from datagen.store.decisions import drop_reasons, replace_decisions, step_owner
 from datagen.strategies import label
-from datagen.strategies.base import Job, PlannedRequest, Round
+from datagen.strategies.base import Job, PlannedRequest, Round, StepEstimate, Volume
 from datagen.strategies.novelty import NoveltyIndex
 from datagen.templates import TemplateFailed
 from datagen.verdict import Verdict
@@ -79,6 +79,16 @@ def plan(loaded, plan, shape, i: int, step: ExpandStep) -> PlannedStep:
 def describe(st: PlannedStep) -> str:
     s = st.spec
     return f"from {s.demos.from_} (target {s.target}, at most {s.max_rounds} rounds)"
+
+
+def estimate(job: Job, volume_of) -> StepEstimate:
+    """At worst every round asks for a full batch and accepts nothing until the last; the first round's prompts
+    stand for every round's (later ones differ only in which demos they draw)."""
+    step: ExpandStep = job.step
+    per_round = min(step.batch, step.target)
+    pool = reads.rows(job.con, step.demos.from_)
+    prompts = [r.messages for r in build_round(step, 0, per_round, 0, pool, job.seed, "", {}, {})] if pool else []
+    return StepEstimate(step.max_rounds * per_round, Volume(step.target), prompts)
 
 
 def build_round(step: ExpandStep, round_no: int, count: int, first_index: int, pool: list[dict], seed: int,
@@ -141,7 +151,7 @@ def json_schema(step) -> None:
     return None
 
 
-def parse(step, text: str, req) -> tuple[dict, None]:
+def parse(step, text: str, req, sample=None) -> tuple[dict, None]:
     return {}, None
 
 

@@ -29,7 +29,7 @@ from datagen.spec.plan import PlannedStep, check_clash, check_template, columns_
 from datagen.store import reads
 from datagen.store.decisions import derived_counts
 from datagen.strategies import pairs
-from datagen.strategies.base import Job, PlannedRequest, Round
+from datagen.strategies.base import Job, PlannedRequest, Round, StepEstimate, Volume
 from datagen.strategies.label import public
 
 JUDGE_VARIABLES = {"rubric", "task", "response", "low", "high"}
@@ -98,6 +98,16 @@ def rounds(job: Job):
     for t in job.teachers:
         out += build_requests(job.con, job.plan, job.st, rows, t.name, t.identity, t.sampling)
     yield Round(out)
+
+
+def estimate(job: Job, volume_of) -> StepEstimate:
+    """A judge reads an earlier step, so its prompts are known only once that step has run; pairwise, every two
+    rows of one input in both orders."""
+    step = job.step
+    up = volume_of(step.input)
+    per_input = up.per_input * (up.per_input - 1) if step.pairwise else up.per_input
+    requests = up.inputs * per_input * step.n
+    return StepEstimate(requests, Volume(up.inputs, per_input * step.n))
 
 
 def finish(job: Job) -> None:
@@ -261,7 +271,7 @@ def _requests(step: JudgeStep, parent_id: str, context: dict, teacher_name: str,
     return out
 
 
-def parse(step: JudgeStep, text: str, req: PlannedRequest) -> tuple[dict | None, str | None]:
+def parse(step: JudgeStep, text: str, req: PlannedRequest, sample=None) -> tuple[dict | None, str | None]:
     """The produced fields of one verdict, or the reason it is unusable (then the request is failed)."""
     text = (text or "").strip()
     if step.revise:

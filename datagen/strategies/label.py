@@ -2,7 +2,9 @@
 
 Functions from rows to rows: `rounds` turns the input rows into chat requests (one per wanted sample, per teacher),
 and `parse` turns a teacher reply into the produced columns or a reason it failed. With several teachers or samples
-per input, `agreement` and `vote` (agreement.py) compare their answers once the step's rows are in.
+per input, `agreement` and `vote` (agreement.py) compare their answers once the step's rows are in. With
+`reasoning: true` the teacher splits the trace off (datagen/reasoning.py): the output column holds the answer alone,
+and the trace and its length are produced columns beside it.
 """
 
 from __future__ import annotations
@@ -11,14 +13,15 @@ import json
 import random
 from typing import Any, Iterator
 
-from datagen import templates
+from datagen import reasoning, templates
 from datagen.keys import request_key
 from datagen.spec.models import DemosSpec, LabelStep
 from datagen.spec.plan import (PlannedStep, check_template, columns_of, produced_columns, refuse_include_generated,
                                step_teachers, step_view)
+from datagen.spec.reasoning_models import markers_of
 from datagen.store import reads
 from datagen.strategies import agreement
-from datagen.strategies.base import Job, PlannedRequest, Round
+from datagen.strategies.base import Job, PlannedRequest, Round, StepEstimate, Volume, spread
 
 
 # --- plan -----------------------------------------------------------------------------------------------------
@@ -46,6 +49,12 @@ def plan_rows(loaded, shape, i: int, step, several_teachers: bool = False) -> Pl
     input_cols = columns_of(shape, step.input)
     fmt = getattr(step, "response_format", None)
     produced = produced_columns(loaded, loc, step.output, fmt)
+    if markers_of(step):
+        for col in reasoning.columns(step.output):
+            if col in produced:
+                raise loaded.error(loc + ("response_format",), f"`{col}` is where the reasoning trace goes; rename "
+                                                               "that schema property")
+        produced.update(reasoning.columns(step.output))
     for col in produced:
         if col in input_cols:
             where = loc + ("output",) if col == step.output else loc + ("response_format",)
@@ -133,9 +142,42 @@ def rounds(job: Job) -> Iterator[Round]:
     requests = []
     for t in job.teachers:
         # with several teachers, the name is part of the key: two teachers on one model still get their own rows
-        extra = {"teacher": t.name} if several else None
+        extra = reasoning_key(step, {"teacher": t.name} if several else None)
         requests += build_requests(step, rows, demo_pool, job.seed, t.name, t.identity, t.sampling, key_extra=extra)
     yield Round(requests)
+
+
+def estimate(job: Job, volume_of) -> StepEstimate:
+    """Every input to every teacher, `n` times; a majority vote keeps one row per input."""
+    step = job.step
+    up = volume_of(step.input)
+    per_input = 1 if getattr(step, "vote", None) == "majority" else step.n * len(job.teachers)
+    return StepEstimate(up.rows * step.n, Volume(up.rows, per_input), known_prompts(job))
+
+
+def known_prompts(job: Job) -> list[list[dict]]:
+    """The prompts of the step's inputs where they are known before the run (a source; not an earlier step)."""
+    step = job.step
+    rows = spread(reads.rows(job.con, step.input))
+    pool = reads.rows(job.con, step.demos.from_) if getattr(step, "demos", None) else []
+    if step.demos and not pool:  # demos from an earlier step: the prompts are not known yet
+        return []
+    out = []
+    for row in rows:
+        demo_rows = draw_demos(step.demos, pool, row["_id"], job.seed, step.name) if step.demos else []
+        out.append(render_messages(step, row, demo_rows))
+    return out
+
+
+def reasoning_key(step, extra: dict | None) -> dict | None:
+    """A trace kept apart (and its budget) changes what a row holds, so it is part of the key, only when set: the
+    keys of steps without it never change."""
+    markers = markers_of(step)
+    if not markers:
+        return extra
+    thinking = getattr(step, "thinking", None)
+    return {**(extra or {}), "reasoning": markers.model_dump(),
+            **({"thinking": thinking.model_dump()} if thinking is not None else {})}
 
 
 # --- replies --------------------------------------------------------------------------------------------------
@@ -146,8 +188,16 @@ def json_schema(step) -> dict | None:
     return fmt.json_schema if fmt else None
 
 
-def parse(step, text: str, req: PlannedRequest) -> tuple[dict[str, Any] | None, str | None]:
+def parse(step, text: str, req: PlannedRequest, sample=None) -> tuple[dict[str, Any] | None, str | None]:
     """Produced fields (besides the output text) or the reason the reply is unusable."""
+    fields, error = parse_json(step, text)
+    if error is None and markers_of(step):
+        fields.update(reasoning.fields(step.output, sample.reasoning if sample is not None else None))
+    return fields, error
+
+
+def parse_json(step, text: str) -> tuple[dict[str, Any] | None, str | None]:
+    """With a response schema, the reply's JSON fields (the answer's, once a trace is split off)."""
     schema = json_schema(step)
     if schema is None:
         return {}, None
@@ -176,6 +226,18 @@ def status_lines(con, st: PlannedStep) -> list[str]:
 
 
 def card_notes(step) -> list[str]:
+    notes = reasoning_notes(step)
     if step.agreement is not None:
-        return [f"answer agreement on `{step.agreement.column}`" + ("; majority vote" if step.vote else "")]
-    return []
+        notes.append(f"answer agreement on `{step.agreement.column}`" + ("; majority vote" if step.vote else ""))
+    return notes
+
+
+def reasoning_notes(step) -> list[str]:
+    if not markers_of(step):
+        return []
+    notes = [f"reasoning trace kept apart in `{reasoning.trace_column(step.output)}`"]
+    t = getattr(step, "thinking", None)
+    if t is not None:
+        bounds = [f"at most {t.max_tokens}" if t.max_tokens else "", f"at least {t.min_tokens}" if t.min_tokens else ""]
+        notes.append("trace budget-forced (s1): " + (" and ".join(b for b in bounds if b) or "no bounds") + " tokens")
+    return notes

@@ -24,7 +24,7 @@ from datagen.store import reads
 from datagen.store.shape import column_types
 from datagen.store.writes import create_table_from_rows
 from datagen.strategies import label
-from datagen.strategies.base import Job, PlannedRequest, Round
+from datagen.strategies.base import Job, PlannedRequest, Round, StepEstimate, Volume, spread
 
 # column types a meta value keeps in the step's view; anything else is kept as JSON
 SCALAR_TYPES = {"VARCHAR", "BIGINT", "INTEGER", "SMALLINT", "TINYINT", "HUGEINT", "UBIGINT", "UINTEGER", "DOUBLE",
@@ -200,11 +200,30 @@ def rounds(job: Job):
     yield Round(build_requests(step, combos, t.name, t.identity, t.sampling))
 
 
+def estimate(job: Job, volume_of) -> StepEstimate:
+    """Every combination `per_combination` times. A dimension read from an earlier step has at most as many values
+    as that step has rows, and its prompts wait for the run."""
+    step: MetaStep = job.step
+    known = {dim: v for dim, v in step.meta.items() if isinstance(v, list) or reads.count(job.con, v.from_)}
+    prompts: list[list[dict]] = []
+    if len(known) == len(step.meta):
+        dims = dimension_values(job.con, step)
+        combos = combination_rows(step, job.st.produced, dims, combinations(step, dims, job.seed))
+        total = len(combos)
+        prompts = [label.render_messages(step, {k: v for k, v in c.items() if not k.startswith("_")}, [])
+                   for c in spread(combos)]
+    else:
+        sizes = [len(dict.fromkeys(map(repr, v))) if isinstance(v, list) else volume_of(v.from_).rows
+                 for v in step.meta.values()]
+        total = math.prod(sizes) if step.combine == "product" else min(step.count, math.prod(sizes))
+    return StepEstimate(total * step.per_combination, Volume(total, step.per_combination), prompts)
+
+
 def json_schema(step) -> None:
     return None
 
 
-def parse(step, text: str, req) -> tuple[dict, None]:
+def parse(step, text: str, req, sample=None) -> tuple[dict, None]:
     return {}, None
 
 

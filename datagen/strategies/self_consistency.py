@@ -19,10 +19,15 @@ from datagen.spec.plan import PlannedStep, check_clash, step_view
 from datagen.store import reads
 from datagen.store.decisions import derived_counts, replace_decisions, step_owner
 from datagen.strategies import label
-from datagen.strategies.base import Job
+from datagen.strategies.base import Job, StepEstimate, Volume
 from datagen.verdict import Verdict
 
 rounds = label.rounds  # the student answers the input rows as a labeling step would
+
+
+def estimate(job: Job, volume_of) -> StepEstimate:
+    up = volume_of(job.step.input)
+    return StepEstimate(up.rows * job.step.n, Volume(up.rows, job.step.n), label.known_prompts(job))
 
 
 def stage(step_name: str) -> str:
@@ -55,11 +60,13 @@ def json_schema(step) -> None:
     return None
 
 
-def parse(step, text: str, req) -> tuple[dict, None]:
-    """A student reply is always a row; an answer that cannot be extracted is dropped later, with that reason."""
+def parse(step, text: str, req, sample=None) -> tuple[dict, None]:
+    """A student reply is always a row; an answer that cannot be extracted is dropped later, with that reason. With
+    `reasoning`, `text` is the answer alone, so a number in the trace is never taken for the answer."""
     from datagen.answers import extract_answer
 
-    return {f"{step.output}_answer": extract_answer(text or "", step.extract)}, None
+    fields, _ = label.parse(step, text, req, sample)
+    return {**fields, f"{step.output}_answer": extract_answer(text or "", step.extract)}, None
 
 
 def finish(job: Job) -> None:
@@ -73,7 +80,8 @@ def status_lines(con, st: PlannedStep) -> list[str]:
 
 
 def card_notes(step) -> list[str]:
-    return [f"keep: {step.keep}" + (f" against `{step.reference}`" if step.reference else "")]
+    return [f"keep: {step.keep}" + (f" against `{step.reference}`" if step.reference else "")] + \
+        label.reasoning_notes(step)
 
 
 def decide(con, st) -> tuple[int, int]:

@@ -13,7 +13,14 @@ def teacher_identity(spec, spec_dir) -> dict:
     from datagen.bundled import model_identity
 
     if spec.backend == "openai":
-        return {"backend": "openai", "model": spec.model, "base_url": spec.base_url}
+        # several servers serve the same model: their order does not change what comes back
+        urls = sorted(spec.base_url) if isinstance(spec.base_url, list) else spec.base_url
+        identity = {"backend": "openai", "model": spec.model, "base_url": urls}
+        if spec.extra_body:  # only when set, so the keys of teachers without one never change
+            from datagen.extra_body import keyed
+
+            identity["extra_body"] = keyed(spec.extra_body)
+        return identity
     identity = {"backend": spec.backend, "model": model_identity(spec.model, spec_dir)}
     if not spec.model.startswith("bundled:") and Path(identity["model"]).is_dir():
         from datagen.teachers.fingerprint import folder_fingerprint
@@ -27,17 +34,21 @@ def teacher_identity(spec, spec_dir) -> dict:
 VLLM_START = "about 10 s on a 2-core CPU; a minute or more on a busy one"
 
 
-def start_message(name: str, spec, spec_dir) -> str:
-    """What the user waits for while a teacher gets ready (said before the wait, with its expected length)."""
+def start_message(name: str, spec, where: str = "") -> str:
+    """What the user waits for while a teacher gets ready (said before the wait, with its expected length);
+    `where` says where it runs when that is not here (", 2 replicas on Ray")."""
     if spec.backend == "vllm":
-        return f"starting vLLM engine for teacher {name} ({spec.model}) ... ({VLLM_START})"
+        return f"starting vLLM engine for teacher {name} ({spec.model}{where}) ... ({VLLM_START})"
     if spec.backend == "transformers":
-        return f"loading {spec.model} with transformers for teacher {name} ..."
-    return f"teacher {name}: {spec.model} at {spec.base_url}"
+        return f"loading {spec.model} with transformers for teacher {name}{where} ..."
+    urls = spec.base_url if isinstance(spec.base_url, list) else [spec.base_url]
+    return f"teacher {name}: {spec.model} at {', '.join(urls)}"
 
 
-def make_teacher(name: str, spec, spec_dir, seed: int):
-    """Create the teacher a spec entry describes. Loads nothing until the first generate call where possible."""
+def make_teacher(name: str, spec, spec_dir, seed: int, journal=None, ray: bool = False):
+    """Create the teacher a spec entry describes. Loads nothing until the first generate call where possible.
+    A batch-mode teacher needs the `journal` its batches are recorded in (teachers/journal.py). With `ray`, an
+    in-process backend runs as `replicas` Ray actors instead (replicas.py)."""
     if spec.backend == "openai":
         from datagen.teachers.openai_teacher import OpenAITeacher
 
@@ -47,13 +58,30 @@ def make_teacher(name: str, spec, spec_dir, seed: int):
             if not api_key:
                 raise UserError(f"teachers.{name}.api_key_env: environment variable {spec.api_key_env} is not set; "
                                 "export it before running")
+        if spec.batch.enabled and journal is not None:  # without one (curation's probes) it asks online
+            from datagen.teachers.openai_batch import OpenAIBatchTeacher
+
+            b = spec.batch
+            return OpenAIBatchTeacher(name, base_url=spec.base_url, model=spec.model, api_key=api_key,
+                                      journal=journal, completion_window=b.completion_window,
+                                      poll_seconds=b.poll_seconds, max_requests_per_batch=b.max_requests_per_batch,
+                                      max_file_mb=b.max_file_mb, timeout_s=spec.timeout_s,
+                                      max_attempts=spec.max_attempts)
         return OpenAITeacher(name, base_url=spec.base_url, model=spec.model, api_key=api_key,
                              max_concurrency=spec.max_concurrency, timeout_s=spec.timeout_s,
                              max_attempts=spec.max_attempts, requests_per_minute=spec.requests_per_minute,
-                             tokens_per_minute=spec.tokens_per_minute)
+                             tokens_per_minute=spec.tokens_per_minute, extra_body=spec.extra_body)
     from datagen.bundled import resolve_model
 
     path = resolve_model(spec.model, spec_dir)
+    if ray:
+        from datagen.teachers.replicas import RayTeacher
+
+        if spec.backend == "vllm":
+            settings = {**spec.engine.model_dump(), "seed": seed}
+            return RayTeacher(name, "vllm", str(path), settings, spec.replicas, spec.engine.tensor_parallel_size)
+        settings = {"device": spec.device, "batch_size": spec.batch_size}
+        return RayTeacher(name, "transformers", str(path), settings, spec.replicas)
     if spec.backend == "vllm":
         from datagen.teachers.vllm_teacher import VLLMTeacher
 

@@ -9,7 +9,9 @@ run goes on.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
+
+from datagen.reasoning import Markers, Reasoning, split
 
 
 @dataclass
@@ -33,6 +35,10 @@ class Sample:
     logprobs: list[TokenLogprobs] | None = None
     error: str | None = None  # set when the sample failed; then text is None
     seconds: float | None = None
+    worker: str | None = None  # which server or engine replica made it
+    # the trace, when the server returned one in its own field or GenOptions.reasoning asked to split it off (then
+    # `text` is the answer alone)
+    reasoning: Reasoning | None = None
 
 
 @dataclass
@@ -67,7 +73,12 @@ class GenOptions:
     sampling: Sampling
     logprobs: int | None = None  # top-k log-probabilities per output token
     json_schema: dict[str, Any] | None = None  # structured output
+    reasoning: Markers | None = None  # split a leading trace off the text (Sample.reasoning)
+    thinking: Any = None  # a budget.Budget: budget forcing of the trace (in-process engines; with `reasoning`)
+    extra_body: dict[str, Any] | None = None  # HTTP only: merged into every request body as is
 
+
+WAIT = object()  # what a request feed answers when it has nothing yet but more may come (an engine replica's inbox)
 
 Finished = list[tuple[int, list[Sample]]]  # (index into the requests, one Sample per key) for each finished request
 
@@ -86,6 +97,16 @@ class Teacher(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def split_sample(sample: Sample, markers: Markers, count: Callable[[str], int] | None = None) -> None:
+    """Split a finished sample's inline trace off its text (in place); `count` is the teacher's token counter."""
+    if sample.error is not None or sample.reasoning is not None:
+        return
+    reasoning, sample.text = split(sample.text or "", markers)
+    if reasoning is not None and count is not None:
+        reasoning.tokens = count(reasoning.text)
+    sample.reasoning = reasoning
 
 
 def generate(teacher: Teacher, requests: list[GenRequest], options: GenOptions) -> list[list[Sample]]:

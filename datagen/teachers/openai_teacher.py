@@ -6,6 +6,11 @@ and jitter on 429, 5xx, timeouts and dropped connections, `Retry-After` honoured
 as a whole (a server that trickles bytes cannot hold a request forever). Error texts never contain the API key, even
 when a server echoes it back.
 
+With `GenOptions.reasoning` set, a trace the server returns in `message.reasoning_content` or `message.reasoning`
+(DeepSeek's API, `vllm serve --reasoning-parser`) becomes the sample's reasoning and `content` its text; without such a
+field a leading `<think>...</think>` block is split off the content. `extra_body` (the teacher's, with the step's
+merged over it) goes into every request body as is; its key-like values are redacted from errors like the API key.
+
 Replies stream back as they finish: the teacher runs its own event loop between yields, keeping `max_concurrency`
 requests in flight. Ctrl-C and SIGTERM cancel what is in flight at once (the loop's own signal handlers wake it even
 when the OS hands the signal to another thread) and raise KeyboardInterrupt / Terminated in the caller, which has
@@ -24,20 +29,24 @@ from typing import Any
 
 import httpx
 
+from datagen import extra_body as bodies
 from datagen.errors import Terminated
-from datagen.teachers.base import GenOptions, GenRequest, Sample, TokenLogprobs
+from datagen.reasoning import from_field
+from datagen.teachers.base import GenOptions, GenRequest, Sample, TokenLogprobs, split_sample
 from datagen.teachers.ratelimit import RateLimiter
+from datagen.teachers.servers import ServerPool
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 HEARTBEAT_SECONDS = 1.0  # the stream yields at least this often, even with nothing finished, so the caller can commit
 
 
 class OpenAITeacher:
-    def __init__(self, name: str, *, base_url: str, model: str, api_key: str | None, max_concurrency: int = 16,
+    def __init__(self, name: str, *, base_url: str | list[str], model: str, api_key: str | None, max_concurrency: int = 16,
                  timeout_s: float = 120, max_attempts: int = 4, requests_per_minute: int | None = None,
-                 tokens_per_minute: int | None = None, backoff_base_s: float = 0.5, backoff_max_s: float = 30):
+                 tokens_per_minute: int | None = None, backoff_base_s: float = 0.5, backoff_max_s: float = 30,
+                 extra_body: dict | None = None):
         self.name = name
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.servers = ServerPool(base_url if isinstance(base_url, list) else [base_url])
         self.model = model
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._secret = api_key or None
@@ -47,6 +56,7 @@ class OpenAITeacher:
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.limiter = RateLimiter(requests_per_minute, tokens_per_minute)
+        self.extra_body = extra_body or None
 
     def stream(self, requests: list[GenRequest], options: GenOptions):
         """One HTTP request per sample, `max_concurrency` in flight; yields what finished (see base.Teacher)."""
@@ -60,7 +70,6 @@ class OpenAITeacher:
         client = loop.run_until_complete(self._client())
         signals = _Signals(loop)
         inflight: dict[asyncio.Task, tuple[int, int]] = {}
-        last_finish = time.monotonic()
         try:
             ready = [(i, []) for i in list(got) if not requests[i].keys]
             for i, _ in ready:
@@ -74,15 +83,9 @@ class OpenAITeacher:
                 waiter = loop.create_task(asyncio.wait(list(inflight), timeout=HEARTBEAT_SECONDS,
                                                        return_when=asyncio.FIRST_COMPLETED))
                 done, _ = signals.run(waiter)
-                # a sample's `seconds` is its share of the wall time since the last finish, as on every backend,
-                # so a step's seconds add up to its generation time however many requests overlapped
-                share = (time.monotonic() - last_finish) / len(done) if done else 0.0
-                if done:
-                    last_finish = time.monotonic()
                 for task in done:
                     i, j = inflight.pop(task)
                     got.setdefault(i, {})[j] = task.result()
-                    got[i][j].seconds = share
                     if len(got[i]) == len(requests[i].keys):
                         samples = got.pop(i)
                         ready.append((i, [samples[k] for k in range(len(samples))]))
@@ -121,6 +124,7 @@ class OpenAITeacher:
         if options.json_schema is not None:
             body["response_format"] = {"type": "json_schema",
                                        "json_schema": {"name": "output", "schema": options.json_schema}}
+        body.update(bodies.merge(self.extra_body, options.extra_body) or {})
         return body
 
     async def _sample(self, client: httpx.AsyncClient, req: GenRequest, index: int, options: GenOptions) -> Sample:
@@ -131,17 +135,24 @@ class OpenAITeacher:
         for attempt in range(1, self.max_attempts + 1):
             await self.limiter.acquire(estimate)
             retry_after: float | None = None
+            server = await self.servers.acquire()
+            server_ok = False
             try:
-                resp = await asyncio.wait_for(client.post(self.url, json=body), self.timeout_s)
+                resp = await asyncio.wait_for(client.post(server.url, json=body), self.timeout_s)
             except asyncio.TimeoutError:
                 last_error = f"timed out after {self.timeout_s:g} s"
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             else:
+                # a 4xx other than a rate limit is the request's fault, not the server's
+                server_ok = resp.status_code == 200 or resp.status_code not in RETRY_STATUS
                 if resp.status_code == 200:
-                    sample = _parse_response(resp)
+                    sample = _parse_response(resp, options.reasoning is not None)
                     if sample.error is None:
                         sample.seconds = time.monotonic() - start
+                        sample.worker = server.label
+                        if options.reasoning is not None:
+                            split_sample(sample, options.reasoning)  # a trace written inline, in the content
                         return sample
                     last_error = sample.error  # a garbled 200 (cut-off JSON) is worth another try
                 else:
@@ -151,14 +162,21 @@ class OpenAITeacher:
                     retry_after = _retry_after(resp)
                     if retry_after is not None:
                         self.limiter.pause(min(retry_after, self.backoff_max_s * 4))
+            finally:
+                self.servers.release(server, server_ok)
             if attempt < self.max_attempts:
                 await asyncio.sleep(self._backoff(attempt, retry_after))
         error = f"{last_error} (after {attempt} attempt{'s' if attempt > 1 else ''})"
-        return Sample(text=None, error=self.redact(error), seconds=time.monotonic() - start)
+        return Sample(text=None, error=self.redact(error, options.extra_body), seconds=time.monotonic() - start)
 
-    def redact(self, text: str) -> str:
-        """A server may echo the key back in an error body; it must not reach the store."""
-        return text.replace(self._secret, "[api key]") if self._secret else text
+    def redact(self, text: str, step_body: dict | None = None) -> str:
+        """A server may echo the key (or a key-like extra_body value) back in an error body; it must not reach the
+        store."""
+        if self._secret:
+            text = text.replace(self._secret, "[api key]")
+        for value in bodies.secret_values(bodies.merge(self.extra_body, step_body)):
+            text = text.replace(value, bodies.REDACTED)
+        return text
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -249,22 +267,39 @@ def _retry_after(resp: httpx.Response) -> float | None:
         return None  # unreadable: fall back to exponential backoff
 
 
-def _parse_response(resp: httpx.Response) -> Sample:
+def _parse_response(resp: httpx.Response, reasoning: bool = False) -> Sample:
+    """A 200 reply as a sample; with `reasoning`, a reply that is all trace (cut inside it) is a sample too."""
     try:
         data = resp.json()
-        choice = data["choices"][0]
-        text = choice["message"]["content"]
-    except (json.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
+    except json.JSONDecodeError as exc:
         return Sample(text=None, error=f"malformed reply ({type(exc).__name__}): {resp.text[:200]!r}")
-    if text is None:
+    return parse_completion(data, resp.text, reasoning)
+
+
+def parse_completion(data, raw: str, reasoning: bool = False) -> Sample:
+    """A chat completion's body (a dict) as a Sample; `raw` is shown when it is not one. The batch API's output
+    lines carry the same body. With `reasoning`, a reply that is all trace (cut inside it) is a sample too."""
+    try:
+        choice = data["choices"][0]
+        message = choice["message"]
+        text = message["content"]
+    except (KeyError, IndexError, TypeError) as exc:
+        return Sample(text=None, error=f"malformed reply ({type(exc).__name__}): {raw[:200]!r}")
+    # DeepSeek's API and older vLLM servers name the trace `reasoning_content`, newer vLLM servers `reasoning`
+    trace = message.get("reasoning_content") or message.get("reasoning")
+    if text is None and not (trace and reasoning):
         return Sample(text=None, error="reply has no message content")
     usage = data.get("usage") or {}
+    details = usage.get("completion_tokens_details") or {}
+    finish = choice.get("finish_reason")
     return Sample(
-        text=text,
-        finish_reason=choice.get("finish_reason"),
+        text=text or "",
+        finish_reason=finish,
         prompt_tokens=usage.get("prompt_tokens"),
         completion_tokens=usage.get("completion_tokens"),
         logprobs=_parse_logprobs(choice.get("logprobs")),
+        reasoning=from_field(trace, text, finish, details.get("reasoning_tokens")) if isinstance(trace, str) and trace
+        else None,
     )
 
 

@@ -1,6 +1,7 @@
 """Teacher on plain transformers `generate`: the fallback without vLLM, and the student side.
 
-Slower than vLLM (no continuous batching) but needs nothing beyond torch and transformers.
+Slower than vLLM (no continuous batching) but needs nothing beyond torch and transformers. With a thinking budget
+(`GenOptions.thinking`, budget.py) each sample's phases are generated one after another, one prompt at a time.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import time
 from itertools import groupby
 from typing import Iterator
 
-from datagen.teachers.base import GenOptions, GenRequest, Sample, Sampling, TokenLogprobs
+from datagen.teachers.base import GenOptions, GenRequest, Sample, Sampling, TokenLogprobs, split_sample
+from datagen.teachers.budget import Forcing, Phase
 
 BATCH_SIZE = 16  # sequences per `generate` call (prompts x samples per prompt)
 
@@ -61,7 +63,58 @@ class TransformersTeacher:
             per_batch = max(1, self.batch_size // n)
             for start in range(0, len(group), per_batch):
                 idx = group[start : start + per_batch]
-                yield list(zip(idx, self._generate_isolated([requests[i] for i in idx], n, options)))
+                batch = [requests[i] for i in idx]
+                if options.thinking is not None:
+                    yield [(i, self._forced(r, n, options)) for i, r in zip(idx, batch)]
+                else:
+                    yield list(zip(idx, [self._split(s, options) for s in self._generate_isolated(batch, n, options)]))
+
+    def _split(self, samples: list[Sample], options: GenOptions) -> list[Sample]:
+        """With `reasoning` asked for, the trace split off each text and counted with the model's tokenizer."""
+        if options.reasoning is not None:
+            tok = self._load()[1]
+            for sample in samples:
+                split_sample(sample, options.reasoning, lambda t: len(tok.encode(t, add_special_tokens=False)))
+        return samples
+
+    def _forced(self, request: GenRequest, n: int, options: GenOptions) -> list[Sample]:
+        """n samples of one prompt, each with its own budget-forced trace; a failure fails only its sample."""
+        import torch
+
+        _, tok = self._load()
+        if options.sampling.seed is not None:
+            torch.manual_seed(options.sampling.seed)  # as for a batch: one seed per prompt's samples
+        out = []
+        for _ in range(n):
+            try:
+                head = tok.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
+                f = Forcing(options.thinking, head, tok, options.sampling.stop)
+                f.prompt_tokens = len(tok.encode(f.head, add_special_tokens=False))
+                while (phase := f.next()) is not None:
+                    started = time.perf_counter()
+                    f.feed(*self._complete(phase, options.sampling))
+                    f.seconds += time.perf_counter() - started
+                out.append(f.sample())
+            except Exception as exc:
+                out.append(Sample(text=None, error=f"{type(exc).__name__}: {exc}"))
+        return out
+
+    def _complete(self, phase: Phase, s: Sampling) -> tuple[str, bool, str, int]:
+        """One phase: (text, ended by itself, finish reason, tokens generated)."""
+        import torch
+
+        model, tok = self._load()
+        ids = torch.tensor([tok.encode(phase.prompt, add_special_tokens=False)]).to(self.device)
+        kwargs = {**_generation_kwargs(s), "max_new_tokens": phase.max_tokens}
+        kwargs.pop("stop_strings", None)
+        if phase.stop:
+            kwargs["stop_strings"] = list(phase.stop)
+        with torch.no_grad():
+            gen = model.generate(ids, attention_mask=torch.ones_like(ids), pad_token_id=tok.pad_token_id,
+                                 tokenizer=tok, **kwargs)
+        sample = self._sample(gen[0, ids.shape[1]:].tolist(), None, _eos_ids(model, tok),
+                              GenOptions(s), phase.stop)
+        return sample.text, sample.finish_reason == "stop", sample.finish_reason, sample.completion_tokens
 
     def _generate_isolated(self, requests: list[GenRequest], n: int, options: GenOptions) -> list[list[Sample]]:
         """One batch; if it fails, retry each request alone so one bad prompt fails only its own samples."""

@@ -10,6 +10,11 @@ The engine core runs in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, unless
 shuts the engine down, instead of killing an engine process under it. Tensor parallelism still starts worker
 processes; they are the watchdog's to end (watchdog.py). The engine is created on the first request, never at
 import, and a script that uses this teacher needs an `if __name__ == "__main__":` guard (workers start with spawn).
+
+With a thinking budget (`GenOptions.thinking`, budget.py) every sample is its own sequence of phases: when a phase
+finishes, the next one (the trace continued after "Wait", or the answer after the end marker) is added as a new
+engine request at once, so the engine stays full while some samples are mid-phase; a request comes back when the
+answers of all its samples are done.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import os
 import time
 from typing import Any, Iterator
 
-from datagen.teachers.base import GenOptions, GenRequest, Sample, Sampling, TokenLogprobs
+from datagen.teachers.base import WAIT, GenOptions, GenRequest, Sample, Sampling, TokenLogprobs, split_sample
+from datagen.teachers.budget import Forcing, Phase
 
 ENGINE_DEFAULTS: dict[str, Any] = {
     "enforce_eager": True,  # torch.compile triples the start time on CPU for ~15% more tokens/s
@@ -91,35 +97,44 @@ class VLLMTeacher:
         self._start()
         return started
 
-    def llm(self):
-        """The started `vllm.LLM`, for callers that send token prompts themselves (budget forcing)."""
-        return self._start()
+    def stream(self, requests, options: GenOptions) -> Iterator[list[tuple[int, list[Sample]]]]:
+        """Feed the engine and yield each request's samples as soon as all of them are done (see base.Teacher).
 
-    def stream(self, requests: list[GenRequest], options: GenOptions) -> Iterator[list[tuple[int, list[Sample]]]]:
-        """Feed the engine and yield each request's samples as soon as all of them are done (see base.Teacher)."""
+        `requests` is a list, or a feed that may answer `WAIT` (nothing more yet, more to come: an engine replica
+        fed over Ray); requests are numbered in the order they are taken."""
         from vllm.exceptions import VLLMClientError
 
         engine = self._start().llm_engine
         window = WINDOW_FACTOR * self._max_num_seqs()
-        todo = iter(range(len(requests)))
-        inflight: dict[str, int] = {}  # engine request id -> index into `requests`
+        todo = iter(requests)
+        taken: dict[int, GenRequest] = {}  # the requests in the engine, by number
+        inflight: dict[str, int] = {}  # engine request id -> request number
+        forcing: dict[str, Forcing] = {}  # engine request id -> its sample's budget forcing (with a thinking budget)
         got: dict[int, list[Sample]] = {}
         ready: list[tuple[int, list[Sample]]] = []
         running = 0  # sequences in the engine
+        number = 0
         exhausted = False
         last_yield = last_finish = time.perf_counter()
         try:
             while True:
                 while running < window and not exhausted:
-                    i = next(todo, None)
-                    if i is None:
+                    request = next(todo, None)
+                    if request is None:
                         exhausted = True
                         break
+                    if request is WAIT:
+                        break
+                    i = number
+                    number += 1
                     try:
-                        running += self._add(engine, f"{i}", requests[i], options, inflight, i)
-                        got[i] = []
+                        if options.thinking is not None:
+                            running += self._add_forced(engine, f"{i}", request, options, inflight, i, forcing)
+                        else:
+                            running += self._add(engine, f"{i}", request, options, inflight, i)
+                        taken[i], got[i] = request, []
                     except (VLLMClientError, ValueError, TypeError) as exc:  # this prompt only
-                        ready.append((i, [Sample(text=None, error=_short(exc)) for _ in requests[i].keys]))
+                        ready.append((i, [Sample(text=None, error=_short(exc)) for _ in request.keys]))
                 if inflight:
                     finished = [out for out in engine.step() if out.finished]
                     now = time.perf_counter()
@@ -131,11 +146,21 @@ class VLLMTeacher:
                     for out in finished:
                         i = inflight.pop(out.request_id)
                         running -= len(out.outputs)
-                        got[i] += _samples(out, options.logprobs, share)
-                        if len(got[i]) == len(requests[i].keys):
+                        if out.request_id in forcing:
+                            done = self._next_phase(engine, out, share, options, inflight, i, forcing)
+                            if done is None:  # its next phase is in the engine now
+                                running += 1
+                                continue
+                            got[i].append(done)
+                        else:
+                            got[i] += self._split(_samples(out, options.logprobs, share), options)
+                        if len(got[i]) == len(taken[i].keys):
+                            taken.pop(i)
                             ready.append((i, got.pop(i)))
                 elif exhausted:
                     break
+                else:
+                    time.sleep(0.005)  # a feed with nothing to do yet
                 if ready or time.perf_counter() - last_yield >= HEARTBEAT_SECONDS or (exhausted and not inflight):
                     yield ready
                     ready, last_yield = [], time.perf_counter()
@@ -162,6 +187,65 @@ class VLLMTeacher:
             engine.add_request(f"{rid}/{j}", {"prompt_token_ids": ids}, p)
             inflight[f"{rid}/{j}"] = i
         return len(request.keys)
+
+    def _add_forced(self, engine, rid: str, request: GenRequest, options: GenOptions, inflight: dict, i: int,
+                    forcing: dict) -> int:
+        """Add the first phase of each sample of one request (every sample forces its own trace)."""
+        if not request.keys:
+            raise ValueError("no samples wanted")
+        head = self._chat_text(request)
+        tok = self._start().get_tokenizer()
+        for j in range(len(request.keys)):
+            f = Forcing(options.thinking, head, tok, options.sampling.stop)
+            f.prompt_tokens = len(tok.encode(f.head, add_special_tokens=False))
+            self._add_phase(engine, f"{rid}/{j}", f, options, inflight, i, forcing)
+        return len(request.keys)
+
+    def _add_phase(self, engine, rid: str, f: Forcing, options: GenOptions, inflight: dict, i: int,
+                   forcing: dict) -> None:
+        phase = f.next()
+        ids = self._start().get_tokenizer().encode(phase.prompt, add_special_tokens=False)
+        limit = self.engine["max_model_len"]
+        if len(ids) >= limit:
+            raise ValueError(f"prompt with its trace so far has {len(ids)} tokens, over the engine's max_model_len "
+                             f"{limit}")
+        engine.add_request(rid, {"prompt_token_ids": ids}, _phase_params(options, phase))
+        inflight[rid] = i
+        forcing[rid] = f
+
+    def _next_phase(self, engine, out, share: float, options: GenOptions, inflight: dict, i: int,
+                    forcing: dict) -> Sample | None:
+        """Feed a finished phase to its sample's forcing; add the next phase (None), or return the finished
+        sample."""
+        from vllm.exceptions import VLLMClientError
+
+        f = forcing.pop(out.request_id)
+        c = out.outputs[0]
+        f.seconds += share
+        f.feed(c.text, c.finish_reason == "stop", c.finish_reason, len(c.token_ids))
+        if f.answer is not None:
+            return f.sample()
+        base = out.request_id.split("#")[0]
+        try:
+            self._add_phase(engine, f"{base}#{f.phases}", f, options, inflight, i, forcing)
+        except (VLLMClientError, ValueError, TypeError) as exc:  # this sample only
+            return Sample(text=None, error=_short(exc), seconds=f.seconds)
+        return None
+
+    def _split(self, samples: list[Sample], options: GenOptions) -> list[Sample]:
+        """With `reasoning` asked for, the trace split off each text and counted with the engine's tokenizer."""
+        if options.reasoning is not None:
+            tok = self._start().get_tokenizer()
+            for sample in samples:
+                split_sample(sample, options.reasoning, lambda t: len(tok.encode(t, add_special_tokens=False)))
+        return samples
+
+    def _chat_text(self, request: GenRequest) -> str:
+        tok = self._start().get_tokenizer()
+        try:
+            return tok.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
+        except Exception as exc:  # a template that rejects these messages (e.g. roles out of order)
+            raise ValueError(f"chat template failed: {type(exc).__name__}: {exc}") from None
 
     def _prompt_ids(self, request: GenRequest) -> list[int]:
         """The chat template applied to the messages; vLLM rejects an over-long prompt, so it fails here, alone."""
@@ -242,6 +326,14 @@ def _sampling_params(n: int, options: GenOptions):
     if options.json_schema is not None:
         kwargs["structured_outputs"] = StructuredOutputsParams(json=options.json_schema)
     return SamplingParams(**kwargs)
+
+
+def _phase_params(options: GenOptions, phase: Phase):
+    """One budget-forcing phase: the step's sampling with the phase's token budget and stop strings."""
+    from dataclasses import replace
+
+    sampling = replace(options.sampling, max_tokens=phase.max_tokens, stop=phase.stop or None)
+    return _sampling_params(1, GenOptions(sampling))
 
 
 def _samples(out, k: int | None, seconds: float) -> list[Sample]:

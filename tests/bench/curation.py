@@ -1,6 +1,8 @@
 """Benchmark: semantic dedup and k-center selection at 100,000 rows, against a full-matrix baseline and semhash.
 
     .venv/bin/python tests/bench/curation.py --rows 100000 --baseline-rows 20000
+    .venv/bin/python tests/bench/curation.py --levers --lever-rows 5000      (embedding levers: curation_levers.py)
+    .venv/bin/python tests/bench/curation.py --rows 1000000 --stored-embeddings   (scale: curation_scale.py)
 
 Rows are built from the project's real data (specs/data: GSM8K questions and worked answers, Self-Instruct tasks):
 each base row joins 2 or 3 random sentences of that pool, with its numbers redrawn, and 5% more rows are planted
@@ -19,124 +21,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
-import re
-import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np  # noqa: E402
 
-THRESHOLD = 0.92
-SWAPS = {"money": "cash", "apples": "pears", "friends": "classmates", "hour": "day", "week": "month",
-         "write": "compose", "given": "provided", "total": "sum", "buy": "purchase", "each": "every"}
-
-
-# --- data ------------------------------------------------------------------------------------------------------
-
-def sentence_pool() -> list[str]:
-    data = ROOT / "specs" / "data"
-    texts: list[str] = []
-    for line in (data / "gsm8k_train_500.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        texts.append(row["question"])
-        texts += [re.sub(r"<<[^>]*>>", "", s) for s in row["answer"].splitlines() if not s.startswith("####")]
-    for line in (data / "self_instruct_seed_tasks.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        texts.append(row["instruction"])
-        for inst in row["instances"]:
-            texts += [inst["input"], inst["output"]]
-    pool = []
-    for text in texts:
-        pool += [s.strip() for s in re.split(r"(?<=[.?!])\s+", text) if len(s.split()) >= 5]
-    return sorted(set(pool))
-
-
-def redraw_numbers(text: str, rng: random.Random) -> str:
-    return re.sub(r"\d+", lambda m: str(rng.randint(2, 999)), text)
-
-
-def perturb(text: str, rng: random.Random) -> str:
-    kind = rng.randrange(5)
-    if kind == 0:
-        return text.replace(" ", "  ", 3).replace(". ", ".\n", 1)
-    if kind == 1:
-        return text.lower() if rng.random() < 0.5 else text.upper()
-    if kind == 2:
-        words = text.split()
-        for i, w in enumerate(words):
-            if w.lower() in SWAPS:
-                words[i] = SWAPS[w.lower()]
-                return " ".join(words)
-        i = rng.randrange(len(words))
-        words[i] = rng.choice(["really", "quite", "exactly", "also"]) + " " + words[i]
-        return " ".join(words)
-    if kind == 3:
-        return re.sub(r"[,.?!;:]", "", text)
-    return rng.choice(["Question: ", "Please answer: ", "Task: "]) + text
-
-
-def build_rows(n: int, seed: int = 0, planted_share: float = 0.05) -> tuple[list[dict], list[tuple[int, int]]]:
-    """n rows; returns them and the planted (original, copy) index pairs."""
-    rng = random.Random(seed)
-    pool = sentence_pool()
-    n_planted = int(n * planted_share)
-    base = [redraw_numbers(" ".join(rng.sample(pool, rng.choice([2, 3]))), rng) for _ in range(n - n_planted)]
-    originals = [rng.randrange(len(base)) for _ in range(n_planted)]
-    texts = base + [perturb(base[i], rng) for i in originals]
-    order = list(range(n))
-    rng.shuffle(order)
-    position = {old: new for new, old in enumerate(order)}
-    rows = [{"text": texts[old], "score": rng.randint(1, 10)} for old in order]
-    pairs = [(position[o], position[len(base) + k]) for k, o in enumerate(originals)]
-    return rows, pairs
-
-
-# --- measuring -------------------------------------------------------------------------------------------------
-
-class PeakRSS:
-    """Peak resident memory of this process while the block runs, sampled every 20 ms."""
-
-    def __enter__(self):
-        import psutil
-
-        self.proc = psutil.Process()
-        self.peak = self.proc.memory_info().rss
-        self.running = True
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-        self.start = time.monotonic()
-        return self
-
-    def _sample(self):
-        while self.running:
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(0.02)
-
-    def __exit__(self, *exc):
-        self.seconds = time.monotonic() - self.start
-        self.running = False
-        self.thread.join()
-        self.peak = max(self.peak, self.proc.memory_info().rss)
-
-
-def gb(x: float) -> str:
-    return f"{x / 2**30:.2f} GB"
-
-
-def max_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def found_pairs(dropped: set[int], pairs: list[tuple[int, int]]) -> int:
-    return sum(1 for a, b in pairs if a in dropped or b in dropped)
+from curation_data import (ROOT, THRESHOLD, PeakRSS, build_rows, found_pairs, gb,  # noqa: E402,F401
+                           max_rss)
 
 
 # --- the datagen pipeline ----------------------------------------------------------------------------------------
@@ -164,7 +60,7 @@ def run_pipeline(work: Path, rows: list[dict], pairs, select_n: int) -> dict:
     from datagen.spec.load import load_spec
     from datagen.api import plan as build_plan
     from datagen.store.connection import open_store
-    from datagen.store.views import sync_sources
+    from datagen.store.views import sync_views
 
     with (work / "rows.jsonl").open("w") as fh:
         for r in rows:
@@ -175,7 +71,7 @@ def run_pipeline(work: Path, rows: list[dict], pairs, select_n: int) -> dict:
         loaded = load_spec(work / "spec.yaml")
         plan = build_plan(loaded)
         con = open_store(loaded.store_path)
-        sync_sources(con, plan)
+        sync_views(con, plan.source_rows, plan.views)
     out["load rows into the store"] = (m.seconds, m.peak)
     with PeakRSS() as m:
         load_model("bundled:all-minilm-l6-v2")
@@ -288,12 +184,32 @@ def child(kind: str, store: str, m: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=100_000)
-    ap.add_argument("--select", type=int, default=1000)
+    ap.add_argument("--select", type=int, help="rows to select (default 1,000; 10,000 with --stored-embeddings)")
     ap.add_argument("--baseline-rows", type=int, default=20_000, help="size of the full-matrix baseline")
     ap.add_argument("--no-semhash", action="store_true")
     ap.add_argument("--child", choices=["baseline", "semhash"])
     ap.add_argument("--store")
+    ap.add_argument("--levers", action="store_true", help="compare embedding levers against torch MiniLM")
+    ap.add_argument("--lever-rows", type=int, default=5000)
+    ap.add_argument("--stored-embeddings", action="store_true",
+                    help="curation at scale with (synthesised) embeddings already stored: see curation_scale.py")
+    ap.add_argument("--sizes", help="with --stored-embeddings: comma-separated row counts (default 100k, 300k, "
+                                    "--rows)")
+    ap.add_argument("--select-method", choices=["kcenter", "cluster"], default="kcenter")
     args = ap.parse_args()
+    if args.stored_embeddings:
+        from curation_scale import run as run_scale
+
+        sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else sorted(
+            {min(100_000, args.rows), min(300_000, args.rows), args.rows})
+        run_scale(sizes, args.select or 10_000, args.select_method)
+        return
+    if args.levers:
+        from curation_levers import run
+
+        run(args.lever_rows)
+        return
+    args.select = args.select or 1000
     if args.child:
         out = full_matrix(args.store, args.baseline_rows) if args.child == "baseline" else semhash_run(args.store)
         print(json.dumps(out))
