@@ -36,13 +36,7 @@ teachers:
 sources:
   problems:
 {source}
-steps:
-  - name: solve
-    strategy: label
-    teacher: t
-    input: problems
-    prompt: "{{{{ question }}}}"
-    output: solution
+steps: [{{name: solve, strategy: label, teacher: t, input: problems, prompt: "{{{{ question }}}}", output: solution}}]
 export: {{path: out}}
 """
 
