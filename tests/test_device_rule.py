@@ -71,6 +71,9 @@ class OnFakeDevice:
     def parameters(self):
         return self.inner.parameters()
 
+    def __getattr__(self, name):  # generation_config and the like
+        return getattr(self.inner, name)
+
 
 @pytest.fixture(scope="module")
 def small(bundled_model_path):
@@ -121,10 +124,17 @@ def test_kd_and_dpo_scores_move_their_tensors_to_the_model_device(fake_device, s
 
 
 def test_sampling_moves_its_prompt_to_the_model_device(fake_device, small):
-    from sft.sample import TransformersEngine
+    """`datagen sample` and the transformers teacher generate through the same code (teachers/transformers_teacher.py):
+    the same `model.device` rule."""
+    from datagen.teachers.base import GenOptions, GenRequest, Sampling, generate
+    from datagen.teachers.transformers_teacher import TransformersTeacher
 
-    engine = TransformersEngine.__new__(TransformersEngine)
-    engine.model, engine.tok, engine.temperature = OnFakeDevice(small[0]), small[1], 0
-    ids = small[1]("Hello", add_special_tokens=False)["input_ids"]
-    [(text, _)] = engine.complete([ids], [3], [])
-    assert isinstance(text, str) and engine.model.checked == 1
+    teacher = TransformersTeacher("t", "unused")
+    tok = small[1]
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    teacher._model, teacher._tokenizer = OnFakeDevice(small[0]), tok
+    ask = [GenRequest([{"role": "user", "content": "Hello"}], ["k"], [0])]
+    [[sample]] = generate(teacher, ask, GenOptions(Sampling(temperature=0, max_tokens=3)))
+    assert sample.error is None and isinstance(sample.text, str) and teacher._model.checked >= 1

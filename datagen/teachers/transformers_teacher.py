@@ -104,7 +104,7 @@ class TransformersTeacher:
         import torch
 
         model, tok = self._load()
-        ids = torch.tensor([tok.encode(phase.prompt, add_special_tokens=False)]).to(self.device)
+        ids = torch.tensor([tok.encode(phase.prompt, add_special_tokens=False)]).to(model.device)
         kwargs = {**_generation_kwargs(s), "max_new_tokens": phase.max_tokens}
         kwargs.pop("stop_strings", None)
         if phase.stop:
@@ -131,7 +131,7 @@ class TransformersTeacher:
         model, tok = self._load()
         prompts = [tok.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False) for r in requests]
         # The chat template already holds the special tokens it wants.
-        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         s = options.sampling
         if s.seed is not None:
             torch.manual_seed(s.seed)  # one seed per batch: transformers has no per-request generator
