@@ -2,7 +2,7 @@
 cluster listens on loopback only and every process of it ends with the namespace). Prints one JSON line of results.
 
 A: a 40-row label step on the bundled model with `replicas: 2`, then the same run again.
-B: an 80-row run in which one replica's process is killed (-9) while it generates.
+B: a 160-row run in which one replica's process is killed (-9) while it generates.
 C: an 80-row run whose driver is killed (-9): how long until Ray ends the replicas; then the run again.
 """
 
@@ -100,16 +100,19 @@ def main(folder: Path, data: Path) -> None:
     results["a_rerun_seconds"] = round(time.monotonic() - start, 1)
     results["a_rerun"] = counts(a)
 
-    b = spec(folder, "b", lines[40:120], 48)
+    b = spec(folder, "b", lines[40:200], 64)
     proc = datagen(str(b), log=folder / "b.log")
     wait_for_progress(proc, folder / "b.log", 0)
     victim = replicas()[0]
     results["b_killed"] = victim.pid
+    results["b_done_at_kill"] = int(re.findall(r"solve: (\d+)/\d+ samples", (folder / "b.log").read_text())[-1])
     os.kill(victim.pid, signal.SIGKILL)
+    killed = time.monotonic()
     results["b_exit"] = proc.wait(timeout=900)
+    results["b_seconds_after_kill"] = round(time.monotonic() - killed, 1)
     results["b"] = counts(b)
 
-    c = spec(folder, "c", lines[120:200], 48)
+    c = spec(folder, "c", lines[200:280], 48)
     proc = datagen(str(c), log=folder / "c.log")
     wait_for_progress(proc, folder / "c.log", 0)
     before = replicas()

@@ -78,22 +78,34 @@ class Replica:
         self.outbox: list = []
         self.ended = False
         self.stopped = False
+        self.running = False
+        self.options: GenOptions | None = None
         self.error: str | None = None
         self.thread: threading.Thread | None = None
 
     def pid(self) -> int:
         return os.getpid()
 
-    def start(self, options: GenOptions) -> None:
-        """Begin one stream (one step's options) over what is in the inbox and what comes."""
+    def start(self, options: GenOptions) -> str:
+        """Begin streaming (one step's options) over what is in the inbox and what comes; returns this instance."""
         self._stop_loop()
-        self.ended, self.stopped, self.error = False, False, None
-        self.thread = threading.Thread(target=self._loop, args=(options,), daemon=True)
-        self.thread.start()
+        with self.lock:
+            self.options, self.ended, self.stopped, self.error = options, False, False, None
+            self._run()
+        return self.instance
 
     def submit(self, items: list[tuple[int, GenRequest]]) -> None:
+        """More requests; a stream that had ended (told `end`, inbox empty) takes them up again."""
         with self.lock:
             self.inbox.extend(items)
+            self.ended = False
+            if not self.running and not self.stopped and self.options is not None:
+                self._run()
+
+    def _run(self) -> None:  # under the lock
+        self.running = True
+        self.thread = threading.Thread(target=self._loop, args=(self.options,), daemon=True)
+        self.thread.start()
 
     def end(self) -> None:
         self.ended = True
@@ -103,7 +115,7 @@ class Replica:
         it, if any."""
         with self.lock:
             out, self.outbox = self.outbox, []
-        return self.instance, out, self.thread is None or not self.thread.is_alive(), self.error
+            return self.instance, out, not self.running, self.error
 
     def stop(self) -> None:
         """End the stream and drop what it had not done (the driver gives that out again, or the run stopped)."""
@@ -133,19 +145,26 @@ class Replica:
 
     def _loop(self, options: GenOptions) -> None:
         try:
-            if self.kind == "vllm":  # one long engine stream over the inbox
-                order: list[int] = []
-                self._drain(self.teacher.stream(self._feed(order), options), order)
-            else:  # transformers: batches as they come
-                while not self.stopped and not (self.ended and not self.inbox):
-                    with self.lock:
-                        items = [self.inbox.popleft() for _ in range(min(len(self.inbox), 64))]
-                    if not items:
-                        time.sleep(0.01)
-                        continue
-                    self._drain(self.teacher.stream([r for _, r in items], options), [g for g, _ in items])
+            while True:
+                if self.kind == "vllm":  # one long engine stream over the inbox
+                    order: list[int] = []
+                    self._drain(self.teacher.stream(self._feed(order), options), order)
+                else:  # transformers: batches as they come
+                    while not self.stopped and not (self.ended and not self.inbox):
+                        with self.lock:
+                            items = [self.inbox.popleft() for _ in range(min(len(self.inbox), 64))]
+                        if not items:
+                            time.sleep(0.01)
+                            continue
+                        self._drain(self.teacher.stream([r for _, r in items], options), [g for g, _ in items])
+                with self.lock:  # requests that came after the end (a dead replica's, given out again): go on
+                    if self.stopped or not self.inbox:
+                        self.running = False
+                        return
         except Exception as exc:  # noqa: BLE001  reported to the driver, which fails the requests it held
-            self.error = f"replica {self.index}: {type(exc).__name__}: {exc}"
+            with self.lock:
+                self.error = f"replica {self.index}: {type(exc).__name__}: {exc}"
+                self.running = False
 
     def _drain(self, stream, order: list[int]) -> None:
         worker = f"replica-{self.index}"
@@ -200,11 +219,10 @@ class RayTeacher:
         actors = self._start()
         pending = collections.deque(range(len(requests)))
         held: list[dict[int, int]] = [{} for _ in actors]  # replica -> {request index: samples}
-        instances: list[str | None] = [None] * len(actors)
+        # Waits for the engines to load; a replica that dies from here on comes back as another instance.
+        instances: list[str | None] = ray.get([a.start.remote(options) for a in actors])
         polls: dict[int, Any] = {}
         ended = [False] * len(actors)
-        for a in actors:
-            a.start.remote(options)
         try:
             while pending or any(held):
                 self._fill(actors, requests, pending, held, ended)
@@ -230,6 +248,8 @@ class RayTeacher:
                     if over and error and held[k]:  # the engine failed: its requests fail with the reason
                         finished += [(i, [Sample(text=None, error=error) for _ in requests[i].keys]) for i in held[k]]
                         held[k] = {}
+                if not finished:  # nothing back yet: poll again in a moment, not in a loop that takes a core
+                    time.sleep(POLL_SECONDS / 5)
                 yield finished
         finally:
             for a in actors:
@@ -246,6 +266,7 @@ class RayTeacher:
             for i in block:
                 held[k][i] = len(requests[i].keys)
             actors[k].submit.remote([(i, requests[i]) for i in block])
+            ended[k] = False  # the replica goes on past an `end` it had been told; tell it again below
         for k, a in enumerate(actors):
             if not pending and not ended[k]:
                 a.end.remote()
