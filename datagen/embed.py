@@ -95,10 +95,10 @@ def embed(con, texts: list[str], row_ids: list[str], ref: str, spec_dir=None,
     found, vectors = store.lookup(con, model, keys)
     missing = np.flatnonzero(~found)
     if len(missing):
-        progress = Progress(len(missing), len(keys) - len(missing), f"{ref} ({backend})", log)
-        for start in range(0, len(missing), CHUNK):
-            chunk = missing[start: start + CHUNK]
-            new = encode([normalise(texts[first[k]]) for k in chunk], ref, spec_dir, backend=backend)
+        where = ", on Ray" if _on_ray() else ""
+        progress = Progress(len(missing), len(keys) - len(missing), f"{ref} ({backend}{where})", log)
+        for pos, new in _batches([normalise(texts[first[k]]) for k in missing], ref, spec_dir, backend):
+            chunk = missing[pos]
             if vectors.shape[1] == 0:
                 vectors = np.zeros((len(keys), new.shape[1]), dtype=np.float32)
             vectors[chunk] = new
@@ -107,6 +107,25 @@ def embed(con, texts: list[str], row_ids: list[str], ref: str, spec_dir=None,
     if len(keys) == len(texts) and np.array_equal(inverse, np.arange(len(texts))):
         return vectors  # every text distinct, in order: no second n x dim copy
     return vectors[inverse]
+
+
+def _on_ray() -> bool:
+    from datagen.embed_ray import on_ray
+
+    return on_ray()
+
+
+def _batches(texts: list[str], ref: str, spec_dir, backend: str):
+    """(positions in `texts`, their vectors), CHUNK texts at a time: here, or by Ray actors under `--ray`
+    (datagen/embed_ray.py). Each batch is stored as it comes, so an interrupted run keeps what it finished."""
+    if _on_ray():
+        from datagen.embed_ray import encode_batches
+
+        yield from encode_batches(encode, texts, ref, spec_dir, backend, CHUNK)
+        return
+    for start in range(0, len(texts), CHUNK):
+        yield np.arange(start, min(start + CHUNK, len(texts))), encode(texts[start: start + CHUNK], ref, spec_dir,
+                                                                       backend=backend)
 
 
 def distinct(texts: list[str]) -> tuple[list[str], np.ndarray, list[int]]:

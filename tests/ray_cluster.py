@@ -1,7 +1,8 @@
 """Scenarios on a local Ray cluster, run by tests/test_ray.py inside `unshare --net --pid --fork --mount-proc` (so the
 cluster listens on loopback only and every process of it ends with the namespace). Prints one JSON line of results.
 
-A: a 40-row label step on the bundled model with `replicas: 2`, then the same run again.
+A: a 40-row label step on the bundled model with `replicas: 2` and semantic dedup of its solutions (embeddings by
+   Ray Data actors), then the same run again.
 B: a 160-row run in which one replica's process is killed (-9) while it generates.
 C: an 80-row run whose driver is killed (-9): how long until Ray ends the replicas; then the run again.
 """
@@ -36,10 +37,18 @@ steps:
 """
 
 
-def spec(folder: Path, name: str, rows: list[str], tokens: int) -> Path:
+CURATION = """\
+curation:
+  input: solve
+  dedup:
+    - {type: semantic, column: solution, threshold: 0.95}
+"""
+
+
+def spec(folder: Path, name: str, rows: list[str], tokens: int, extra: str = "") -> Path:
     (folder / f"{name}.jsonl").write_text("\n".join(rows) + "\n")
     path = folder / f"{name}.yaml"
-    path.write_text(SPEC.format(name=name, tokens=tokens))
+    path.write_text(SPEC.format(name=name, tokens=tokens) + extra)
     return path
 
 
@@ -90,15 +99,19 @@ def main(folder: Path, data: Path) -> None:
     subprocess.run(["ray", "start", "--head", "--num-cpus", "2", "--disable-usage-stats", "--include-dashboard=false"],
                    check=True, capture_output=True)
 
-    a = spec(folder, "a", lines[:40], 32)
+    a = spec(folder, "a", lines[:40], 32, CURATION)
     start = time.monotonic()
     results["a_exit"] = datagen(str(a), log=folder / "a.log").wait()
     results["a_seconds"] = round(time.monotonic() - start, 1)
     results["a"] = counts(a)
+    results["a_embeddings"] = store(a, "select count(*) from embeddings")[0][0]
+    results["a_distinct_solutions"] = store(a, "select count(distinct solution) from solve")[0][0]
+    results["a_embedded_on_ray"] = "on Ray)" in (folder / "a.log").read_text()
     start = time.monotonic()
     results["a_rerun_exit"] = datagen("-q", str(a), log=folder / "a2.log").wait()
     results["a_rerun_seconds"] = round(time.monotonic() - start, 1)
     results["a_rerun"] = counts(a)
+    results["a_rerun_embeddings"] = store(a, "select count(*) from embeddings")[0][0]
 
     b = spec(folder, "b", lines[40:200], 64)
     proc = datagen(str(b), log=folder / "b.log")

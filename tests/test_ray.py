@@ -31,6 +31,8 @@ def test_replicas_faults_and_resume_on_a_local_cluster(tmp_path):
     assert r["a_exit"] == 0
     assert r["a"]["rows"] == r["a"]["ids"] == r["a"]["inputs"] == r["a"]["outputs"] == 40
     assert set(r["a"]["workers"]) == {"replica-0", "replica-1"}, r["a"]["workers"]  # both replicas did work
+    assert r["a_embedded_on_ray"]  # semantic dedup's vectors came from Ray Data actors, and were stored
+    assert 0 < r["a_embeddings"] <= r["a_distinct_solutions"] and r["a_rerun_embeddings"] == r["a_embeddings"]
     assert r["a_rerun_exit"] == 0 and r["a_rerun"] == r["a"]  # the re-run sent nothing
 
     assert r["b_exit"] == 0  # a replica killed mid-run: restarted, its requests handed out again
