@@ -72,7 +72,8 @@ steps:
     lines = first.stderr.splitlines()
     assert len(lines) <= 20 and not [line for line in lines if "WARNING" in line or "Triton" in line], first.stderr
     log = (tmp_path / "runs" / "e2e.log").read_text()
-    assert "==== datagen run at" in log and "WARNING" in log and "Triton" in log
+    # vLLM's import line is always there; its WARNING lines depend on the machine (the CI machine prints some)
+    assert "==== datagen run at" in log and "Triton" in log and "Loading safetensors checkpoint" in log
     rows = query_json(spec, "select question, solution, _sample_index, _finish_reason, _teacher from solve")
     assert len(rows) == 8 and sorted(r["_sample_index"] for r in rows) == [0, 0, 0, 0, 1, 1, 1, 1]
     assert all(r["solution"] and r["_finish_reason"] in ("stop", "length") and r["_teacher"] == "small" for r in rows)

@@ -169,6 +169,8 @@ def main() -> None:
             for mark, at in sorted(got["marks"].items()):
                 print(f"  {mark:>9,} requests at {at:7.1f} s (+{at - last:.1f} s for the last 100k)")
                 last = at
+            size = sum(f.stat().st_size for f in (Path(tmp) / "runs").glob("driver.duckdb*"))
+            print(f"store: {size / 2**20:,.0f} MiB, {size / args.requests:,.0f} bytes per request")
             rerun = timed([sys.executable, "-m", "datagen.cli", "run", "-q", "spec.yaml"], Path(tmp))
             print(f"re-run of the finished step: {rerun:.1f} s (target < 60)")
             status = timed([sys.executable, "-m", "datagen.cli", "status", "spec.yaml"], Path(tmp))
