@@ -17,7 +17,8 @@ def canonical(obj: Any) -> str:
 
 
 def request_key(*, step: str, parent_id: str | None, messages: list[dict], teacher: dict, sampling: dict,
-                json_schema: dict | None, logprobs: int | None, sample_index: int, extra: dict | None = None) -> str:
+                json_schema: dict | None, logprobs: int | list | None, sample_index: int,
+                extra: dict | None = None) -> str:
     """`extra` adds what else tells two requests apart (an expansion's round and index, a teacher's name in a list);
     it is left out when None, so keys of steps that do not use it never change."""
     payload = {
@@ -33,6 +34,14 @@ def request_key(*, step: str, parent_id: str | None, messages: list[dict], teach
     if extra is not None:
         payload["extra"] = extra
     return hashlib.sha256(canonical(payload).encode()).hexdigest()
+
+
+def logprobs_key(step) -> int | list | None:
+    """What `logprobs` adds to a step's keys: K, or [K, "processed"] when the step keeps processed logprobs (so the
+    keys of steps that keep raw ones, the default, never change)."""
+    if step.logprobs and getattr(step, "logprobs_mode", "raw") != "raw":
+        return [step.logprobs, step.logprobs_mode]
+    return step.logprobs
 
 
 def row_id(key: str) -> str:

@@ -41,6 +41,7 @@ def build_plan(loaded: LoadedSpec) -> Plan:
                 _ensure(loaded, plan, shape, created, name, ("steps", i) + where, step_names[:i])
             planned = strategy_of(step).plan(loaded, plan, shape, i, step)
             check_step(loaded, i, step, planned.teachers)
+            _check_logprobs_mode(loaded, plan, i, step, planned.teachers)
             plan.steps.append(planned)
             shapes.create_step(shape, planned.name, planned.input, planned.input_columns, planned.produced)
             created.add(step.name)
@@ -144,6 +145,28 @@ def _reads(step) -> list[tuple[str, tuple]]:
         if not isinstance(values, list):
             out.append((values.from_, ("meta", dim, "from")))
     return out
+
+
+def _check_logprobs_mode(loaded: LoadedSpec, plan: Plan, i: int, step, teachers: list[str]) -> None:
+    """A vLLM engine keeps raw or processed logprobs for every request it runs (an engine setting), so the steps that
+    keep logprobs from one vllm teacher must agree on `logprobs_mode`."""
+    if not step.logprobs:
+        return
+    for earlier in plan.steps:
+        if not earlier.spec.logprobs or earlier.spec.logprobs_mode == step.logprobs_mode:
+            continue
+        shared = [t for t in teachers if t in earlier.teachers and loaded.spec.teachers[t].backend == "vllm"]
+        if shared:
+            raise loaded.error(("steps", i, "logprobs_mode"),
+                               f"step `{earlier.spec.name}` keeps {earlier.spec.logprobs_mode} logprobs from vllm "
+                               f"teacher `{shared[0]}` and this step {step.logprobs_mode} ones, but one engine keeps "
+                               "one kind; use the same logprobs_mode, or a second teacher entry for the other")
+
+
+def logprobs_mode_of(plan: Plan, teacher: str) -> str:
+    """What the engine of an in-process teacher keeps: `processed` when a step keeping logprobs from it asks so."""
+    modes = {s.spec.logprobs_mode for s in plan.steps if teacher in s.teachers and s.spec.logprobs}
+    return "processed" if "processed" in modes else "raw"
 
 
 def _check_unique_names(loaded: LoadedSpec, step_names: list[str]) -> None:

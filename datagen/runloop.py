@@ -191,7 +191,10 @@ class Teachers:
                 self.log(f"warning: teacher {name} has {len(still_out)} batches still open from an earlier run; "
                          "their requests are sent again now, and paid again; set `batch.enabled: true` to collect "
                          "them instead")
-            teacher = make_teacher(name, spec, self.plan.loaded.dir, self.plan.spec.seed, journal=journal, ray=ray)
+            from datagen.planner import logprobs_mode_of
+
+            teacher = make_teacher(name, spec, self.plan.loaded.dir, self.plan.spec.seed, journal=journal, ray=ray,
+                                   logprobs_mode=logprobs_mode_of(self.plan, name))
             self.loaded[name] = teacher
             if teacher.start():  # loads the model now, so the step's progress and seconds count generation only
                 self.log(f"teacher {name} ready in {time.monotonic() - started:.0f} s")

@@ -50,7 +50,8 @@ def options_for(step, sampling: dict, json_schema: dict | None) -> GenOptions:
     if thinking is not None:
         budget = Budget(thinking.max_tokens, thinking.min_tokens or None, markers.start, markers.end, thinking.wait,
                         thinking.final, sampling["max_tokens"])
-    return GenOptions(Sampling(**sampling), logprobs=step.logprobs, json_schema=json_schema,
+    return GenOptions(Sampling(**sampling), logprobs=step.logprobs, logprobs_mode=step.logprobs_mode,
+                      json_schema=json_schema,
                       reasoning=Markers(markers.start, markers.end) if markers else None, thinking=budget,
                       extra_body=step.extra_body)
 

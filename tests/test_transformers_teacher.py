@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from datagen.bundled import resolve_model
@@ -48,3 +50,26 @@ def test_greedy_samples_agree_and_stop_strings_cut_the_text(teacher):
 def test_structured_output_is_refused(teacher):
     with pytest.raises(ValueError, match="structured output needs backend vllm or openai"):
         generate(teacher, [ask("hi")], GenOptions(Sampling(), json_schema={"type": "object"}))
+
+
+def test_processed_logprobs_are_the_sampled_distribution(teacher):
+    """Same seed, same tokens; raw logprobs are the model's (temperature 1), processed ones the distribution the
+    text was sampled from: at temperature 0.5 every gap between two alternatives doubles, and top-p leaves only the
+    nucleus, whose probabilities sum to 1."""
+    sampling = Sampling(temperature=0.5, max_tokens=12, seed=3)
+    req = [ask("Name three colours.")]
+    (raw,), = generate(teacher, req, GenOptions(sampling, logprobs=5))
+    (processed,), = generate(teacher, req, GenOptions(sampling, logprobs=5, logprobs_mode="processed"))
+    assert raw.text == processed.text and len(raw.logprobs) == len(processed.logprobs) > 0
+    for r, p in zip(raw.logprobs, processed.logprobs):
+        assert r.top_ids == p.top_ids
+        assert p.top_logprobs[0] >= r.top_logprobs[0]  # sharper
+        for k in range(1, 5):
+            assert abs((p.top_logprobs[0] - p.top_logprobs[k]) - 2 * (r.top_logprobs[0] - r.top_logprobs[k])) < 1e-3
+
+    nucleus = Sampling(temperature=1.0, top_p=0.5, max_tokens=12, seed=3)
+    (cut,), = generate(teacher, req, GenOptions(nucleus, logprobs=20, logprobs_mode="processed"))
+    for pos in cut.logprobs:
+        finite = [lp for lp in pos.top_logprobs if math.isfinite(lp)]
+        assert 1 <= len(finite) < 20
+        assert abs(sum(math.exp(lp) for lp in finite) - 1) < 1e-3

@@ -229,6 +229,9 @@ class StepBase(Model):
     output: str = "output"
     n: int = Field(1, ge=1, le=256)
     logprobs: int | None = Field(None, ge=1, le=20)
+    # raw: the model's own distribution (temperature 1); processed: after the step's temperature, top-k and top-p,
+    # the distribution the text was sampled from (in-process teachers; specs/train.md)
+    logprobs_mode: Literal["raw", "processed"] = "raw"
     max_failure_rate: float = Field(0.5, ge=0, le=1)
     extra_body: ExtraBody = None  # merged over the teacher's (HTTP teachers only)
 

@@ -61,9 +61,20 @@ ExtraBody = Annotated[dict[str, Any] | None, AfterValidator(_check_extra_body), 
 
 
 def check_step(loaded, i: int, step, teacher_names: list[str]) -> None:
-    """What a step's `extra_body`, `reasoning` and `thinking` need of its teachers (any strategy)."""
+    """What a step's `extra_body`, `logprobs_mode`, `reasoning` and `thinking` need of its teachers (any
+    strategy)."""
     loc = ("steps", i)
     backends = {name: loaded.spec.teachers[name].backend for name in teacher_names}
+    if step.logprobs_mode == "processed":
+        if not step.logprobs:
+            raise loaded.error(loc + ("logprobs_mode",), "logprobs_mode says which log-probabilities `logprobs` "
+                                                         "keeps; add `logprobs: K` (e.g. 10) or remove it")
+        remote = [n for n, b in backends.items() if b == "openai"]
+        if remote:
+            raise loaded.error(loc + ("logprobs_mode",), f"teacher `{remote[0]}` is an HTTP server, whose logprobs "
+                                                         "are what the server computes; remove logprobs_mode and "
+                                                         "start the server with `--logprobs-mode processed_logprobs` "
+                                                         "(vllm serve) if that is what you want")
     if step.extra_body is not None:
         local = [n for n, b in backends.items() if b != "openai"]
         if local:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -39,9 +40,12 @@ class BatchResult:
         for parent, role in req.lineage:
             self.lineage.append({"child_id": rid, "parent_id": parent, "role": role})
         for pos, tok in enumerate(sample.logprobs or []):
+            # processed logprobs give -inf to what top-k/top-p cut: no mass, so no entry
+            top = [k for k, lp in enumerate(tok.top_logprobs) if math.isfinite(lp)]
             self.logprobs.append({
                 "row_id": rid, "position": pos, "token": tok.token, "token_id": tok.token_id, "logprob": tok.logprob,
-                "top_tokens": tok.top_tokens, "top_ids": tok.top_ids, "top_logprobs": tok.top_logprobs,
+                "top_tokens": [tok.top_tokens[k] for k in top], "top_ids": [tok.top_ids[k] for k in top],
+                "top_logprobs": [tok.top_logprobs[k] for k in top],
             })
         return rid
 

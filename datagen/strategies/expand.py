@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Callable
 
 from datagen.errors import UserError
-from datagen.keys import request_key
+from datagen.keys import logprobs_key, request_key
 from datagen.spec.models import ExpandStep
 from datagen.spec.plan import (Plan, PlannedStep, check_template, columns_of, produced_columns, step_teachers,
                                step_view)
@@ -100,7 +100,7 @@ def build_round(step: ExpandStep, round_no: int, count: int, first_index: int, p
         messages = render(step, demo_rows)
         ordinal = first_index + i  # the candidate's number in the step: its `_sample_index`
         key = request_key(step=step.name, parent_id=None, messages=messages, teacher=identity, sampling=sampling,
-                          json_schema=None, logprobs=step.logprobs, sample_index=ordinal,
+                          json_schema=None, logprobs=logprobs_key(step), sample_index=ordinal,
                           extra={"round": round_no, "index": i})
         out.append(PlannedRequest(key, step.name, None, ordinal, messages, teacher_name,
                                         [(d["_id"], "demo") for d in demo_rows]))

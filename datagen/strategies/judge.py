@@ -23,7 +23,7 @@ from itertools import combinations
 from typing import Any
 
 from datagen import templates
-from datagen.keys import request_key
+from datagen.keys import logprobs_key, request_key
 from datagen.spec.models import JudgeStep
 from datagen.spec.plan import PlannedStep, check_clash, check_template, columns_of, step_teachers, step_view
 from datagen.store import reads
@@ -266,7 +266,8 @@ def _requests(step: JudgeStep, parent_id: str, context: dict, teacher_name: str,
     out = []
     for index in range(step.n):
         key = request_key(step=step.name, parent_id=parent_id, messages=messages, teacher=identity,
-                          sampling=sampling, json_schema=json_schema(step), logprobs=step.logprobs, sample_index=index)
+                          sampling=sampling, json_schema=json_schema(step), logprobs=logprobs_key(step),
+                          sample_index=index)
         out.append(PlannedRequest(key, step.name, parent_id, index, messages, teacher_name, list(lineage)))
     return out
 

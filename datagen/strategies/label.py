@@ -14,7 +14,7 @@ import random
 from typing import Any, Iterator
 
 from datagen import reasoning, templates
-from datagen.keys import request_key
+from datagen.keys import logprobs_key, request_key
 from datagen.spec.models import DemosSpec, LabelStep
 from datagen.spec.plan import (PlannedStep, check_template, columns_of, produced_columns, refuse_include_generated,
                                step_teachers, step_view)
@@ -127,7 +127,7 @@ def build_requests(step, rows: list[dict], demo_pool: list[dict] | None, seed: i
         messages = render_messages(step, row, demo_rows)
         for index in range(step.n):
             key = request_key(step=step.name, parent_id=row["_id"], messages=messages, teacher=teacher_identity,
-                              sampling=sampling, json_schema=schema, logprobs=step.logprobs, sample_index=index,
+                              sampling=sampling, json_schema=schema, logprobs=logprobs_key(step), sample_index=index,
                               extra=key_extra)
             out.append(PlannedRequest(key, step.name, row["_id"], index, messages, teacher_name,
                                       [(d["_id"], "demo") for d in demo_rows]))

@@ -17,7 +17,7 @@ import random
 from typing import Any
 
 from datagen.errors import UserError
-from datagen.keys import canonical, request_key
+from datagen.keys import canonical, logprobs_key, request_key
 from datagen.spec.models import NAME_RE, MetaStep
 from datagen.spec.plan import PlannedStep, check_template, produced_columns, step_teachers, step_view
 from datagen.store import reads
@@ -183,7 +183,7 @@ def build_requests(step: MetaStep, combos: list[dict], teacher_name: str, identi
         messages = label.render_messages(step, meta, [])
         for index in range(step.per_combination):
             key = request_key(step=step.name, parent_id=combo["_id"], messages=messages, teacher=identity,
-                              sampling=sampling, json_schema=None, logprobs=step.logprobs, sample_index=index)
+                              sampling=sampling, json_schema=None, logprobs=logprobs_key(step), sample_index=index)
             out.append(PlannedRequest(key, step.name, combo["_id"], index, messages, teacher_name,
                                             [(rid, "meta") for rid in combo["_meta_rows"]], fields=meta))
     return out

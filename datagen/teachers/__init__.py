@@ -45,9 +45,10 @@ def start_message(name: str, spec, where: str = "") -> str:
     return f"teacher {name}: {spec.model} at {', '.join(urls)}"
 
 
-def make_teacher(name: str, spec, spec_dir, seed: int, journal=None, ray: bool = False):
+def make_teacher(name: str, spec, spec_dir, seed: int, journal=None, ray: bool = False, logprobs_mode: str = "raw"):
     """Create the teacher a spec entry describes. Loads nothing until the first generate call where possible.
-    A batch-mode teacher needs the `journal` its batches are recorded in (teachers/journal.py). With `ray`, an
+    A batch-mode teacher needs the `journal` its batches are recorded in (teachers/journal.py). A vLLM engine keeps
+    `logprobs_mode` (raw or processed) logprobs for every request. With `ray`, an
     in-process backend runs as `replicas` Ray actors instead (replicas.py)."""
     if spec.backend == "openai":
         from datagen.teachers.openai_teacher import OpenAITeacher
@@ -78,14 +79,15 @@ def make_teacher(name: str, spec, spec_dir, seed: int, journal=None, ray: bool =
         from datagen.teachers.replicas import RayTeacher
 
         if spec.backend == "vllm":
-            settings = {**spec.engine.model_dump(), "seed": seed}
+            settings = {**spec.engine.model_dump(), "seed": seed, "logprobs_mode": logprobs_mode}
             return RayTeacher(name, "vllm", str(path), settings, spec.replicas, spec.engine.tensor_parallel_size)
         settings = {"device": spec.device, "batch_size": spec.batch_size}
         return RayTeacher(name, "transformers", str(path), settings, spec.replicas)
     if spec.backend == "vllm":
         from datagen.teachers.vllm_teacher import VLLMTeacher
 
-        return VLLMTeacher(name, str(path), {**spec.engine.model_dump(), "seed": seed})
+        settings = {**spec.engine.model_dump(), "seed": seed, "logprobs_mode": logprobs_mode}
+        return VLLMTeacher(name, str(path), settings)
     from datagen.teachers.transformers_teacher import TransformersTeacher
 
     return TransformersTeacher(name, str(path), device=spec.device, batch_size=spec.batch_size)

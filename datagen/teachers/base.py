@@ -72,6 +72,7 @@ class Sampling:
 class GenOptions:
     sampling: Sampling
     logprobs: int | None = None  # top-k log-probabilities per output token
+    logprobs_mode: str = "raw"  # raw: the model's distribution; processed: after temperature, top-k and top-p
     json_schema: dict[str, Any] | None = None  # structured output
     reasoning: Markers | None = None  # split a leading trace off the text (Sample.reasoning)
     thinking: Any = None  # a budget.Budget: budget forcing of the trace (in-process engines; with `reasoning`)

@@ -146,14 +146,17 @@ class TransformersTeacher:
                 pad_token_id=tok.pad_token_id,
                 tokenizer=tok,  # needed for stop_strings
                 return_dict_in_generate=True,
-                output_logits=bool(options.logprobs),
+                output_logits=bool(options.logprobs) and options.logprobs_mode == "raw",
+                output_scores=bool(options.logprobs) and options.logprobs_mode == "processed",
             )
         # Samples of one batch are generated together; each gets its share so per-step sums give the wall time.
         seconds = (time.perf_counter() - started) / (n * len(requests))
         prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
         new_tokens = out.sequences[:, enc["input_ids"].shape[1] :]
-        # Raw logits, like vLLM's default logprobs: soft labels of the model, not of the sampling-processed distribution.
-        logprobs = torch.stack(out.logits, dim=1).float().log_softmax(-1) if options.logprobs else None
+        # raw: the model's logits, like vLLM's default logprobs; processed: the scores after temperature, top-k and
+        # top-p (what the text was sampled from), like vLLM's processed_logprobs
+        steps = out.scores if options.logprobs_mode == "processed" else out.logits
+        logprobs = torch.stack(steps, dim=1).float().log_softmax(-1) if options.logprobs else None
         eos_ids = _eos_ids(model, tok)
         samples = []
         for row in range(new_tokens.shape[0]):

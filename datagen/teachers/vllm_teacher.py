@@ -36,6 +36,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "tensor_parallel_size": 1,
     "data_parallel_size": 1,
     "seed": None,
+    "logprobs_mode": "raw",  # or "processed": after temperature, top-k and top-p (one kind per engine)
 }
 # The engine process takes a few seconds to exit after SIGTERM; after this it is killed.
 SHUTDOWN_SECONDS = 15
@@ -74,6 +75,8 @@ class VLLMTeacher:
             }
             if e["seed"] is not None:
                 kwargs["seed"] = e["seed"]
+            if e["logprobs_mode"] == "processed":  # else vLLM's default, raw_logprobs
+                kwargs["logprobs_mode"] = "processed_logprobs"
             if e["gpu_memory_utilization"] is not None:
                 kwargs["gpu_memory_utilization"] = e["gpu_memory_utilization"]
             elif current_platform.is_cpu():
@@ -104,6 +107,9 @@ class VLLMTeacher:
         fed over Ray); requests are numbered in the order they are taken."""
         from vllm.exceptions import VLLMClientError
 
+        if options.logprobs and options.logprobs_mode != self.engine["logprobs_mode"]:
+            raise ValueError(f"this engine keeps {self.engine['logprobs_mode']} logprobs, the step asks for "
+                             f"{options.logprobs_mode} ones (the plan gives each teacher one kind)")
         engine = self._start().llm_engine
         window = WINDOW_FACTOR * self._max_num_seqs()
         todo = iter(requests)

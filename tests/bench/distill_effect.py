@@ -96,7 +96,7 @@ def arguments(argv=None):
     parser.add_argument("--min-rows", type=int, default=16, help="an arm keeping fewer rows is left out")
     parser.add_argument("--configs", default=None, help="kd table: comma-separated config names (default all)")
     parser.add_argument("--logprobs-mode", choices=["raw", "processed"], default=None,
-                        help="passed to the pool step as `logprobs_mode` (issue 17 item 4; needs a datagen with it)")
+                        help="the pool step's `logprobs_mode` (processed: the sampled distribution; its own pool rows)")
     parser.add_argument("--fresh", action="store_true", help="retrain runs already in results.jsonl")
     return parser.parse_args(argv)
 
