@@ -50,6 +50,37 @@ def test_minhash_keeps_the_best_row_of_a_group_by_keep_by():
     assert verdicts_kept(lowest)[:4] == [True, False, False, False]  # score 3 is the lowest in the group
 
 
+def test_minhash_gives_the_verdicts_of_datasketchs_index_over_every_row():
+    """Only rows that share a band value reach the index; the verdicts must be those of every row inserted."""
+    import random
+
+    from datasketch import MinHash, MinHashLSH
+
+    from curation.dedup.minhash import shingles
+
+    rng = random.Random(0)
+    vocab = [f"w{i}" for i in range(300)]
+    base = [" ".join(rng.choices(vocab, k=rng.randint(8, 30))) for _ in range(1500)]
+    texts = base + [" ".join(t.split()[:-1] + ["changed"]) for t in rng.sample(base, 150)]  # Jaccard ~0.8-0.95
+    texts += [" ".join(rng.sample(t.split(), len(t.split()))) for t in rng.sample(base, 50)]  # some low
+    order = list(range(len(texts)))
+    rng.shuffle(order)
+    got = minhash_dedup(texts, order, threshold=0.7)
+
+    hashes = MinHash.bulk([list(shingles(t, 3)) for t in texts], num_perm=128, seed=1)
+    lsh, want = MinHashLSH(threshold=0.7, num_perm=128), [None] * len(texts)
+    for i in order:
+        sims = [(hashes[i].jaccard(hashes[j]), -j) for j in lsh.query(hashes[i])]
+        best = max((s for s in sims if s[0] >= 0.7), default=None)
+        if best is None:
+            lsh.insert(i, hashes[i])
+            want[i] = (True, None, None)
+        else:
+            want[i] = (False, -best[1], best[0])
+    assert got == want
+    assert 100 <= sum(not k for k, _, _ in got) < 200  # the changed-word copies, not the other rows
+
+
 @pytest.fixture(scope="module")
 def vectors() -> np.ndarray:
     return encode(TEXTS, "bundled:all-minilm-l6-v2")
