@@ -143,7 +143,7 @@ def run(spec: SpecLike, *, limit: int | None = None, verbose: bool = False, prog
             connect(ray)
         con = open_store(loaded.store_path)
         try:
-            sync_views(con, p.source_rows, p.views)
+            sync_views(con, p.source_tables, p.views)
             summary = run_steps(con, p, progress=progress, log=log, max_usd=max_usd, ray=bool(ray))
             if loaded.spec.curation is not None:
                 from curation.run import run_curation
@@ -185,7 +185,7 @@ def curate(spec: SpecLike, *, verbose: bool = False, log: Log | None = None) -> 
     with console.quiet(loaded.log_path, verbose, what="curate"):
         con = open_store(loaded.store_path)
         try:
-            sync_views(con, p.source_rows, p.views)
+            sync_views(con, p.source_tables, p.views)
             return run_curation(con, loaded, p, log=log or _default_log)
         finally:
             con.close()

@@ -63,7 +63,7 @@ def estimate(plan: Plan) -> Estimate:
     means, spent = _stored(plan)
     scratch = open_scratch()
     try:
-        sync_views(scratch, plan.source_rows, plan.views)
+        sync_views(scratch, plan.source_tables, plan.views)
         volumes: dict[str, Volume] = {}
         volume_of = _volume_of(plan, scratch, volumes)
         per_request: dict[str, tuple[float, float, int]] = {}  # step -> (prompt, max prompt, max output) per request

@@ -19,7 +19,7 @@ from datagen.spec.plan import Plan
 from datagen.spec.reasoning_models import check_step
 from datagen.store import shape as shapes
 from datagen.store.views import QueryView, SourceView
-from datagen.store.writes import create_table_from_rows
+from datagen.store.writes import create_table_from_rows, rows_to_arrow
 from datagen.strategies import strategy_of
 
 
@@ -193,11 +193,13 @@ def _load_file_sources(loaded: LoadedSpec, plan: Plan, shape: duckdb.DuckDBPyCon
                 rows = rows[:loaded.limit]  # `run --limit N`: a trial on the first N inputs
             if not rows:
                 raise UserError("the source has no rows")
-            create_table_from_rows(shape, name, rows)
+            table = rows_to_arrow(rows)  # once: the store's source table is made from it too (sync_views)
+            create_table_from_rows(shape, name, table)
         except UserError as exc:
             key = "dataset" if source.dataset is not None else None
             raise loaded.error(("sources", name) + ((key,) if key else ()), str(exc)) from None
         plan.source_rows[name] = rows
+        plan.source_tables[name] = table
         plan.source_columns[name] = src.columns_of(rows)
         plan.source_info[name] = identity
 

@@ -30,14 +30,19 @@ def load_rows(name: str, path: Path | None, inline: list[dict] | None, limit: in
 
 
 def with_ids(name: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # one encoder for all rows: json.dumps with options builds a new one per call (a third of this loop's time)
+    encode = json.JSONEncoder(sort_keys=True, default=str, ensure_ascii=False).encode
     seen: dict[str, int] = {}
     out = []
     for row in rows:
-        body = json.dumps(row, sort_keys=True, default=str, ensure_ascii=False)
+        body = encode(row)
         occurrence = seen.get(body, 0)
         seen[body] = occurrence + 1
         digest = hashlib.sha256(f"{name}\0{occurrence}\0{body}".encode()).hexdigest()[:20]
-        out.append({"_id": digest, **{k: v for k, v in row.items() if k != "_id"}})
+        new = {"_id": digest}
+        new.update(row)  # a row's own `_id` (part of the digest's body) is replaced, and `_id` stays first
+        new["_id"] = digest
+        out.append(new)
     return out
 
 

@@ -50,6 +50,7 @@ class PlannedStep:
 class Plan:
     loaded: LoadedSpec
     source_rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    source_tables: dict[str, Any] = field(default_factory=dict)  # the same rows as Arrow tables (what sync_views loads)
     source_columns: dict[str, list[str]] = field(default_factory=dict)
     steps: list[PlannedStep] = field(default_factory=list)
     views: list = field(default_factory=list)  # store views (sources, queries, steps) in creation order

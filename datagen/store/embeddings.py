@@ -17,6 +17,10 @@ READ_BATCH = 65_536  # rows per Arrow record batch when streaming vectors out
 # reading a million vectors that is 1.5 GB held beside the 1.5 GB matrix made from them. A read streams, so it
 # needs little; under this limit the pool evicts as it goes (measured at 1M vectors: 0.4 GB left, not 1.5 GB).
 READ_MEMORY_LIMIT = "512MB"
+# An insert of at least one DuckDB row group (122,880 rows) is written straight into the file; a smaller one goes to
+# the write-ahead log first and is written again at the checkpoint. Measured (300k 384-d vectors, 2 cores): 100k-row
+# batches 38-44k vectors/s, 300k-row batches 91-118k vectors/s. Whoever stores vectors in bulk batches this many.
+BULK_ROWS = 2 * 122_880
 
 
 def lookup(con: duckdb.DuckDBPyConnection, model: str, hashes: list[str], dim: int | None = None
@@ -79,13 +83,14 @@ def _flat(column: pa.Array) -> tuple[np.ndarray, int]:
 
 def store(con: duckdb.DuckDBPyConnection, model: str, row_ids: list[str], hashes: list[str],
           vectors: np.ndarray) -> None:
-    """Append one vector per hash (row_ids say which row first needed it), in one transaction."""
+    """Append one vector per hash (row_ids say which row first needed it), in one transaction. Batches of
+    BULK_ROWS or more store about twice as fast per vector as small ones."""
     if len(hashes) == 0:
         return
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, dim = vectors.shape
     flat = pa.array(vectors.reshape(-1), type=pa.float32())
-    lists = pa.ListArray.from_arrays(pa.array(np.arange(0, n * dim + 1, dim, dtype=np.int32)), flat)
+    lists = pa.FixedSizeListArray.from_arrays(flat, dim)  # DuckDB reads these faster than offsets lists
     batch = pa.table({"row_id": pa.array(row_ids, pa.string()),
                       "model": pa.array([model] * n, pa.string()),  # plain: a dictionary column inserts 35% slower
                       "text_hash": pa.array(hashes, pa.string()), "vector": lists})

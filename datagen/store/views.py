@@ -48,11 +48,12 @@ def source_table(name: str) -> str:
     return f"_src_{name}"
 
 
-def sync_views(con: duckdb.DuckDBPyConnection, source_rows: dict[str, list[dict]], views: list) -> None:
+def sync_views(con: duckdb.DuckDBPyConnection, sources: dict, views: list) -> None:
     """Reload file and inline sources into their tables (a changed file is picked up) and (re)create every view,
-    in creation order (a query source may read an earlier step), in one transaction."""
+    in creation order (a query source may read an earlier step), in one transaction. `sources` maps a source's name
+    to its rows, as Python rows or as the Arrow table the planner made of them (Plan.source_tables)."""
     with transaction(con):
-        for name, rows in source_rows.items():
+        for name, rows in sources.items():
             create_table_from_rows(con, source_table(name), rows)
         for v in views:
             con.execute(f"CREATE OR REPLACE VIEW {q(v.name)} AS {view_sql(con, v)}")

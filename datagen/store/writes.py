@@ -156,8 +156,8 @@ def insert_rows(con: duckdb.DuckDBPyConnection, table: str, arrow) -> None:
         con.unregister("_insert_batch")
 
 
-def create_table_from_rows(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict]) -> None:
-    """(Re)create `table` from Python rows; a column of mixed types is a UserError that says so."""
+def rows_to_arrow(rows: list[dict]):
+    """Python rows as one Arrow table; a column of mixed types is a UserError that says so."""
     import pyarrow as pa
 
     from datagen.errors import UserError
@@ -168,6 +168,12 @@ def create_table_from_rows(con: duckdb.DuckDBPyConnection, table: str, rows: lis
     for i, f in enumerate(arrow.schema):  # an all-null column has no type DuckDB can store: make it text
         if pa.types.is_null(f.type):
             arrow = arrow.set_column(i, pa.field(f.name, pa.string()), arrow.column(i).cast(pa.string()))
+    return arrow
+
+
+def create_table_from_rows(con: duckdb.DuckDBPyConnection, table: str, rows) -> None:
+    """(Re)create `table` from Python rows, or from an Arrow table made of them by rows_to_arrow."""
+    arrow = rows_to_arrow(rows) if isinstance(rows, list) else rows
     con.register("_arrow_rows", arrow)
     try:
         con.execute(f"CREATE OR REPLACE TABLE {quote_ident(table)} AS SELECT * FROM _arrow_rows")

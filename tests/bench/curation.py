@@ -71,7 +71,7 @@ def run_pipeline(work: Path, rows: list[dict], pairs, select_n: int) -> dict:
         loaded = load_spec(work / "spec.yaml")
         plan = build_plan(loaded)
         con = open_store(loaded.store_path)
-        sync_views(con, plan.source_rows, plan.views)
+        sync_views(con, plan.source_tables, plan.views)
     out["load rows into the store"] = (m.seconds, m.peak)
     with PeakRSS() as m:
         load_model("bundled:all-minilm-l6-v2")

@@ -84,7 +84,7 @@ def prepare(n: int, select_n: int, method: str, work: Path) -> dict:
     loaded = load_spec(work / "spec.yaml")
     con = open_store(loaded.store_path)
     plan = build_plan(loaded)
-    sync_views(con, plan.source_rows, plan.views)
+    sync_views(con, plan.source_tables, plan.views)
     out["source_ingest_s"], out["source_ingest_cpu_s"] = time.monotonic() - start, time.process_time() - cpu
     ids = [r for (r,) in con.execute("SELECT _id FROM rows").fetchall()]
     texts = [r["text"] for r in rows]
@@ -92,9 +92,9 @@ def prepare(n: int, select_n: int, method: str, work: Path) -> dict:
     keys, _, first = distinct(texts)
     first_ids = [ids[i] for i in first]
     start, cpu = time.monotonic(), time.process_time()
-    for s in range(0, len(keys), 100_000):
-        embeddings.store(con, identity(MINILM), first_ids[s: s + 100_000], keys[s: s + 100_000],
-                         vectors[first[s: s + 100_000]])
+    step = embeddings.BULK_ROWS  # a bulk import: batches DuckDB writes straight to the file (see store())
+    for s in range(0, len(keys), step):
+        embeddings.store(con, identity(MINILM), first_ids[s: s + step], keys[s: s + step], vectors[first[s: s + step]])
     out["embed_ingest_s"], out["distinct"] = time.monotonic() - start, len(keys)
     out["embed_ingest_cpu_s"] = time.process_time() - cpu
     con.close()
