@@ -11,11 +11,11 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 
-from datagen.errors import RunFailed, Terminated, UserError
+from datagen.errors import RunFailed, Terminated, UserError, as_interrupt
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Declarative synthetic-data generation and curation for distillation.")
@@ -23,6 +23,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def _interrupted(exc: KeyboardInterrupt) -> NoReturn:
+    what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+    _stderr(f"{what}: finished work is kept in the store; run the same command again to resume")
+    raise typer.Exit(143 if isinstance(exc, Terminated) else 130)
 
 
 def _guard(fn):
@@ -48,12 +54,13 @@ def _guard(fn):
             _stderr(f"run failed: {exc}")
             raise typer.Exit(1)
         except KeyboardInterrupt as exc:
-            what = "terminated" if isinstance(exc, Terminated) else "interrupted"
-            _stderr(f"{what}: finished work is kept in the store; run the same command again to resume")
-            raise typer.Exit(143 if isinstance(exc, Terminated) else 130)
+            _interrupted(exc)
         except typer.Exit:
             raise
         except Exception as exc:  # a bug of ours, not the user's: say so briefly, full traceback on request
+            interrupt = as_interrupt(exc)  # Ctrl-C or SIGTERM while DuckDB ran a query, outside the run loop
+            if interrupt is not None:
+                _interrupted(interrupt)
             if os.environ.get("DATAGEN_DEBUG"):
                 raise
             _stderr(f"internal error: {type(exc).__name__}: {exc}\n(set DATAGEN_DEBUG=1 for the traceback, "

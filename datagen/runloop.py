@@ -17,7 +17,7 @@ import duckdb
 
 from datagen.budget import Budget
 from datagen.cost import rates_of, usd
-from datagen.errors import RunFailed
+from datagen.errors import RunFailed, as_interrupt
 from datagen.keys import canonical
 from datagen.spec.plan import Plan, PlannedStep, effective_sampling
 from datagen.store import batches, reads, runs, stats
@@ -72,6 +72,12 @@ def run_steps(con: duckdb.DuckDBPyConnection, plan: Plan, progress: Progress | N
             summary.steps.append(run_step(con, plan, st, teachers, progress, log, budget))
         batches.close_unplanned(con)
         status = "done"
+    except Exception as exc:
+        interrupt = as_interrupt(exc)  # Ctrl-C or SIGTERM while DuckDB ran a query
+        if interrupt is None:
+            raise
+        status = "interrupted"
+        raise interrupt from None
     except KeyboardInterrupt:
         status = "interrupted"
         raise

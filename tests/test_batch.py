@@ -201,7 +201,7 @@ def test_interrupt_then_cancel_then_rerun_collects_and_resends(tmp_path):
         proc = start_run(spec)
         wait_for(lambda: server.batches.get("batch_1", {}).get("polls", 0) >= 2)
         os.killpg(proc.pid, signal.SIGINT)
-        assert proc.wait(timeout=60) == 130
+        assert proc.wait(timeout=60) == 130, proc.stderr.read()
         out = cli("run", str(spec), "--cancel-batches")
         assert out.returncode == 0, out.stderr
         assert "batch batch_1 (teacher t): cancelling" in out.stdout

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from tests.scripted_server import ScriptedServer, messages_key
 
@@ -230,3 +231,22 @@ def test_sigint_that_lands_on_another_thread_still_cancels_at_once(tmp_path):
         assert time.monotonic() - sent < 10, "Ctrl-C on another thread waited for a reply instead of cancelling"
         assert proc.returncode == 130 and "interrupted" in err, err
     assert store(spec, "select count(*) from requests where status = 'done'")[0][0] == 4
+
+
+def test_a_signal_during_a_duckdb_query_is_still_an_interrupt():
+    """DuckDB drops the KeyboardInterrupt a SIGINT raises while a query runs and raises RuntimeError("Query
+    interrupted"): the run loop and the CLI must still see Ctrl-C (exit 130), not an internal error (exit 1)."""
+    from datagen.errors import as_interrupt
+
+    con = duckdb.connect()
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(Exception) as caught:
+            con.execute("SELECT count(*) FROM range(100000000000) t(x) WHERE x % 7 = 3").fetchall()
+    finally:
+        timer.cancel()
+    interrupt = as_interrupt(caught.value)
+    assert type(interrupt) is KeyboardInterrupt, caught.value
+    assert as_interrupt(RuntimeError("something else")) is None
+    assert as_interrupt(ValueError("Query interrupted")) is None
