@@ -72,15 +72,12 @@ def run_steps(con: duckdb.DuckDBPyConnection, plan: Plan, progress: Progress | N
             summary.steps.append(run_step(con, plan, st, teachers, progress, log, budget))
         batches.close_unplanned(con)
         status = "done"
-    except Exception as exc:
-        interrupt = as_interrupt(exc)  # Ctrl-C or SIGTERM while DuckDB ran a query
+    except BaseException as exc:
+        interrupt = as_interrupt(exc)  # Ctrl-C, SIGTERM, or either while DuckDB ran a query
         if interrupt is None:
             raise
         status = "interrupted"
         raise interrupt from None
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
     finally:
         summary.models_loaded = list(teachers.loaded)
         teachers.close()

@@ -149,9 +149,8 @@ def report(r: dict) -> None:
           f"({n / r['source_ingest_cpu_s']:,.0f} per CPU second; JSONL through load_spec + plan + "
           f"sync_views; of which writing the Arrow table into the store {r['source_write_s']:.1f} s, "
           f"{n / r['source_write_s']:,.0f} rows/s); embeddings ingest {r['distinct']} vectors in "
-          f"{r['embed_ingest_s']:.1f} s, "
-          f"{r['distinct'] / r['embed_ingest_s']:,.0f} rows/s ({r['distinct'] / r['embed_ingest_cpu_s']:,.0f} per "
-          f"CPU second)")
+          f"{r['embed_ingest_s']:.1f} s, {r['distinct'] / r['embed_ingest_s']:,.0f} rows/s "
+          f"({r['distinct'] / r['embed_ingest_cpu_s']:,.0f} per CPU second)")
     rss = dict(r["rss"])
     for f in r["funnel"]:
         print(f"  {f['stage']:24s} {f['rows_in']:>9} in {f['rows_out']:>9} out {f['seconds']:8.1f} s   "
