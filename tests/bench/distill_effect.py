@@ -249,7 +249,7 @@ def train_run(args, folder: Path, table: str, name: str, seed: int, spec: Path) 
     rec = {"key": key, "table": table, "name": name, "seed": seed, "train_rows": r.train_rows,
            "eval_rows": r.eval_rows, "steps": r.steps, "train_seconds": r.train_seconds,
            "run_seconds": time.perf_counter() - started, "before": r.before,
-           "after": r.after, "notes": r.notes}
+           "after": r.after, "notes": r.notes, "logprobs_mode": args.logprobs_mode or "raw"}
     with results.open("a") as fh:
         fh.write(json.dumps(rec, default=str) + "\n")
     print(f"{table} {name} seed {seed}: {summary(rec['after'])} ({r.steps} steps in {r.train_seconds:.0f} s; "
@@ -339,6 +339,25 @@ def print_table(title: str, runs: list[dict]) -> None:
           "KL to T / top-1 =T: held-out teacher rows; held-out NLL: the teacher's held-out answers")
 
 
+def print_paired(runs: list[dict], baseline: str) -> None:
+    """Each arm minus `baseline` on the same seed (same rows, same held-out split), per metric: the differences and
+    their mean ± sd. Arms share seeds, so this is what says whether a difference exceeds the seed spread."""
+    base = {r["seed"]: r["after"] for r in runs if r["name"] == baseline}
+    names = [n for n in dict.fromkeys(r["name"] for r in runs) if n != baseline]
+    if not base or not names:
+        return
+    print(f"\npaired by seed, each arm minus `{baseline}` (seeds {sorted(base)}): differences, then mean ± sd")
+    print("| arm | " + " | ".join(label for _, label in METRICS) + " |\n|" + "---|" * (len(METRICS) + 1))
+    for name in names:
+        cells = []
+        for key, _ in METRICS:
+            diffs = [r["after"][key] - base[r["seed"]][key] for r in runs
+                     if r["name"] == name and r["seed"] in base
+                     and r["after"].get(key) is not None and base[r["seed"]].get(key) is not None]
+            cells.append(", ".join(f"{d:+.3f}" for d in diffs) + f" ({spread(diffs)})" if diffs else "-")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     args = arguments()
     import os
@@ -352,9 +371,13 @@ def main() -> None:
     spec = make_pool(args, folder)
     pool_stats(spec)
     if args.table == "curation":
-        print_table("curated vs random", curation_table(args, folder))
+        runs = curation_table(args, folder)
+        print_table("curated vs random", runs)
+        print_paired(runs, "random")
     elif args.table == "kd":
-        print_table(f"sft vs kd (data: {args.kd_data})", kd_table(args, folder))
+        runs = kd_table(args, folder)
+        print_table(f"sft vs kd (data: {args.kd_data}, logprobs {args.logprobs_mode or 'raw'})", runs)
+        print_paired(runs, "sft")
     print(f"\n{args.table}: {time.perf_counter() - started:.0f} s in all; cache {folder}", flush=True)
 
 
