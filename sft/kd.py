@@ -9,6 +9,13 @@ loss = alpha * CE(hard labels) + (1 - alpha) * T^2 * D
   *among the teacher's k candidates*, and the CE term carries the hard label. `forward` is KL(teacher || student)
   (mode-covering), `reverse` is KL(student || teacher) (mode-seeking). D is the mean over positions that have
   teacher data; a position with none (a token the alignment could not match) contributes CE only.
+- With `tail: true` (kd.tail) the mass outside the top k is one more class on both sides: the teacher's
+  1 - sum(exp(top-k logprobs)) and the student's full-vocabulary probability outside those ids; the k + 1 log
+  masses are divided by T and renormalised. At T 1 this is the exact KL between the two distributions coarsened to
+  "each of the k ids, or anything else", so it also ties how much mass the student puts on the teacher's candidates,
+  which the renormalised support alone leaves free (alone, at alpha 0, the student can learn the spread among the k
+  while moving its mass elsewhere: specs/results.md measured that). Needs raw or processed logprobs that are real
+  probabilities of the whole vocabulary (vLLM's; an HTTP server's `top_logprobs` are too).
 - T^2 keeps the soft-label gradients on the same scale as CE when T changes (Hinton et al., 2015).
 
 Teacher and student must share a tokenizer: the stored ids index the teacher's vocabulary. Where a teacher returned
@@ -44,7 +51,7 @@ class KDParts:
 
 
 def kd_loss(logits, labels, top_ids, top_logprobs, alpha: float, temperature: float,
-            divergence: str = "forward") -> KDParts:
+            divergence: str = "forward", tail: bool = False) -> KDParts:
     """logits [B, S, V]; labels [B, S] (-100 where no loss); top_ids [B, S, K] (-1 for no entry) and top_logprobs
     [B, S, K] hold, at position t, the teacher's top-k for the token at t (the same layout as labels)."""
     import torch
@@ -61,8 +68,15 @@ def kd_loss(logits, labels, top_ids, top_logprobs, alpha: float, temperature: fl
     support = (ids >= 0) & mask.unsqueeze(-1)
     has = support.any(-1)
     t = temperature
-    student = (logits.gather(-1, ids.clamp(min=0)) / t).masked_fill(~support, FILL)
-    teacher = (lps / t).masked_fill(~support, FILL)
+    if tail:  # k + 1 classes: the top-k ids and "anything else", as log masses of the whole vocabulary
+        student_k = log_probs.gather(-1, ids.clamp(min=0)).masked_fill(~support, FILL)
+        student = torch.cat([student_k, rest_mass(student_k)], -1) / t
+        teacher_k = lps.masked_fill(~support, FILL)
+        teacher = torch.cat([teacher_k, rest_mass(teacher_k)], -1) / t
+        support = torch.cat([support, has.unsqueeze(-1)], -1)
+    else:
+        student = (logits.gather(-1, ids.clamp(min=0)) / t).masked_fill(~support, FILL)
+        teacher = (lps / t).masked_fill(~support, FILL)
     log_s, log_t = student.log_softmax(-1), teacher.log_softmax(-1)
     if divergence == "forward":
         per_id = log_t.exp() * (log_t - log_s)
@@ -73,6 +87,18 @@ def kd_loss(logits, labels, top_ids, top_logprobs, alpha: float, temperature: fl
     kd = (per_pos * has).sum() / max(n, 1)
     loss = alpha * ce + (1 - alpha) * t * t * kd
     return KDParts(loss, ce, kd, n)
+
+
+def rest_mass(log_k):
+    """[..., K] log-probabilities of K ids (FILL where none) -> [..., 1] the log of the probability left for every other
+    id, floored at TAIL_FLOOR (a teacher's top-p processed logprobs, or rounding, can leave none)."""
+    import torch
+
+    left = 1.0 - log_k.exp().sum(-1, keepdim=True)
+    return torch.log(left.clamp(min=TAIL_FLOOR))
+
+
+TAIL_FLOOR = 1e-6
 
 
 # --- teacher data -> ids ---------------------------------------------------------------------------------------
@@ -252,7 +278,8 @@ def make_kd_trainer_class():
 
                 with catch_outputs(self.model, self.hidden.student_layers()) as caught:
                     outputs = model(**inputs, use_cache=False)
-            parts = kd_loss(outputs.logits, labels, top_ids, top_lps, kd.alpha, kd.temperature, kd.divergence)
+            parts = kd_loss(outputs.logits, labels, top_ids, top_lps, kd.alpha, kd.temperature, kd.divergence,
+                            kd.tail)
             loss = parts.loss
             if self.hidden is not None:
                 h = self.hidden.loss(caught, inputs)

@@ -184,6 +184,10 @@ def kd_trainer(loaded, plan, settings, model, tok, rows, args: dict):
         raise UserError(f"no stored teacher logprobs for the rows of `{rows.input}`; run the spec with `logprobs:` "
                         f"on step `{step.name}` first")
     notes = [f"{without} training rows have no stored logprobs and train on CE alone"] if without else []
+    if settings.kd.alpha == 0 and not settings.kd.tail:
+        notes.append("kd.alpha 0 without kd.tail: the loss sees only how the student spreads its mass among the "
+                     "teacher's top k, not how much it puts there (specs/results.md measured students that moved it "
+                     "elsewhere); set `tail: true` or alpha > 0")
     if unmapped:
         notes.append(f"{unmapped} of {total} teacher token strings matched no single student token id")
     hidden = None

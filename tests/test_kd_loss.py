@@ -73,6 +73,48 @@ def test_forward_and_reverse_differ_and_vanish_when_equal():
     assert float(kd_loss(logits, labels, ids, same, 0.0, 1.0, "forward").kd) == pytest.approx(0.0, abs=1e-6)
 
 
+def by_hand_tail(t: float, divergence: str) -> float:
+    """D with the mass outside the top k as one more class (kd.tail), alpha 0."""
+    kl = []
+    for pos in (1, 2):
+        full = softmax(LOGITS[pos - 1])
+        ids, lps = TOP[pos]
+        q_mass = [math.exp(lp) for lp in lps]
+        p_mass = [full[i] for i in ids]
+        q = softmax([math.log(m) / t for m in q_mass + [1 - sum(q_mass)]])
+        p = softmax([math.log(m) / t for m in p_mass + [1 - sum(p_mass)]])
+        a, b = (q, p) if divergence == "forward" else (p, q)
+        kl.append(sum(ai * math.log(ai / bi) for ai, bi in zip(a, b)))
+    return t * t * sum(kl) / 2
+
+
+@pytest.mark.parametrize("divergence", ["forward", "reverse"])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_tail_class_matches_hand_computation(divergence, temperature):
+    logits, labels, ids, lps = tensors()
+    parts = kd_loss(logits, labels, ids, lps, 0.0, temperature, divergence, tail=True)
+    assert float(parts.loss.detach()) == pytest.approx(by_hand_tail(temperature, divergence), rel=1e-5)
+    parts.loss.backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_tail_class_sees_mass_moved_off_the_teachers_candidates():
+    """The renormalised support alone cannot tell a student that matches the teacher's spread among its top k but puts
+    its mass elsewhere; the tail class can (the alpha 0 failure in specs/results.md)."""
+    logits, labels, ids, lps = tensors()
+    matched = logits.detach().clone()
+    for pos, (i, lp) in TOP.items():  # the student's logits at the k ids = the teacher's logprobs (+ a constant)
+        matched[0, pos - 1, i] = torch.tensor(lp)
+    elsewhere = matched.clone()
+    for pos, (i, _) in TOP.items():  # same spread among the k ids, but most of the mass on another id
+        other = next(v for v in range(4) if v not in i)
+        elsewhere[0, pos - 1, other] = 10.0
+    plain = [float(kd_loss(x, labels, ids, lps, 0.0, 1.0).kd) for x in (matched, elsewhere)]
+    with_tail = [float(kd_loss(x, labels, ids, lps, 0.0, 1.0, tail=True).kd) for x in (matched, elsewhere)]
+    assert plain[0] == pytest.approx(0.0, abs=1e-6) and plain[1] == pytest.approx(0.0, abs=1e-6)
+    assert with_tail[1] > with_tail[0] + 1.0
+
+
 def test_positions_without_teacher_data_fall_back_to_ce():
     logits, labels, ids, lps = tensors()
     ids[0, 2] = -1  # position 2 lost its teacher data (unaligned): D is the mean over position 1 only

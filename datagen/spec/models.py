@@ -417,6 +417,7 @@ class KDSpec(Model):
     alpha: float = Field(0.5, ge=0, le=1)
     temperature: float = Field(2.0, gt=0)
     divergence: Literal["forward", "reverse"] = "forward"
+    tail: bool = False  # the mass outside the teacher's top k as one more class (sft/kd.py)
     hidden: HiddenSpec | None = None
 
 

@@ -12,7 +12,7 @@ and cached, and each finished training run is cached too (`results.jsonl`), so a
   python tests/bench/distill_effect.py pool       # the pool alone: --pool / 2 questions x n=2, top-10 logprobs
   python tests/bench/distill_effect.py curation   # curated vs random, same N, same training
   python tests/bench/distill_effect.py kd         # sft vs kd (alpha 1 control, alpha 0 / 0.5, T 1 / 2,
-                                                  #  forward / reverse, + hidden-state term), same rows
+                                                  #  forward / reverse, tail class, + hidden-state term)
 
 Arms of `curation`: `curated` = truncated + verify_math filters, decontamination against the test questions, MinHash
 dedup of questions, s1 selection (difficulty by length, k-center diversity); `curated-noverify` = the same without
@@ -59,6 +59,8 @@ KD_CONFIGS = {  # name -> train block changes
     "kd a1 (control)": {"objective": "kd", "kd": {"alpha": 1.0, "temperature": 1.0}},
     **{f"kd a{a:g} T{t:g} {short}": {"objective": "kd", "kd": {"alpha": a, "temperature": t, "divergence": d}}
        for d, short in (("forward", "fwd"), ("reverse", "rev")) for a in (0.5, 0.0) for t in (1.0, 2.0)},
+    **{f"kd a{a:g} T1 fwd tail": {"objective": "kd", "kd": {"alpha": a, "temperature": 1.0, "divergence": "forward",
+                                                             "tail": True}} for a in (0.0, 0.5)},
     "kd a0.5 T2 fwd + hidden": {"objective": "kd", "kd": {"alpha": 0.5, "temperature": 2.0, "divergence": "forward",
                                                           "hidden": {"weight": 1.0, "layers": "auto",
                                                                      "loss": "cosine"}}},
