@@ -348,7 +348,7 @@ def print_paired(runs: list[dict], baseline: str) -> None:
     names = [n for n in dict.fromkeys(r["name"] for r in runs) if n != baseline]
     if not base or not names:
         return
-    print(f"\npaired by seed, each arm minus `{baseline}` (seeds {sorted(base)}): differences, then mean ± sd")
+    print(f"\npaired by seed, each arm minus `{baseline}` (seeds {sorted(base)}): mean ± sd (each seed's)")
     print("| arm | " + " | ".join(label for _, label in METRICS) + " |\n|" + "---|" * (len(METRICS) + 1))
     for name in names:
         cells = []
@@ -356,8 +356,17 @@ def print_paired(runs: list[dict], baseline: str) -> None:
             diffs = [r["after"][key] - base[r["seed"]][key] for r in runs
                      if r["name"] == name and r["seed"] in base
                      and r["after"].get(key) is not None and base[r["seed"]].get(key) is not None]
-            cells.append(", ".join(f"{d:+.3f}" for d in diffs) + f" ({spread(diffs)})" if diffs else "-")
+            cells.append(paired_cell(diffs))
         print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+def paired_cell(diffs: list[float]) -> str:
+    if not diffs:
+        return "-"
+    each = ", ".join(f"{d:+.3f}" for d in diffs)
+    if len(diffs) == 1:
+        return f"{diffs[0]:+.3f} (1 seed)"
+    return f"{statistics.fmean(diffs):+.3f} ± {statistics.stdev(diffs):.3f} ({each})"
 
 
 def main() -> None:
