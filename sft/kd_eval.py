@@ -2,7 +2,10 @@
 
 - `kd_kl`: the mean over matched answer positions of KL(teacher || student), both restricted to the teacher's stored
   top-k ids and renormalised there, at temperature 1 whatever `kd.temperature` trained with (so runs with different
-  settings compare); the same quantity as the D of the loss at T = 1 (sft/kd.py).
+  settings compare); the same quantity as the D of the loss at T = 1 (sft/kd.py). Blind to how much mass the student
+  puts on those ids (a student that keeps the teacher's spread among them but puts its mass elsewhere scores 0).
+- `kd_kl_tail`: the same KL over k + 1 classes, the teacher's k ids and "anything else" (the D of `kd.tail: true` at
+  T = 1), which sees that mass; read it beside `kd_kl`.
 - `kd_top1`: the share of those positions where the student's most likely token (over its whole vocabulary) is the
   teacher's most likely one.
 - `kd_positions`: how many positions that is (positions the byte-offset alignment matched, as in training).
@@ -32,11 +35,14 @@ def kd_metrics(model, tok, records: list[dict], stored: dict[str, list[dict]], k
         ids, lps = ids.to(logits.device), lps.to(logits.device)
         parts = kd.kd_loss(logits, labels, ids, lps, alpha=0.0, temperature=1.0)
         kl_sum += float(parts.kd) * parts.kd_positions
+        tail_sum += float(kd.kd_loss(logits, labels, ids, lps, alpha=0.0, temperature=1.0, tail=True).kd) \
+            * parts.kd_positions
         positions += parts.kd_positions
         agree += top1_agreements(logits, ids, lps)
     if not positions:
         return {"kd_positions": 0}
-    return {"kd_kl": kl_sum / positions, "kd_top1": agree / positions, "kd_positions": positions}
+    return {"kd_kl": kl_sum / positions, "kd_kl_tail": tail_sum / positions, "kd_top1": agree / positions,
+            "kd_positions": positions}
 
 
 def fill_targets(ids, lps, aligner, full: list[int], start: int, target, k: int) -> None:

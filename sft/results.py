@@ -65,6 +65,7 @@ def comparison_rows(before: dict, after: dict) -> list[tuple[str, str, str, str]
 
 
 OBJECTIVE_METRICS = {"kd_kl": "held-out KL(teacher || student) on its top-k",
+                     "kd_kl_tail": "held-out KL(teacher || student) on its top-k + the rest",
                      "kd_top1": "held-out top-1 agreement with the teacher",
                      "preference_accuracy": "held-out preference accuracy",
                      "logp_margin": "held-out log-prob margin (chosen - rejected)"}

@@ -34,6 +34,21 @@ def bundled_model_path() -> str:
 
 
 @pytest.fixture(scope="session")
+def truncated_student(bundled_model_path):
+    """(model, tokenizer): the bundled model cut to 2 of its layers (0 and 15), float32, on the CPU; not to be
+    trained or changed in place (tests share it)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sft.model import truncate_layers
+
+    tok = AutoTokenizer.from_pretrained(bundled_model_path)
+    model = AutoModelForCausalLM.from_pretrained(bundled_model_path, dtype=torch.float32)
+    truncate_layers(model, [0, 15])
+    return model.eval(), tok
+
+
+@pytest.fixture(scope="session")
 def vllm_server(bundled_model_path, tmp_path_factory):
     """vLLM's own OpenAI-compatible server on the bundled model, on 127.0.0.1 (started once per session)."""
     port = free_port()

@@ -75,16 +75,9 @@ class OnFakeDevice:
         return getattr(self.inner, name)
 
 
-@pytest.fixture(scope="module")
-def small(bundled_model_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from sft.model import truncate_layers
-
-    tok = AutoTokenizer.from_pretrained(bundled_model_path)
-    model = AutoModelForCausalLM.from_pretrained(bundled_model_path, dtype=torch.float32)
-    truncate_layers(model, [0, 15])
-    return model, tok
+@pytest.fixture
+def small(truncated_student):
+    return truncated_student
 
 
 RECORDS = [{"prompt": [{"role": "user", "content": f"What is {a} plus {b}?"}],

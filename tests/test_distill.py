@@ -58,7 +58,9 @@ def test_train_scores_references_and_kd_closeness_before_and_after(store, capsys
     assert exit_info.value.code in (0, None)
     printed = capsys.readouterr().out
     for label in ("reference loss per token (heldout)", "accuracy verify_math(solution) (heldout)",
-                  "held-out KL(teacher || student) on its top-k", "held-out top-1 agreement with the teacher",
+                  "held-out KL(teacher || student) on its top-k",
+                  "held-out KL(teacher || student) on its top-k + the rest",
+                  "held-out top-1 agreement with the teacher",
                   "hidden-state term: student layers [0, 1] matched to teacher layers [0, 15]"):
         assert label in printed, label
     con = duckdb.connect(str(load_spec(spec).store_path), read_only=True)
@@ -73,7 +75,7 @@ def test_train_scores_references_and_kd_closeness_before_and_after(store, capsys
     assert after["reference_loss"] < before["reference_loss"] - 0.5, (before, after)
     for m in (before, after):
         assert 0 <= m["reference_accuracy"] <= 1 and m["kd_positions"] > 0
-        assert m["kd_kl"] >= 0 and 0 <= m["kd_top1"] <= 1
+        assert m["kd_kl"] >= 0 and m["kd_kl_tail"] >= 0 and 0 <= m["kd_top1"] <= 1
 
 
 def test_eval_prompts_are_rendered_as_the_training_rows_were(store):
