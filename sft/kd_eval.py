@@ -25,7 +25,7 @@ def kd_metrics(model, tok, records: list[dict], stored: dict[str, list[dict]], k
     aligner = kd.Aligner(tok)
     encoded = [completion_ids(tok, r["prompt"], r["completion"], max_length) for r in records]
     targets = [kd.teacher_targets(stored.get(r["row"]["_id"], []), token_map) for r in records]
-    kl_sum, agree, positions = 0.0, 0, 0
+    kl_sum, tail_sum, agree, positions = 0.0, 0.0, 0, 0
     for first, labels, logits in padded_batches(model, tok, encoded, batch_size):
         ids = torch.full((*labels.shape, k), -1, dtype=torch.long)
         lps = torch.zeros((*labels.shape, k), dtype=torch.float32)
