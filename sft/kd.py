@@ -54,29 +54,50 @@ def kd_loss(logits, labels, top_ids, top_logprobs, alpha: float, temperature: fl
             divergence: str = "forward", tail: bool = False) -> KDParts:
     """logits [B, S, V]; labels [B, S] (-100 where no loss); top_ids [B, S, K] (-1 for no entry) and top_logprobs
     [B, S, K] hold, at position t, the teacher's top-k for the token at t (the same layout as labels)."""
+    s = shifted(logits, labels, top_ids, top_logprobs)
+    ce_tok = -s.log_probs.gather(-1, s.labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    ce = (ce_tok * s.mask).sum() / s.mask.sum().clamp(min=1)
+    kd, n = top_k_divergence(s, temperature, divergence, tail)
+    t = temperature
+    loss = alpha * ce + (1 - alpha) * t * t * kd
+    return KDParts(loss, ce, kd, n)
+
+
+@dataclass
+class Shifted:
+    """What the position t predicts, aligned with what it is scored against (the token and teacher data at t + 1)."""
+    logits: object  # [B, S-1, V] float
+    log_probs: object  # their log_softmax over the vocabulary
+    labels: object
+    mask: object  # labels != -100
+    ids: object
+    lps: object
+
+
+def shifted(logits, labels, top_ids, top_logprobs) -> Shifted:
+    logits = logits[:, :-1].float()
+    labels = labels[:, 1:]
+    return Shifted(logits, logits.log_softmax(-1), labels, labels != -100, top_ids[:, 1:], top_logprobs[:, 1:].float())
+
+
+def top_k_divergence(s: Shifted, temperature: float, divergence: str = "forward", tail: bool = False):
+    """D of the module docstring: (mean over positions with teacher data, their number)."""
     import torch
 
     if divergence not in ("forward", "reverse"):
         raise ValueError(f"divergence must be forward or reverse, got {divergence!r}")
-    logits = logits[:, :-1].float()
-    labels, ids, lps = labels[:, 1:], top_ids[:, 1:], top_logprobs[:, 1:].float()
-    mask = labels != -100
-    log_probs = logits.log_softmax(-1)
-    ce_tok = -log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    ce = (ce_tok * mask).sum() / mask.sum().clamp(min=1)
-
-    support = (ids >= 0) & mask.unsqueeze(-1)
+    support = (s.ids >= 0) & s.mask.unsqueeze(-1)
     has = support.any(-1)
     t = temperature
     if tail:  # k + 1 classes: the top-k ids and "anything else", as log masses of the whole vocabulary
-        student_k = log_probs.gather(-1, ids.clamp(min=0)).masked_fill(~support, FILL)
+        student_k = s.log_probs.gather(-1, s.ids.clamp(min=0)).masked_fill(~support, FILL)
         student = torch.cat([student_k, rest_mass(student_k)], -1) / t
-        teacher_k = lps.masked_fill(~support, FILL)
+        teacher_k = s.lps.masked_fill(~support, FILL)
         teacher = torch.cat([teacher_k, rest_mass(teacher_k)], -1) / t
         support = torch.cat([support, has.unsqueeze(-1)], -1)
     else:
-        student = (logits.gather(-1, ids.clamp(min=0)) / t).masked_fill(~support, FILL)
-        teacher = (lps / t).masked_fill(~support, FILL)
+        student = (s.logits.gather(-1, s.ids.clamp(min=0)) / t).masked_fill(~support, FILL)
+        teacher = (s.lps / t).masked_fill(~support, FILL)
     log_s, log_t = student.log_softmax(-1), teacher.log_softmax(-1)
     if divergence == "forward":
         per_id = log_t.exp() * (log_t - log_s)
@@ -84,9 +105,7 @@ def kd_loss(logits, labels, top_ids, top_logprobs, alpha: float, temperature: fl
         per_id = log_s.exp() * (log_s - log_t)
     per_pos = torch.where(support, per_id, torch.zeros_like(per_id)).sum(-1)
     n = int(has.sum())
-    kd = (per_pos * has).sum() / max(n, 1)
-    loss = alpha * ce + (1 - alpha) * t * t * kd
-    return KDParts(loss, ce, kd, n)
+    return (per_pos * has).sum() / max(n, 1), n
 
 
 def rest_mass(log_k):

@@ -33,11 +33,10 @@ def kd_metrics(model, tok, records: list[dict], stored: dict[str, list[dict]], k
             full, start = encoded[first + row]
             fill_targets(ids[row], lps[row], aligner, full, start, targets[first + row], k)
         ids, lps = ids.to(logits.device), lps.to(logits.device)
-        parts = kd.kd_loss(logits, labels, ids, lps, alpha=0.0, temperature=1.0)
-        kl_sum += float(parts.kd) * parts.kd_positions
-        tail_sum += float(kd.kd_loss(logits, labels, ids, lps, alpha=0.0, temperature=1.0, tail=True).kd) \
-            * parts.kd_positions
-        positions += parts.kd_positions
+        s = kd.shifted(logits, labels, ids, lps)  # one log_softmax over the vocabulary for both KLs
+        kl, n = kd.top_k_divergence(s, temperature=1.0)
+        kl_tail, _ = kd.top_k_divergence(s, temperature=1.0, tail=True)
+        kl_sum, tail_sum, positions = kl_sum + float(kl) * n, tail_sum + float(kl_tail) * n, positions + n
         agree += top1_agreements(logits, ids, lps)
     if not positions:
         return {"kd_positions": 0}

@@ -75,34 +75,29 @@ class OnFakeDevice:
         return getattr(self.inner, name)
 
 
-@pytest.fixture
-def small(truncated_student):
-    return truncated_student
-
-
 RECORDS = [{"prompt": [{"role": "user", "content": f"What is {a} plus {b}?"}],
             "completion": [{"role": "assistant", "content": f"{a} plus {b} is {a + b}. #### {a + b}"}],
             "row": {"_id": f"r{a}", "answer": f"#### {a + b}", "_parent_id": f"p{a}"}} for a, b in [(2, 3), (4, 4)]]
 
 
-def test_evaluation_moves_its_tensors_to_the_model_device(fake_device, small):
+def test_evaluation_moves_its_tensors_to_the_model_device(fake_device, truncated_student):
     from datagen.spec.curation_models import VerifyMathFilter
     from sft.evaluate import Verifier, evaluate
 
-    model = OnFakeDevice(small[0])
+    model = OnFakeDevice(truncated_student[0])
     check = Verifier("verify_math(solution)", VerifyMathFilter(type="verify_math", column="solution",
                                                                reference="answer"))
-    metrics = evaluate(model, small[1], RECORDS, [check], "solution", max_length=64, max_new_tokens=4,
+    metrics = evaluate(model, truncated_student[1], RECORDS, [check], "solution", max_length=64, max_new_tokens=4,
                        batch_size=2)
     assert metrics["eval_tokens"] > 0 and math.isfinite(metrics["loss"]) and "accuracy" in metrics
     assert model.checked >= 4  # input ids and attention mask for the loss, and for generation
 
 
-def test_kd_and_dpo_scores_move_their_tensors_to_the_model_device(fake_device, small):
+def test_kd_and_dpo_scores_move_their_tensors_to_the_model_device(fake_device, truncated_student):
     from sft.dpo import preference_metrics
     from sft.kd_eval import kd_metrics
 
-    model, tok = OnFakeDevice(small[0]), small[1]
+    model, tok = OnFakeDevice(truncated_student[0]), truncated_student[1]
     stored = {}
     for r in RECORDS:
         ids = tok(r["completion"][0]["content"], add_special_tokens=False)["input_ids"]
@@ -116,18 +111,18 @@ def test_kd_and_dpo_scores_move_their_tensors_to_the_model_device(fake_device, s
     assert model.checked >= 6
 
 
-def test_sampling_moves_its_prompt_to_the_model_device(fake_device, small):
+def test_sampling_moves_its_prompt_to_the_model_device(fake_device, truncated_student):
     """`datagen sample` and the transformers teacher generate through the same code (teachers/transformers_teacher.py):
     the same `model.device` rule."""
     from datagen.teachers.base import GenOptions, GenRequest, Sampling, generate
     from datagen.teachers.transformers_teacher import TransformersTeacher
 
     teacher = TransformersTeacher("t", "unused")
-    tok = small[1]
+    tok = truncated_student[1]
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    teacher._model, teacher._tokenizer = OnFakeDevice(small[0]), tok
+    teacher._model, teacher._tokenizer = OnFakeDevice(truncated_student[0]), tok
     ask = [GenRequest([{"role": "user", "content": "Hello"}], ["k"], [0])]
     [[sample]] = generate(teacher, ask, GenOptions(Sampling(temperature=0, max_tokens=3)))
     assert sample.error is None and isinstance(sample.text, str) and teacher._model.checked >= 1

@@ -51,8 +51,8 @@ while other jobs shared them; greedy answers came at about 130 tokens/s (batch 8
 took 4.7 s. A full run (defaults: --pool 2000 --test 300 --n 256 --held 32 --epochs 2 --seeds 3) is then: the pool,
 about 380k tokens, 20 to 60 min of vLLM; each training run 64 steps (about 8 min) plus two scorings (before and
 after) of 300 greedy answers of up to 256 tokens (about 10 min each), so about 30 min; `curation` 6 to 9 runs, 3 to 5
-h; `kd` 39 runs (13 configs), about 19 h; two to four times that on shared cores. Generation is most of it: --test 100 or
---max-new-tokens 128 cut the scoring, --configs runs part of the kd table (finished runs are cached)."""
+h; `kd` 39 runs (13 configs), about 19 h; two to four times that on shared cores. Generation is most of it: --test
+100 or --max-new-tokens 128 cut the scoring, --configs runs part of the kd table (finished runs are cached)."""
 CURATED = ("curated", "curated-noverify")  # the second: the s1 recipe without verify_math, for weak teachers
 KD_CONFIGS = {  # name -> train block changes
     "sft": {"objective": "sft"},
