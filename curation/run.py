@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 import duckdb
 
@@ -80,7 +80,7 @@ class _Context:
         return [as_text(self.rows[i].get(column)) for i in idx]
 
     def vectors(self, column: str, model: str, idx: list[int], backend: str = "torch"):
-        from datagen.embed import embed
+        from datagen.embed.encode import embed
 
         return embed(self.con, self.texts(column, idx), [self.rows[i]["_id"] for i in idx], model,
                      self.loaded.dir, self.log, backend=backend)

@@ -89,7 +89,7 @@ def _check_reasoning(loaded, loc: tuple, input_name: str, columns: list[str], co
                                               f"true` on the step that writes `{column}` (or name its column)")
 
 
-def _check_decontaminate(loaded, plan, check: "_Checker", cur: CurationSpec) -> None:
+def _check_decontaminate(loaded, plan, check: _Checker, cur: CurationSpec) -> None:
     dec = cur.decontaminate
     loc = LOC + ("decontaminate",)
     if dec.against not in plan.source_columns:
@@ -104,7 +104,7 @@ def _check_decontaminate(loaded, plan, check: "_Checker", cur: CurationSpec) -> 
                            f"{', '.join(c for c in bench_cols if c != '_id')}")
 
 
-def _check_select(loaded, check: "_Checker", sel) -> None:
+def _check_select(loaded, check: _Checker, sel) -> None:
     loc = LOC + ("select",)
     if sel.quality is not None:
         check.column(loc + ("quality",), sel.quality, "column")

@@ -5,9 +5,6 @@ The Python API (specs/python.md): `datagen.run(spec)`, `curate`, `status`, `quer
 `import datagen` stays light: no duckdb, torch or vLLM until a function is called.
 """
 
-import sys
-import types
-
 from datagen.version import __version__
 
 API = ("run", "curate", "status", "query", "load", "export", "train", "validate", "plan", "open_spec")
@@ -24,17 +21,3 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted(list(globals()) + list(API))
-
-
-class _Package(types.ModuleType):
-    """`export` and `status` name both API functions and submodules (datagen/export.py, datagen/status.py). Loading a
-    submodule binds it to its package's attribute, which would shadow the function from then on; this package
-    keeps the function. The submodules stay importable as usual (`from datagen.export import ...`)."""
-
-    def __setattr__(self, name, value):
-        if name in API and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -14,7 +14,8 @@ import functools
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Union
+from typing import TYPE_CHECKING, Any, Union
+from collections.abc import Callable
 
 from datagen.errors import UserError
 from datagen.spec.load import LoadedSpec
@@ -34,8 +35,8 @@ def _default_log(message: str) -> None:
 
 
 def _loop_safe(fn):
-    """Run `fn` here, or, when this thread runs an event loop, in a worker thread (see datagen/threads.py)."""
-    from datagen.threads import outside_event_loop
+    """Run `fn` here, or, when this thread runs an event loop, in a worker thread (see datagen/pipeline/threads.py)."""
+    from datagen.pipeline.threads import outside_event_loop
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -46,6 +47,7 @@ def _loop_safe(fn):
 
 def open_spec(spec: SpecLike, limit: int | None = None) -> LoadedSpec:
     """A loaded, model-validated spec (the plan's checks come later, in `plan`)."""
+    import datagen.strategies  # noqa: F401  registers every strategy's step model before the spec is read
     from datagen.spec.load import load_spec, load_spec_data
 
     if isinstance(spec, LoadedSpec):
@@ -63,8 +65,8 @@ def plan(spec: SpecLike, limit: int | None = None) -> Plan:
     """The plan with every check: the steps (each by its strategy), then the curation, export and train blocks.
     Warnings (likely mistakes that are not errors) are in `plan.warnings`."""
     from curation.validate import check_curation
-    from datagen.export import check_export
-    from datagen.planner import build_plan
+    from datagen.publish.export import check_export
+    from datagen.pipeline.planner import build_plan
     from sft.validate import check_train
 
     loaded = open_spec(spec, limit)
@@ -79,9 +81,9 @@ def describe(p: Plan, max_usd: float | None = None) -> str:
     """The plan as text (what `validate` prints): sources, steps, the curation stages, the export and training, and
     what it would cost (specs/cost.md) against `max_usd` (else the spec's budget)."""
     from curation.validate import describe_curation
-    from datagen.estimate import describe_estimate, estimate
-    from datagen.export import describe_export
-    from datagen.planner import describe as describe_plan
+    from datagen.pipeline.estimate import describe_estimate, estimate
+    from datagen.publish.export import describe_export
+    from datagen.pipeline.planner import describe_plan
 
     if max_usd is None and p.spec.budget is not None:
         max_usd = p.spec.budget.max_usd
@@ -95,7 +97,7 @@ def describe(p: Plan, max_usd: float | None = None) -> str:
 @_loop_safe
 def cancel_batches(spec: SpecLike, log: Log | None = None) -> list[tuple]:
     """Cancel the open provider batches of the spec's store: (teacher, batch id, status) of each."""
-    from datagen.runloop import cancel_batches as cancel
+    from datagen.pipeline.loop import cancel_batches as cancel
     from datagen.store.connection import open_store
 
     p = plan(spec)
@@ -123,7 +125,7 @@ def run(spec: SpecLike, *, limit: int | None = None, verbose: bool = False, prog
     (specs/cost.md). `ray`: a Ray cluster's address (`auto`, `host:port`, or `local` to start one for the run);
     in-process teachers then run as `replicas` actors on it (specs/scale.md)."""
     from datagen import console
-    from datagen.runloop import run_steps
+    from datagen.pipeline.loop import run_steps
     from datagen.store.connection import open_store
     from datagen.store.views import sync_views
 
@@ -195,14 +197,14 @@ def curate(spec: SpecLike, *, verbose: bool = False, log: Log | None = None) -> 
 def status(spec: SpecLike, *, limit: int | None = None) -> dict:
     """Per step: requests done, failed and pending, tokens, the commonest errors and what the strategy adds; and
     the curation funnel: {"steps": [...], "funnel": [...]}."""
-    from datagen.planner import build_plan
-    from datagen.status import status as store_status
+    from datagen.pipeline.planner import build_plan
+    from datagen.publish.status import status as store_status
 
     return store_status(build_plan(open_spec(spec, limit)))
 
 
 @_loop_safe
-def query(spec: SpecLike, sql: str, *, limit: int | None = None) -> "pyarrow.Table":
+def query(spec: SpecLike, sql: str, *, limit: int | None = None) -> pyarrow.Table:
     """Read-only SQL over the spec's store (or a `.duckdb` file); the last statement's result as an Arrow table."""
     from datagen.store.readonly import query_arrow
 
@@ -224,7 +226,7 @@ def load(spec: SpecLike, name: str = "curated", *, limit: int | None = None):
 def export(spec: SpecLike, *, out: str | Path | None = None, format: str | None = None,
            test_split: float | None = None):
     """Write the export rows as Parquet shards plus a dataset card. Returns the ExportResult (path, files, splits)."""
-    from datagen.export import export as export_spec
+    from datagen.publish.export import export as export_spec
 
     p = plan(spec)
     return export_spec(p.loaded, out=out, fmt=format, test_split=test_split, plan=p)
@@ -234,7 +236,7 @@ def export(spec: SpecLike, *, out: str | Path | None = None, format: str | None 
 def push(spec: SpecLike, *, repo_id: str | None = None, public: bool = False, dry_run: bool = False,
          out: str | Path | None = None):
     """Export, then upload to a Hugging Face Hub dataset repository (token from HF_TOKEN). Returns the PushResult."""
-    from datagen.push import push as push_spec
+    from datagen.publish.push import push as push_spec
 
     return push_spec(plan(spec).loaded, repo_id=repo_id, public=public, dry_run=dry_run, out=out)
 
@@ -242,7 +244,7 @@ def push(spec: SpecLike, *, repo_id: str | None = None, public: bool = False, dr
 @_loop_safe
 def report(spec: SpecLike, *, out: str | Path | None = None) -> Path:
     """Write the self-contained HTML report; returns its path."""
-    from datagen.report import write_report
+    from datagen.publish.report import write_report
 
     p = plan(spec)
     return write_report(p.loaded, out=out, plan=p)

@@ -49,10 +49,10 @@ def _guard(fn):
             return fn(*args, **kwargs)
         except UserError as exc:
             _stderr(f"error: {exc}")
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
         except RunFailed as exc:
             _stderr(f"run failed: {exc}")
-            raise typer.Exit(1)
+            raise typer.Exit(1) from None
         except KeyboardInterrupt as exc:
             _interrupted(exc)
         except typer.Exit:
@@ -65,7 +65,7 @@ def _guard(fn):
                 raise
             _stderr(f"internal error: {type(exc).__name__}: {exc}\n(set DATAGEN_DEBUG=1 for the traceback, "
                     "and please report it)")
-            raise typer.Exit(1)
+            raise typer.Exit(1) from None
 
     return wrapper
 
@@ -119,7 +119,7 @@ def run(spec: Path = typer.Argument(..., help="the spec file"),
 
     Engine and library messages go to runs/<name>.log beside the store unless --verbose."""
     from datagen import api, console
-    from datagen.progress import ProgressReporter
+    from datagen.pipeline.progress import ProgressReporter
 
     if max_usd is not None and max_usd <= 0:
         raise UserError(f"--max-usd must be more than 0, got {max_usd:g}")
@@ -164,7 +164,7 @@ def _print_summary(summary) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from datagen.runloop import describe_summary
+    from datagen.pipeline.loop import describe_summary
 
     if not summary.steps:  # a spec that only curates: its funnel was the output
         print(f"run finished in {summary.seconds:.1f} s; store {summary.store}")
@@ -184,7 +184,7 @@ def status(spec: Path = typer.Argument(..., help="the spec file"),
            limit: Optional[int] = typer.Option(None, "--limit", help="the store of `run --limit N`")):
     """Per step: requests done, failed and pending, and the commonest errors."""
     from datagen import api
-    from datagen.cost import usd
+    from datagen.pipeline.cost import usd
 
     result = api.status(_load(spec, limit))
     for r in result["steps"]:
@@ -252,9 +252,9 @@ def export(spec: Path = typer.Argument(..., help="the spec file"),
                                                       help="share of inputs held out as a test split")):
     """Write the export rows as Parquet shards plus a dataset card, loadable with datasets.load_dataset."""
     from datagen import api
-    from datagen.export import describe
+    from datagen.publish.export import exported_text
 
-    print(describe(api.export(_load(spec), out=out, format=format, test_split=eval_split)))
+    print(exported_text(api.export(_load(spec), out=out, format=format, test_split=eval_split)))
 
 
 @app.command()
@@ -266,9 +266,9 @@ def push(spec: Path = typer.Argument(..., help="the spec file"),
          out: Optional[Path] = typer.Option(None, "--out", "-o", help="export folder (default: export.path)")):
     """Export, then upload to a Hugging Face Hub dataset repository (token from HF_TOKEN)."""
     from datagen import api
-    from datagen.push import describe
+    from datagen.publish.push import pushed_text
 
-    print(describe(api.push(_load(spec), repo_id=repo_id, public=public, dry_run=dry_run, out=out)))
+    print(pushed_text(api.push(_load(spec), repo_id=repo_id, public=public, dry_run=dry_run, out=out)))
 
 
 @app.command()
@@ -334,7 +334,7 @@ def sample(model: str = typer.Argument(..., help="a student folder, a bundled: m
            engine: str = typer.Option("vllm", "--engine", help="vllm | transformers"),
            as_json: bool = typer.Option(False, "--json", help="print one JSON object per prompt")):
     """Answer prompts with a model, with s1 budget forcing of its reasoning."""
-    from datagen.teachers.budget import Budget
+    from datagen.teachers.thinking import Budget
     from sft.sample import as_dict, check_budget, open_engine, read_prompts, resolve_target, sample as run_sample
 
     messages = read_prompts(prompt or [], file, system)

@@ -18,7 +18,7 @@ from datagen.errors import UserError
 
 def check_dpo(loaded, plan) -> None:
     """`datagen validate`: `objective: dpo` needs `train.input` to be a judge step that builds pairs."""
-    from datagen.export import default_input, resolve_input
+    from datagen.publish.export import default_input, resolve_input
 
     name = loaded.spec.train.input or default_input(plan)
     try:
@@ -33,7 +33,7 @@ def check_dpo(loaded, plan) -> None:
 
 def load_pairs(loaded, plan, input_name: str | None, eval_split: float | None):
     """The judge step's pairs as {prompt, chosen, rejected, completion, row} records, split train/held-out."""
-    from datagen.export import fetch_input, preference_record, resolve_input, split_records
+    from datagen.publish.export import fetch_input, preference_record, resolve_input, split_records
     from datagen.store import reads
     from datagen.store.connection import open_store
     from sft.rows import TrainRows

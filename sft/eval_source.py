@@ -20,20 +20,30 @@ from __future__ import annotations
 
 from datagen import templates
 from datagen.errors import UserError
+from datagen.strategies.base import RowPrompt
 
 PREFIX = "reference_"
+
+
+def row_prompt(step_spec) -> RowPrompt:
+    """How the step renders an input row (its strategy says). Raises ValueError (with what to change) when it does
+    not render its prompt from input rows."""
+    from datagen.strategies import strategy_of
+
+    found = strategy_of(step_spec).row_prompt(step_spec)
+    if found is None:
+        raise ValueError(f"step `{step_spec.name}` ({step_spec.strategy}) does not render its prompt from input rows, "
+                         "so a source's questions cannot be put to the student the same way; train on a label step")
+    return found
 
 
 def binding(step_spec, prompt_column: str) -> dict[str, str]:
     """Template variable -> source column for the step's prompt and system templates. Raises ValueError (with what
     to change) when the step cannot render a source row."""
-    prompt = getattr(step_spec, "prompt", None)
-    if not prompt or getattr(step_spec, "input", None) is None:
-        raise ValueError(f"step `{step_spec.name}` ({step_spec.strategy}) does not render its prompt from input rows, "
-                         "so a source's questions cannot be put to the student the same way; train on a label step")
-    demos = getattr(step_spec, "demos", None)
-    reads = templates.variables(prompt) | templates.variables(step_spec.system or "")
-    if "demos" in reads and not (demos is not None and demos.as_ == "turns"):
+    how = row_prompt(step_spec)
+    prompt = how.prompt
+    reads = templates.variables(prompt) | templates.variables(how.system or "")
+    if "demos" in reads and how.demos_as != "turns":
         raise ValueError(f"step `{step_spec.name}` shows its demos through the `demos` template variable, which "
                          "differs per input; eval.source needs `demos: {as: turns}` or no demos")
     names = templates.variables(prompt) - {"demos"}
@@ -51,13 +61,13 @@ def check_columns(step_spec, prompt_column: str, columns: list[str]) -> list[str
     return sorted(v for v, col in binding(step_spec, prompt_column).items() if col not in columns)
 
 
-def render_prompt(step_spec, row: dict, mapping: dict[str, str], demo_turns: list[dict]) -> list[dict]:
+def render_prompt(how: RowPrompt, row: dict, mapping: dict[str, str], demo_turns: list[dict]) -> list[dict]:
     context = {var: row[col] for var, col in mapping.items()}
     messages = []
-    if step_spec.system:
-        messages.append({"role": "system", "content": templates.render(step_spec.system, context)})
+    if how.system:
+        messages.append({"role": "system", "content": templates.render(how.system, context)})
     messages += demo_turns
-    messages.append({"role": "user", "content": templates.render(step_spec.prompt, context)})
+    messages.append({"role": "user", "content": templates.render(how.prompt, context)})
     return messages
 
 
@@ -74,7 +84,8 @@ def source_records(loaded, plan, step_name: str, train_records: list[dict]) -> l
     settings = loaded.spec.train.eval
     step_spec = plan.step(step_name).spec
     mapping = binding(step_spec, settings.prompt)
-    demos = demo_turns(train_records) if getattr(step_spec, "demos", None) is not None else []
+    how = row_prompt(step_spec)
+    demos = demo_turns(train_records) if how.demos_as is not None else []
     rows = plan.source_rows.get(settings.source)
     if rows is None:  # a `query` source: a view in the store
         rows = read_source(loaded.store_path, settings.source)
@@ -83,7 +94,7 @@ def source_records(loaded, plan, step_name: str, train_records: list[dict]) -> l
         reference = row.get(settings.reference)
         if reference is None or not str(reference).strip():
             continue
-        records.append({"prompt": render_prompt(step_spec, row, mapping, demos),
+        records.append({"prompt": render_prompt(how, row, mapping, demos),
                         "completion": [{"role": "assistant", "content": str(reference)}], "row": dict(row)})
     if not records:
         raise UserError(f"train.eval.source: `{settings.source}` has no rows with a `{settings.reference}` reference "

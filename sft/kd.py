@@ -160,8 +160,7 @@ def teacher_targets(positions: list[dict], token_map: TokenMap | None) -> Teache
             out.unmapped += tid is None
         out.tokens.append(-1 if tid is None else int(tid))
         ids, lps = [], []
-        for i, (t_id, t_str, lp) in enumerate(zip(pos["top_ids"] or [], pos["top_tokens"] or [],
-                                                  pos["top_logprobs"] or [])):
+        for t_id, t_str, lp in zip(pos["top_ids"] or [], pos["top_tokens"] or [], pos["top_logprobs"] or []):
             if t_id is None and token_map is not None:
                 t_id = token_map(t_str)
             if t_id is not None and lp is not None and int(t_id) not in ids:

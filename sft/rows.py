@@ -28,7 +28,7 @@ class TrainRows:
 
 def load_rows(loaded: LoadedSpec, plan, input_name: str | None, eval_split: float | None) -> TrainRows:
     """The selected rows as prompt/completion records, split into train and held-out parts."""
-    from datagen.export import MESSAGES_COLUMN, fetch_input, resolve_input, split_records, to_records
+    from datagen.publish.export import MESSAGES_COLUMN, fetch_input, resolve_input, split_records, to_records
 
     inp = resolve_input(plan, input_name)
     con = open_store(loaded.store_path, read_only=True)

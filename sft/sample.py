@@ -1,7 +1,7 @@
 """`datagen sample`: answer prompts with a model (a student folder, a bundled model), with s1's budget forcing.
 
 The reply starts inside a reasoning block and its trace is bounded as `--max-thinking-tokens` / `--min-thinking-tokens`
-say. The budget forcing itself is the teachers' (datagen/teachers/budget.py), the same code that bounds traces while
+say. The budget forcing itself is the teachers' (datagen/teachers/thinking.py), the same code that bounds traces while
 generating data (`thinking:` on a step): this command hands the prompts to an in-process teacher (`vllm`, the default,
 or `transformers`) with that budget and prints the traces and answers.
 """
@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from datagen.errors import UserError
-from datagen.teachers.budget import Budget
+from datagen.teachers.thinking import Budget
 
 
 def check_budget(budget: Budget) -> None:
@@ -55,7 +55,7 @@ def open_engine(kind: str, path: str, seed: int = 0, max_model_len: int = 4096):
 
 
 def sample(teacher, tok, prompts: list[list[dict]], budget: Budget, temperature: float = 0.0) -> list[Reply]:
-    """Answer chat prompts with reasoning bounded as `budget` says (datagen/teachers/budget.py)."""
+    """Answer chat prompts with reasoning bounded as `budget` says (datagen/teachers/thinking.py)."""
     from datagen.reasoning import Markers
     from datagen.teachers.base import GenOptions, GenRequest, Sampling, generate
 

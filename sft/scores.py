@@ -11,7 +11,7 @@ Everything a score needs from the store is read once, before training, so a miss
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 
 def scorer(loaded, plan, settings, tok, rows, checks, eval_kwargs: dict) -> Callable[[object], dict]:

@@ -15,7 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from datagen.errors import UserError
 from datagen.spec.load import LoadedSpec
@@ -51,7 +51,7 @@ def output_dir(loaded: LoadedSpec, out: str | Path | None = None) -> Path:
 
 def train(loaded: LoadedSpec, out: str | Path | None = None, max_steps: int | None = None,
           log: Callable[[str], None] = print) -> TrainResult:
-    from datagen.planner import build_plan
+    from datagen.pipeline.planner import build_plan
     from sft import results
     from sft.evaluate import verifiers
     from sft.rows import load_rows

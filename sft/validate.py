@@ -16,7 +16,7 @@ def check_train(loaded: LoadedSpec, plan) -> None:
     train = loaded.spec.train
     if train is None:
         return
-    from datagen.export import resolve_input
+    from datagen.publish.export import resolve_input
 
     if train.objective == "dpo":
         from sft.dpo import check_dpo

@@ -16,7 +16,8 @@ from collections import Counter
 from email.parser import BytesParser
 from email.policy import default as email_policy
 from http.server import BaseHTTPRequestHandler
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from tests.scripted_server import _Server, completion, echo_script
 

@@ -16,7 +16,8 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 
 def messages_key(body: dict) -> str:
@@ -136,7 +137,7 @@ def completion(body: dict, text: str | None, finish_reason: str = "stop", reply:
     if body.get("logprobs"):
         k = body.get("top_logprobs") or 1
         content = []
-        for i, word in enumerate(text.split()):
+        for word in text.split():
             top = [{"token": word if j == 0 else f"alt{j}", "logprob": -0.1 * (j + 1)} for j in range(k)]
             content.append({"token": word, "logprob": -0.1, "top_logprobs": top})
         out["choices"][0]["logprobs"] = {"content": content}

@@ -136,14 +136,15 @@ def test_dict_spec_errors_name_the_key_path_without_a_line(workdir):
 
 def test_import_is_light_and_api_names_survive_their_submodules():
     code = ("import sys, datagen; heavy = [m for m in ('duckdb', 'torch', 'vllm', 'datasets') if m in sys.modules]; "
-            "import datagen.export, datagen.status; from datagen.export import export_dir; "
+            "import datagen.publish.export, datagen.publish.status, datagen.pipeline.loop; "
+            "from datagen.publish.export import export_dir; "
             "print(heavy, callable(datagen.export), callable(datagen.status), datagen.run.__module__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent.parent)
     assert out.stdout.strip() == "[] True True datagen.api", out.stderr
 
 
 def test_outside_event_loop_uses_a_worker_only_under_a_loop():
-    from datagen.threads import outside_event_loop
+    from datagen.pipeline.threads import outside_event_loop
 
     here = threading.current_thread().name
     assert outside_event_loop(lambda: threading.current_thread().name) == here
@@ -157,7 +158,7 @@ def test_outside_event_loop_uses_a_worker_only_under_a_loop():
 
 
 async def _raises():
-    from datagen.threads import outside_event_loop
+    from datagen.pipeline.threads import outside_event_loop
 
     def boom():
         raise ValueError("boom")

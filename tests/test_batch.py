@@ -12,9 +12,9 @@ import time
 import duckdb
 import pytest
 
-from datagen.cost import usd
-from datagen.export import export
-from datagen.report import write_report
+from datagen.pipeline.cost import usd
+from datagen.publish.export import export
+from datagen.publish.report import write_report
 from datagen.spec.load import load_spec
 from tests.batch_server import BatchServer
 from tests.test_run_scripted import make_spec, quiet_run, store_rows

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from datagen import api
-from datagen.estimate import estimate
+from datagen.pipeline.estimate import estimate
 from datagen.spec.load import load_spec
 from tests.batch_server import BatchServer
 from tests.scripted_server import ScriptedServer

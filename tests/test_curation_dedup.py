@@ -9,7 +9,7 @@ from curation.dedup import priority_order
 from curation.dedup.exact import exact_dedup
 from curation.dedup.minhash import minhash_dedup
 from curation.dedup.semantic import neighbours, semantic_dedup
-from datagen.embed import encode
+from datagen.embed.encode import encode
 
 BASE = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
         "How many clips did Natalia sell altogether in April and May?")

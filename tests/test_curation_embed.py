@@ -10,7 +10,7 @@ import pytest
 from curation.dedup.cascade import cascade_dedup
 from curation.dedup.semantic import neighbours, semantic_dedup
 from curation.select.diversity import kcenter_plain, kcenter_rounds
-from datagen import embed as embed_mod
+from datagen.embed import encode as embed_mod
 from datagen.store import embeddings as store
 from datagen.store.migrations import migrate
 
@@ -99,7 +99,7 @@ def test_embeddings_go_to_cuda_when_torch_sees_one(monkeypatch):
 
 
 def test_static_model_distils_and_keeps_near_duplicates_close(tmp_path):
-    from datagen.embed_static import StaticModel, distill
+    from datagen.embed.static import StaticModel, distill
     from datagen.bundled import resolve_model
     from pathlib import Path
 

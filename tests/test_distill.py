@@ -207,13 +207,13 @@ def narrow_teacher(tmp_path_factory, bundled_model_path):
 
 
 def test_a_teacher_of_another_hidden_size_needs_a_projection(store, narrow_teacher, tmp_path):
-    refused = "kd: {hidden: {teacher: '%s'}}" % narrow_teacher
+    refused = f"kd: {{hidden: {{teacher: '{narrow_teacher}'}}}}"
     spec = with_train(store, kd=refused, name="narrow.yaml")
     with pytest.raises(UserError, match=r"train\.kd\.hidden\.teacher: the teacher's hidden size is 64 and the "
                                         r"student's 576.*set `kd\.hidden\.project: true`"):
         build_plan(load_spec(spec))
 
-    spec = with_train(store, kd="kd: {hidden: {teacher: '%s', project: true, layers: {1: 1}}}" % narrow_teacher,
+    spec = with_train(store, kd=f"kd: {{hidden: {{teacher: '{narrow_teacher}', project: true, layers: {{1: 1}}}}}}",
                       name="projected.yaml")
     build_plan(load_spec(spec))
     trainer, _ = kd_pieces(spec, tmp_path / "work", max_steps=2)

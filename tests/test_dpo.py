@@ -5,7 +5,7 @@ from __future__ import annotations
 import datasets
 import pytest
 
-from datagen.export import export
+from datagen.publish.export import export
 from datagen.spec.load import load_spec
 from tests.scripted_server import ScriptedServer
 from tests.test_feedback import GRADE, quiet_run, score_script, write_spec

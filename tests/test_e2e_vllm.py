@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PROBLEMS = ROOT / "specs" / "data" / "gsm8k_train_500.jsonl"

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from datagen import api
-from datagen.estimate import estimate
+from datagen.pipeline.estimate import estimate
 from datagen.spec.load import load_spec
 from tests.scripted_server import ScriptedServer
 from tests.test_run_scripted import make_spec, quiet_run, store_rows
@@ -126,7 +126,7 @@ def test_expected_output_comes_from_the_stored_samples(tmp_path):
 
 def source_prompts(loaded) -> list[list[dict]]:
     """The first step's prompts, rendered as the run renders them."""
-    from datagen.runloop import teacher_setups
+    from datagen.pipeline.loop import teacher_setups
     from datagen.store.connection import open_scratch
     from datagen.store.views import sync_views
     from datagen.strategies.base import Job

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from datagen.cli import app
 from datagen.errors import UserError
-from datagen.export import export
+from datagen.publish.export import export
 from datagen.spec.load import load_spec
 from datagen.api import plan as build_plan
 from tests.export_fixtures import PROBLEMS, SECRET, build_store, set_export
@@ -100,7 +100,7 @@ def test_preference_format_needs_a_judge_step_with_pairs(spec):
 
 
 def test_preference_rows_become_conversational_pairs():
-    from datagen.export import preference_record
+    from datagen.publish.export import preference_record
 
     rec = preference_record({"prompt": "What is 2+3?", "chosen": "5", "rejected": "6"})
     assert rec == {"prompt": [{"role": "user", "content": "What is 2+3?"}],
@@ -164,7 +164,7 @@ def test_card_header_parses_and_no_secret_or_local_path_is_exported(spec, monkey
 
 
 def test_card_scrubs_secrets_and_paths_written_into_the_spec(spec, monkeypatch):
-    from datagen.card import scrub
+    from datagen.publish.card import scrub
 
     monkeypatch.setenv("MY_SERVICE_TOKEN", "tok-abcdef-12345")
     loaded = load_spec(spec)

@@ -128,7 +128,7 @@ def test_pairs_by_score_with_margin(tmp_path):
         # 2+3: 9 over 2 (margin 7); 10+7: 8 over 3 (margin 5); 4+4 (margin 1) and 6+1 (all equal) make none
         assert [(c[:9], r[:9], m) for c, r, m, *_ in pairs] == [("attempt 0", "attempt 2", 7.0),
                                                                 ("attempt 1", "attempt 0", 5.0)]
-        for chosen, rejected, _, cid, rid, pid, parent, prompt in pairs:
+        for chosen, _rejected, _, cid, rid, pid, parent, prompt in pairs:
             lineage = store_rows(spec, f"select parent_id, role from lineage where child_id = '{pid}' order by role")
             assert lineage == [(cid, "chosen"), (rid, "rejected")]
             assert store_rows(spec, f"select solution from attempt where _id = '{cid}'") == [(chosen,)]

@@ -75,3 +75,62 @@ def test_no_sql_outside_the_store():
              for i, line in enumerate(p.read_text().splitlines(), 1)
              if re.search(r"\.(execute|executemany|sql)\(", line)]
     assert found == []
+
+
+def test_every_module_is_in_a_layer():
+    """A module outside every layer would be held by nothing; a package's bare __init__ (a docstring) imports
+    nothing and needs no layer, and `datagen` itself is the lazy front of datagen.api."""
+    import grimp
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    layered = [part.strip() for c in config if c["type"] == "layers" for layer in c["layers"]
+               for part in layer.split("|")]
+    graph = grimp.build_graph(*PACKAGES)
+    outside = [m for m in sorted(graph.modules) if m != "datagen"
+               and not any(m == name or m.startswith(name + ".") for name in layered)
+               and not (graph.find_modules_directly_imported_by(m) == set() and any(
+                   other.startswith(m + ".") for other in graph.modules))]
+    assert outside == [], f"modules in no layer of pyproject.toml's contract: {outside}"
+
+
+def test_the_package_root_stays_small():
+    """datagen/ holds at most 18 modules; the rest live in packages by stage (CONTRIBUTING.md's map)."""
+    root = sorted(p.name for p in (ROOT / "datagen").glob("*.py"))
+    assert len(root) <= 18, root
+
+
+def test_every_strategy_implements_the_whole_interface():
+    """`add` refuses a module that lacks a part of `Strategy`, and INTERFACE names every part the Protocol has."""
+    import types
+
+    from datagen.strategies import STRATEGIES, add
+    from datagen.strategies.base import INTERFACE, Strategy
+
+    members = {n for n in vars(Strategy) if not n.startswith("_")} | set(Strategy.__annotations__)
+    assert members == set(INTERFACE)
+    for name, module in STRATEGIES.items():
+        assert [part for part in INTERFACE if not hasattr(module, part)] == [], name
+    half = types.ModuleType("half_strategy")
+    half.STEP = STRATEGIES["label"].STEP
+    try:
+        add(half)
+    except TypeError as exc:
+        assert "half_strategy lacks reads_from, volume" in str(exc) and "estimate" in str(exc)
+    else:
+        raise AssertionError("add() took a module without the interface")
+
+
+def test_nothing_outside_strategies_reads_a_strategys_own_fields():
+    """A field one step model has and StepBase has not (demos, meta, rubric, vote, target...) is read only by its
+    strategy's module; the planner, estimate, report, card and training ask the strategy instead."""
+    from datagen.spec.models import STEP_MODELS, StepBase
+
+    own = {f for m in STEP_MODELS.values() for f in m.model_fields} - set(StepBase.model_fields) - {"strategy"}
+    own -= {"reasoning", "thinking"}  # a trace's options: the shared generation code reads them on any step
+    step = r"(?:step|step_spec|st\.spec|s\.spec|s)"
+    pattern = re.compile(rf'getattr\({step},\s*"(\w+)"|\b{step}\.(\w+)\b')
+    found = [f"{p.relative_to(ROOT)}:{i}: {line.strip()[:90]}" for p in sources("datagen/strategies/")
+             for i, line in enumerate(p.read_text().splitlines(), 1)
+             for m in pattern.finditer(line) if (m.group(1) or m.group(2)) in own]
+    assert found == []

@@ -1,7 +1,7 @@
 """`datagen push`: export, then create a dataset repository and upload the export in one commit.
 
 No Hub is reachable from the test machines, so `RecordingHfApi` below STANDS IN FOR THE HUGGING FACE HUB: it replaces
-`huggingface_hub.HfApi` inside datagen.push and records every call (repository id, type, privacy, and each file's
+`huggingface_hub.HfApi` inside datagen.publish.push and records every call (repository id, type, privacy, and each file's
 path in the repository and bytes). Everything up to huggingface_hub's API is the real code; the real
 `CommitOperationAdd`/`CommitOperationDelete` classes are used, so a missing local file would fail here too.
 """
@@ -14,7 +14,7 @@ import pytest
 from huggingface_hub import HfApi
 from typer.testing import CliRunner
 
-import datagen.push
+import datagen.publish.push
 from datagen.cli import app
 from tests.export_fixtures import SECRET, build_store, set_export
 
@@ -30,7 +30,7 @@ def real_signature_accepts(method: str, *args, **kwargs) -> None:
 class RecordingHfApi:
     """Stands in for the Hub: records what datagen asks huggingface_hub to do instead of sending it."""
 
-    instances: list["RecordingHfApi"] = []
+    instances: list[RecordingHfApi] = []
 
     def __init__(self, token=None, **kwargs):
         inspect.signature(HfApi.__init__).bind(None, token=token, **kwargs)
@@ -75,7 +75,7 @@ def spec(tmp_path_factory):
 @pytest.fixture
 def hub(monkeypatch):
     RecordingHfApi.instances = []
-    monkeypatch.setattr(datagen.push, "HfApi", RecordingHfApi)
+    monkeypatch.setattr(datagen.publish.push, "HfApi", RecordingHfApi)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     monkeypatch.setenv("TEACHER_API_KEY", SECRET)
     return RecordingHfApi

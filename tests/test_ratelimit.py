@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 from email.utils import format_datetime
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 
 import httpx
 
@@ -34,7 +34,7 @@ def send_greedily(limiter: RateLimiter, clock: Clock, sizes: list[int]) -> list[
 def max_in_window(sent: list[tuple[float, int]], window: float, weight: bool = False) -> float:
     """Most units in any half-open window (t - window, t] ending at a send (to the limiter's microsecond)."""
     best, i, total = 0.0, 0, 0.0
-    for j, (t, a) in enumerate(sent):
+    for t, a in sent:
         total += a if weight else 1
         while sent[i][0] <= t - window + 1e-6:
             total -= sent[i][1] if weight else 1
@@ -88,6 +88,6 @@ def test_retry_after_header_forms():
 
     assert _retry_after(resp("3")) == 3.0
     assert _retry_after(resp("0.5")) == 0.5
-    when = datetime.now(timezone.utc) + timedelta(seconds=30)
+    when = datetime.now(UTC) + timedelta(seconds=30)
     assert 25 <= _retry_after(resp(format_datetime(when, usegmt=True))) <= 31
     assert _retry_after(resp("soon")) is None and _retry_after(resp(None)) is None

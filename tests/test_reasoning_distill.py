@@ -85,7 +85,7 @@ def set_form(spec, form: str) -> None:
 def test_three_export_forms_load_with_datasets(example, tmp_path):
     from datasets import load_dataset
 
-    from datagen.export import export
+    from datagen.publish.export import export
 
     spec, _ = example
     traces = {r["solution"]: r["solution_reasoning"] for r in query(spec, "select * from curated")}

@@ -43,14 +43,14 @@ def test_budget_forcing_while_generating(tmp_path, bundled_model_path):
     for trace, tokens, closed in budget:
         assert closed and tokens == len(tok.encode(trace, add_special_tokens=False)) and 30 <= tokens <= 40
     assert any("Wait" in trace for trace, _, _ in budget)  # an early end below min_tokens became "Wait"
-    for trace, answer, tokens in cap:  # cut at the maximum, then the answer generated after the end marker
+    for trace, _answer, tokens in cap:  # cut at the maximum, then the answer generated after the end marker
         assert tokens == 8 == len(tok.encode(trace, add_special_tokens=False)) and "Wait" not in trace
 
 
 def test_transformers_teacher_forces_the_budget(bundled_model_path):
     from datagen.reasoning import Markers
     from datagen.teachers.base import GenOptions, GenRequest, Sampling, generate
-    from datagen.teachers.budget import Budget
+    from datagen.teachers.thinking import Budget
     from datagen.teachers.transformers_teacher import TransformersTeacher
 
     teacher = TransformersTeacher("t", bundled_model_path)

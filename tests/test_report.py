@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from datagen.cli import app
-from datagen.report import SECTIONS, build_html, _meta_for_step
+from datagen.publish.report import SECTIONS, build_html, _meta_for_step
 from datagen.spec.load import load_spec
 from datagen.api import plan as build_plan
 from datagen.store.connection import open_store
@@ -41,7 +41,7 @@ def add_curation_results(spec: Path) -> None:
         con.execute("CREATE TABLE IF NOT EXISTS _curated (row_id VARCHAR NOT NULL, rank INTEGER NOT NULL)")
         ids = [r[0] for r in con.execute("SELECT _id FROM solve ORDER BY _id").fetchall()]
         dropped_regex, dropped_dedup, selected = ids[:2], ids[2:5], ids[5:9]
-        for i, rid in enumerate(ids):
+        for rid in ids:
             con.execute("INSERT INTO decisions (row_id, stage, kept, reason, created_at) VALUES "
                         "(?, 'filter:regex', ?, ?, TIMESTAMP '2026-01-01 00:00:01')",
                         [rid, rid not in dropped_regex, "no final answer" if rid in dropped_regex else None])
@@ -76,7 +76,7 @@ def test_sections_say_why_they_are_empty(store):
     for title in SECTIONS:
         assert f"<h2>{title}</h2>" in page
     assert "No step in this spec scores rows" in page
-    assert "No curate step with meta-information" in page
+    assert "No meta step with meta-information" in page
     assert "No embeddings in this store" in page
     assert "this spec has no curation block" in page
 
@@ -107,9 +107,9 @@ def test_meta_coverage_is_a_heat_map_for_two_dimensions():
     con.execute("CREATE TABLE synthetic AS SELECT * FROM (VALUES ('a', 'fractions', 'easy'), "
                 "('b', 'fractions', 'easy'), ('c', 'fractions', 'hard'), ('d', 'percentages', 'easy')) "
                 "t(_id, topic, difficulty)")
-    step = SimpleNamespace(name="synthetic", spec=SimpleNamespace(
-        meta={"topic": SimpleNamespace(column="topic"), "difficulty": ["easy", "medium", "hard"]}))
-    html = _meta_for_step(con, step, selected={"a", "d"})
+    step = SimpleNamespace(name="synthetic")
+    listed = {"topic": [], "difficulty": ["easy", "medium", "hard"]}  # what meta.coverage_columns gives
+    html = _meta_for_step(con, step, listed, selected={"a", "d"})
     assert '<table class="heat">' in html
     cells = re.findall(r'<td[^>]*title="([^"]+)"[^>]*>([^<]*)</td>', html)
     assert ("fractions, easy: 2", "2 (1 sel.)") in cells
@@ -176,7 +176,7 @@ def test_default_report_path_is_beside_the_store(store):
 def test_judge_scores_histogram_and_unparsed_scores():
     import duckdb
 
-    from datagen.report import judge_scores
+    from datagen.publish.report import judge_scores
     from datagen.store.migrations import migrate
 
     con = duckdb.connect(":memory:")

@@ -1,5 +1,5 @@
 """Budget forcing on the real vLLM engine through `datagen sample`'s code, loading a student folder written by
-`save_student`. The forcing is the teachers' (datagen/teachers/budget.py); test_reasoning_vllm.py drives the same code
+`save_student`. The forcing is the teachers' (datagen/teachers/thinking.py); test_reasoning_vllm.py drives the same code
 while generating data."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from datagen.errors import UserError
-from datagen.teachers.budget import Budget
+from datagen.teachers.thinking import Budget
 from sft.sample import check_budget, open_engine, sample
 
 

@@ -5,7 +5,7 @@ The ids below were computed by the first implementation (json.dumps per row); an
 
 import datetime
 
-from datagen.sources import with_ids
+from datagen.sources.files import with_ids
 
 
 def test_source_ids_stay_what_existing_stores_hold():

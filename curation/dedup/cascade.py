@@ -1,6 +1,6 @@
 """Semantic dedup in two passes: a static model proposes candidate pairs, the torch model decides.
 
-The static model distilled from MiniLM (datagen/embed_static.py) embeds every row with about a fiftieth of
+The static model distilled from MiniLM (datagen/embed/static.py) embeds every row with about a fiftieth of
 MiniLM's CPU, but on its own similarity scale, so its verdicts differ from MiniLM's (measured in
 tests/bench/curation_levers.py). It is used here only to find the rows that could have a neighbour above the
 threshold: those with a static neighbour at or above `candidate_threshold(threshold)`. MiniLM then embeds those rows
@@ -14,7 +14,7 @@ later row is kept). On the benchmark's calibration rows every pair at or above 0
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -12,7 +12,7 @@ Memory stays linear in rows: no n-by-n matrix is ever built. Neighbours above th
   so ten minutes at a million.
 
 faiss was chosen over usearch because it gives exact range search (the flat index) and k-means (also used by
-selection) in one well-kept package. Vectors must be L2-normalised (datagen/embed.py does that), so inner product
+selection) in one well-kept package. Vectors must be L2-normalised (datagen/embed/encode.py does that), so inner product
 is cosine similarity.
 """
 

@@ -7,7 +7,8 @@ a repeated share, 1.0 for a verified answer), so `decisions` can be queried for 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from datagen.verdict import Verdict
 

@@ -10,7 +10,7 @@ the next run, and its row is kept meanwhile: a question is only dropped for an a
 from __future__ import annotations
 
 import hashlib
-from typing import Callable
+from collections.abc import Callable
 
 from datagen.answers import extract_answer, same_answer
 from datagen.keys import canonical
@@ -68,7 +68,7 @@ def _probe(con, loaded, name: str, teacher_spec, identity: dict, wanted: dict[st
     """key -> (text, error) for every wanted prompt, generating and storing those not answered successfully yet."""
     from datagen.store.reads import request_results
     from datagen.store.writes import insert_pending
-    from datagen.stream import Counts, generate
+    from datagen.pipeline.stream import Counts, generate
     from datagen.strategies.base import PlannedRequest
     from datagen.teachers import make_teacher
     from datagen.teachers.base import GenOptions, Sampling

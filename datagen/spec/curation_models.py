@@ -11,7 +11,7 @@ what a block says on its own.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -58,7 +58,7 @@ class LengthFilter(FilterBase):
     tokenizer: str = SMOLLM2
 
     @model_validator(mode="after")
-    def _bounds(self) -> "LengthFilter":
+    def _bounds(self) -> LengthFilter:
         if self.min_tokens is None and self.max_tokens is None:
             raise ValueError("a length filter needs min_tokens, max_tokens or both")
         if self.min_tokens is not None and self.max_tokens is not None and self.min_tokens > self.max_tokens:
@@ -81,7 +81,7 @@ class RegexFilter(FilterBase):
         return _check_regex(v, info.field_name)
 
     @model_validator(mode="after")
-    def _one(self) -> "RegexFilter":
+    def _one(self) -> RegexFilter:
         if self.must_match is None and self.must_not_match is None:
             raise ValueError("a regex filter needs must_match, must_not_match or both")
         return self
@@ -105,7 +105,7 @@ class ScoreFilter(FilterBase):
     max: float | None = None
 
     @model_validator(mode="after")
-    def _bounds(self) -> "ScoreFilter":
+    def _bounds(self) -> ScoreFilter:
         if self.min is None and self.max is None:
             raise ValueError("a score filter needs min, max or both")
         if self.min is not None and self.max is not None and self.min > self.max:
@@ -157,7 +157,7 @@ class ReasoningFilter(FilterBase):
     require_answer: bool = True
 
     @model_validator(mode="after")
-    def _bounds(self) -> "ReasoningFilter":
+    def _bounds(self) -> ReasoningFilter:
         if self.min_tokens is not None and self.max_tokens is not None and self.min_tokens > self.max_tokens:
             raise ValueError(f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})")
         return self
@@ -166,8 +166,7 @@ class ReasoningFilter(FilterBase):
 FILTER_TYPES = ("truncated", "length", "regex", "repetition", "score", "verify_math", "verify_code", "reasoning")
 
 FilterSpec = Annotated[
-    Union[TruncatedFilter, LengthFilter, RegexFilter, RepetitionFilter, ScoreFilter, VerifyMathFilter,
-          VerifyCodeFilter, ReasoningFilter],
+    TruncatedFilter | LengthFilter | RegexFilter | RepetitionFilter | ScoreFilter | VerifyMathFilter | VerifyCodeFilter | ReasoningFilter,
     Field(discriminator="type"),
 ]
 
@@ -224,7 +223,7 @@ class SemanticDedup(DedupBase):
 
 DEDUP_TYPES = ("exact", "minhash", "semantic")
 
-DedupSpec = Annotated[Union[ExactDedup, MinhashDedup, SemanticDedup], Field(discriminator="type")]
+DedupSpec = Annotated[ExactDedup | MinhashDedup | SemanticDedup, Field(discriminator="type")]
 
 
 # --- selection -------------------------------------------------------------------------------------------------
@@ -249,7 +248,7 @@ class DifficultySpec(Model):
     max_tokens: int = Field(512, ge=1)
 
     @model_validator(mode="after")
-    def _student(self) -> "DifficultySpec":
+    def _student(self) -> DifficultySpec:
         if self.by == "student":
             for key in ("question", "reference"):
                 if getattr(self, key) is None:
@@ -280,7 +279,7 @@ class DiversitySpec(Model):
     backend: Literal["torch", "static"] = "torch"
 
     @model_validator(mode="after")
-    def _shape(self) -> "DiversitySpec":
+    def _shape(self) -> DiversitySpec:
         if self.method == "kcenter":
             if self.column is None:
                 raise ValueError("kcenter needs `column`: the text to embed (e.g. column: question)")

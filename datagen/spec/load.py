@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,10 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from datagen.errors import UserError
-from datagen.spec.models import Spec
+from datagen.spec.models import STEP_MODELS, Spec, spec_model
 from datagen.spec.yaml_loader import PositionedDoc, format_loc, load_yaml, load_yaml_text
+
+UNIONS = (typing.Union, types.UnionType)  # `Union[A, B]` and `A | B`
 
 
 class LoadedSpec:
@@ -29,7 +32,7 @@ class LoadedSpec:
         self.warnings = warnings or []  # deprecated spellings that still work, each with the fix
         self.limit: int | None = None
 
-    def with_limit(self, limit: int | None) -> "LoadedSpec":
+    def with_limit(self, limit: int | None) -> LoadedSpec:
         if limit is not None and limit < 1:
             raise UserError(f"--limit must be at least 1, got {limit}")
         copy = LoadedSpec(self.spec, self.doc, self.warnings, self.dir)
@@ -90,7 +93,7 @@ def validate_doc(doc: PositionedDoc, base_dir: Path | None = None) -> LoadedSpec
         raise UserError(f"a spec is a mapping of keys (name, teachers, sources, steps, ...), got a "
                         f"{type(doc.data).__name__}{doc.at(())}")
     try:
-        spec = Spec.model_validate(doc.data)
+        spec = spec_model().model_validate(doc.data)
     except ValidationError as exc:
         lines = [_describe(err, doc) for err in exc.errors()[:10]]
         more = len(exc.errors()) - 10
@@ -141,13 +144,14 @@ def _describe(err: dict, doc: PositionedDoc) -> str:
         msg = f"`{loc[-1]}` is required here; add it"
     elif kind == "union_tag_not_found":
         tag = err.get("ctx", {}).get("discriminator", "").strip("'")
-        choices = "vllm, openai, transformers" if tag == "backend" else "label, expand, meta, judge, self"
+        choices = "vllm, openai, transformers" if tag == "backend" else ", ".join(STEP_MODELS)
         msg = f"`{tag}` is required here: one of {choices}"
     elif kind == "union_tag_invalid":
         ctx = err.get("ctx", {})
         tag = ctx.get("discriminator", "tag").strip("'")
         loc = loc + (tag,)
-        msg = f"{ctx.get('tag')!r} is not one of {ctx.get('expected_tags')}"
+        known = ", ".join(STEP_MODELS) if tag == "strategy" else ctx.get("expected_tags")
+        msg = f"{ctx.get('tag')!r} is not one of {known}"
     elif msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     elif kind.endswith(("_type", "_parsing")) or kind.startswith(("greater", "less", "literal")):
@@ -164,7 +168,7 @@ def _short(value: Any) -> str:
 
 def _allowed_keys(loc: tuple) -> list[str]:
     """Field names of the model at a pydantic loc, for did-you-mean hints (best effort)."""
-    tp: Any = Spec
+    tp: Any = spec_model()
     for part in loc:
         tp = _step_into(tp, part)
         if tp is None:
@@ -187,7 +191,7 @@ def _step_into(tp: Any, part: Any) -> Any:
         return args[0] if args else None
     if origin is dict:
         return args[1] if len(args) == 2 else None
-    if origin is typing.Union:
+    if origin in UNIONS:
         for arg in args:
             arg = _unwrap(arg)
             if isinstance(arg, type) and issubclass(arg, BaseModel):
@@ -205,7 +209,7 @@ def _step_into(tp: Any, part: Any) -> Any:
 def _unwrap(tp: Any) -> Any:
     while typing.get_origin(tp) is typing.Annotated:
         tp = typing.get_args(tp)[0]
-    if typing.get_origin(tp) is typing.Union:
+    if typing.get_origin(tp) in UNIONS:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if len(args) == 1:
             return _unwrap(args[0])

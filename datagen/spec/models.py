@@ -6,10 +6,12 @@ correctly; the plan (datagen/spec/plan.py) then refuses it with "not supported y
 
 from __future__ import annotations
 
+import functools
 import re
-from typing import Annotated, Any, Literal, Union
+import typing
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from datagen.spec.cost_models import BatchSpec, BudgetSpec, PriceSpec
 from datagen.spec.reasoning_models import ExtraBody, ReasoningSpec, ThinkingSpec
@@ -128,7 +130,7 @@ class OpenAITeacherSpec(Model):
         return v.rstrip("/")
 
     @model_validator(mode="after")
-    def _one_batch_api(self) -> "OpenAITeacherSpec":
+    def _one_batch_api(self) -> OpenAITeacherSpec:
         if self.batch.enabled and isinstance(self.base_url, list):
             raise ValueError("batch mode sends every request to one provider's batch API: give one base_url, or "
                              "set batch.enabled: false to share the requests among several servers")
@@ -155,7 +157,7 @@ class TransformersTeacherSpec(Model):
 
 
 TeacherSpec = Annotated[
-    Union[VLLMTeacherSpec, OpenAITeacherSpec, TransformersTeacherSpec], Field(discriminator="backend")
+    VLLMTeacherSpec | OpenAITeacherSpec | TransformersTeacherSpec, Field(discriminator="backend")
 ]
 
 
@@ -174,7 +176,7 @@ class SourceSpec(Model):
     limit: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
-    def _one_kind(self) -> "SourceSpec":
+    def _one_kind(self) -> SourceSpec:
         given = [k for k in ("path", "inline", "query", "dataset") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"a source needs exactly one of path, inline, query or dataset; got {given or 'none'}")
@@ -202,7 +204,7 @@ class DemosSpec(Model):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     @model_validator(mode="after")
-    def _turns(self) -> "DemosSpec":
+    def _turns(self) -> DemosSpec:
         if self.as_ == "turns" and not self.assistant:
             raise ValueError("demos with `as: turns` need `assistant`: the demo column that is the assistant's turn")
         return self
@@ -292,7 +294,7 @@ class MetaColumnSpec(Model):
 class MetaStep(StepBase):
     strategy: Literal["meta", "curate"]  # `curate` is the old name, read as `meta` (the loader warns)
     prompt: str
-    meta: dict[str, Union[list[Any], MetaColumnSpec]]
+    meta: dict[str, list[Any] | MetaColumnSpec]
     combine: Literal["product", "sample"] = "product"
     count: int | None = Field(None, ge=1)
     per_combination: int = Field(1, ge=1)
@@ -323,7 +325,7 @@ class JudgeStep(StepBase):
     verdict_format: Literal["text", "json"] | None = None
 
     @model_validator(mode="after")
-    def _modes(self) -> "JudgeStep":
+    def _modes(self) -> JudgeStep:
         if self.revise and self.verdict_format == "json":
             raise ValueError("a revision is the corrected answer as text; remove `verdict_format: json`")
         if self.scale[0] >= self.scale[1]:
@@ -351,7 +353,7 @@ class SelfStep(StepBase):
     thinking: ThinkingSpec | None = None
 
     @model_validator(mode="after")
-    def _reference(self) -> "SelfStep":
+    def _reference(self) -> SelfStep:
         if self.keep == "verified" and not self.reference:
             raise ValueError("`keep: verified` needs `reference`: the input column with the reference answer "
                              "(e.g. reference: answer)")
@@ -364,8 +366,33 @@ class SelfStep(StepBase):
 
 
 StepSpec = Annotated[
-    Union[LabelStep, ExpandStep, MetaStep, JudgeStep, SelfStep], Field(discriminator="strategy")
+    LabelStep | ExpandStep | MetaStep | JudgeStep | SelfStep, Field(discriminator="strategy")
 ]
+
+# --- the registry of step models -------------------------------------------------------------------------------
+# The spec layer cannot import the strategies (they sit above it), so a strategy's step model is registered here:
+# the built-in ones below, any other by `strategies.add(module)` when the strategies package is imported (the api
+# imports it before it reads a spec). `spec_model()` is the Spec whose `steps` take every registered model, and the
+# unknown-strategy message lists `STEP_MODELS`.
+
+STEP_MODELS: dict[str, type[StepBase]] = {"label": LabelStep, "expand": ExpandStep, "meta": MetaStep,
+                                          "judge": JudgeStep, "self": SelfStep}
+
+
+def register_step(model: type[StepBase]) -> None:
+    """Make `model` a step of the spec language, under the first value of its `strategy: Literal[...]` (later
+    values are old spellings it also accepts)."""
+    field = model.model_fields.get("strategy") if isinstance(model, type) and issubclass(model, StepBase) else None
+    names = typing.get_args(field.annotation) if field is not None else ()
+    if not names:
+        raise TypeError(f"{model!r} is not a step model: subclass spec.models.StepBase and give it a "
+                        "`strategy: Literal[\"name\"]` field")
+    if STEP_MODELS.get(names[0], model) is not model:
+        raise TypeError(f"strategy `{names[0]}` is already registered by {STEP_MODELS[names[0]].__name__}")
+    if STEP_MODELS.get(names[0]) is not model:
+        STEP_MODELS[names[0]] = model
+        spec_model.cache_clear()
+
 
 
 # --- curation, export, train -----------------------------------------------------------------------------------
@@ -442,7 +469,7 @@ class EvalSpec(Model):
     verify: Literal["auto", "math", "none"] = "auto"  # how greedy answers are judged (specs/train.md)
 
     @model_validator(mode="after")
-    def _source(self) -> "EvalSpec":
+    def _source(self) -> EvalSpec:
         if self.source is not None and (self.prompt is None or self.reference is None):
             raise ValueError("eval.source needs `prompt: COLUMN` and `reference: COLUMN` (the source's question "
                              "and reference-answer columns)")
@@ -475,7 +502,7 @@ class TrainSpec(Model):
     chat_template: str | None = None  # a Jinja file that replaces the student's chat template
 
     @model_validator(mode="after")
-    def _layers(self) -> "TrainSpec":
+    def _layers(self) -> TrainSpec:
         if self.keep_layers is not None:
             if self.init != "truncate":
                 raise ValueError("keep_layers only applies with `init: truncate`; add it or remove keep_layers")
@@ -518,7 +545,7 @@ class Spec(Model):
         return v
 
     @model_validator(mode="after")
-    def _generates_or_curates(self) -> "Spec":
+    def _generates_or_curates(self) -> Spec:
         """Steps need teachers; a spec without steps curates data the user has: sources plus a block that uses
         them (curation, export or train)."""
         if self.steps and not self.teachers:
@@ -531,3 +558,13 @@ class Spec(Model):
                 raise ValueError("a spec without steps curates the data it has: add a `curation:` block (or "
                                  "`export:`/`train:`) that reads a source")
         return self
+
+
+@functools.cache
+def spec_model() -> type[Spec]:
+    """`Spec`, with `steps` taking every registered step model (the built-in ones are `Spec`'s own)."""
+    models = tuple(STEP_MODELS.values())
+    if set(models) == set(typing.get_args(typing.get_args(StepSpec)[0])):
+        return Spec
+    steps = Annotated[models, Field(discriminator="strategy")]  # type: ignore[valid-type]
+    return create_model("Spec", __base__=Spec, steps=(list[steps], []))

@@ -1,6 +1,6 @@
 """The plan's types: the spec resolved into ordered steps, and the checks each strategy's planning uses.
 
-`datagen/planner.py` builds a Plan; every strategy plans its own steps (`plan` in its module) with the helpers here.
+`datagen/pipeline/planner.py` builds a Plan; every strategy plans its own steps (`plan` in its module) with the helpers here.
 Column names are worked out on an in-memory DuckDB "shape" database, so `query` sources are checked by DuckDB itself
 and no torch or vllm is imported.
 """
@@ -23,6 +23,19 @@ DEFAULT_SAMPLING = {"temperature": 0.7, "top_p": 1.0, "max_tokens": 512}
 
 
 @dataclass
+class Volume:
+    """At most how many rows a source or step holds: `inputs` inputs with at most `per_input` rows each (the
+    samples of one input). A strategy's `volume` gives its step's, for the plan (`max_rows`) and the estimate."""
+
+    inputs: int
+    per_input: int = 1
+
+    @property
+    def rows(self) -> int:
+        return self.inputs * self.per_input
+
+
+@dataclass
 class PlannedStep:
     spec: Any  # LabelStep, ExpandStep, MetaStep, JudgeStep, SelfStep
     index: int
@@ -34,11 +47,15 @@ class PlannedStep:
     output_is_text: bool = True  # False when the output column is parsed from the reply (a judge's score)
     makes_pairs: bool = False  # the step builds preference pairs (the `pairs` table)
     score_scale: tuple[float, float] | None = None  # the output is a score on this scale (a judge's)
-    max_rows: int | None = None  # the most rows the step's view can hold, where the plan can tell (else None)
+    volume: Volume | None = None  # the most rows the step's view can hold, where the plan can tell (its strategy's)
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def max_rows(self) -> int | None:
+        return self.volume.rows if self.volume is not None else None
 
     @property
     def columns(self) -> list[str]:
@@ -67,12 +84,16 @@ class Plan:
     def step(self, name: str) -> PlannedStep:
         return next(s for s in self.steps if s.name == name)
 
-    def max_rows(self, name: str | None) -> int | None:
-        """The most rows a source or step can have, where the plan knows it (a query source: unknown)."""
+    def volume_of(self, name: str | None) -> Volume | None:
+        """The most rows a source or planned step can have, where the plan knows it (a query source: unknown)."""
         if name in self.source_rows:
-            return len(self.source_rows[name])
+            return Volume(len(self.source_rows[name]))
         found = [s for s in self.steps if s.name == name]
-        return found[0].max_rows if found else None
+        return found[0].volume if found else None
+
+    def max_rows(self, name: str | None) -> int | None:
+        volume = self.volume_of(name)
+        return volume.rows if volume is not None else None
 
 
 def effective_sampling(teacher_sampling: SamplingSpec, step_sampling: SamplingSpec | None) -> dict:
@@ -150,8 +171,7 @@ def check_template(loaded: LoadedSpec, loc: tuple, source: str, available: set[s
                                 f"does not have; its columns: {cols}")
 
 
-def refuse_include_generated(loaded: LoadedSpec, loc: tuple, step) -> None:
-    demos = getattr(step, "demos", None)
+def refuse_include_generated(loaded: LoadedSpec, loc: tuple, demos) -> None:
     if demos is not None and demos.include_generated:
         raise loaded.error(loc + ("demos", "include_generated"),
                            "include_generated only applies to `strategy: expand`; remove it")

@@ -22,7 +22,7 @@ class ReasoningSpec(Model):
     end: str = Field("</think>", min_length=1)
 
     @model_validator(mode="after")
-    def _distinct(self) -> "ReasoningSpec":
+    def _distinct(self) -> ReasoningSpec:
         if self.start == self.end:
             raise ValueError(f"reasoning start and end markers must differ, both are {self.start!r}")
         return self
@@ -37,7 +37,7 @@ class ThinkingSpec(Model):
     final: str = "\nFinal answer:"
 
     @model_validator(mode="after")
-    def _bounds(self) -> "ThinkingSpec":
+    def _bounds(self) -> ThinkingSpec:
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
             raise ValueError(f"thinking.min_tokens ({self.min_tokens}) must not exceed thinking.max_tokens "
                              f"({self.max_tokens})")
@@ -98,5 +98,3 @@ def check_step(loaded, i: int, step, teacher_names: list[str]) -> None:
     if step.logprobs:
         raise loaded.error(at, "thinking builds each reply from several generations, so its logprobs would not be "
                                "one sequence's; remove `logprobs` or `thinking`")
-    if getattr(step, "response_format", None) is not None:
-        raise loaded.error(at, "thinking and response_format together are not supported; remove one")

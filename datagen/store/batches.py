@@ -9,7 +9,7 @@ when the run was killed is still open, and the next run reads its output again.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import duckdb
 

@@ -10,7 +10,7 @@ a replayed step writes the same verdicts again.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 
 import duckdb
 
@@ -29,7 +29,7 @@ def _decision_table(decisions: list[tuple[str, str, Verdict]], owner: str):
     min(created_at) gives the order the stages ran even though one transaction has one current_timestamp."""
     import pyarrow as pa
 
-    start = datetime.now(timezone.utc).replace(tzinfo=None)
+    start = datetime.now(UTC).replace(tzinfo=None)
     order: dict[str, int] = {}
     for stage, _, _ in decisions:
         order.setdefault(stage, len(order))

@@ -1,6 +1,6 @@
 """The `embeddings` table: sentence vectors kept across curation runs, keyed by model identity and text hash.
 
-Plain functions over a DuckDB connection; datagen/embed.py decides what to embed and calls these to read and write.
+Plain functions over a DuckDB connection; datagen/embed/encode.py decides what to embed and calls these to read and write.
 Vectors move as Arrow arrays in both directions (no Python object per value): at a million rows the per-row cost
 of anything else dominates. Reads stream in record batches into one preallocated matrix, so reading n vectors
 holds about one copy of them, not three.

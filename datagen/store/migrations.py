@@ -5,7 +5,7 @@ Never edit a migration that has shipped: add a new one at the end of MIGRATIONS.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import duckdb
 

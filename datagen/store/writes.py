@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any
 
 import duckdb
@@ -32,7 +32,7 @@ class BatchResult:
         self.outputs.append({
             "_id": rid, "key": req.key, "step": req.step, "_parent_id": req.parent_id,
             "_sample_index": req.sample_index, "_teacher": teacher, "_finish_reason": sample.finish_reason,
-            "_created_at": datetime.now(timezone.utc).replace(tzinfo=None), "text": sample.text,
+            "_created_at": datetime.now(UTC).replace(tzinfo=None), "text": sample.text,
             "fields": json.dumps(fields, ensure_ascii=False) if fields else None,
         })
         if req.parent_id is not None:

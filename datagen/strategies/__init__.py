@@ -1,21 +1,37 @@
 """Strategies: the ways of getting knowledge from a teacher (DESIGN.md section 2), one module each.
 
 `STRATEGIES` is the whole mechanism: the spec's `strategy` value -> the module that implements base.Strategy.
-A new strategy is its own module and one line here.
+A new strategy is its own module and one `add(...)` line here (CONTRIBUTING.md, "Adding a strategy").
 """
 
 from __future__ import annotations
 
-from datagen.strategies import expand, judge, label, meta, self_consistency
-from datagen.strategies.base import Strategy
+import typing
+from types import ModuleType
 
-STRATEGIES: dict[str, Strategy] = {
-    "label": label,
-    "expand": expand,
-    "meta": meta,
-    "judge": judge,
-    "self": self_consistency,
-}
+from datagen.spec.models import register_step
+from datagen.strategies import expand, judge, label, meta, self_consistency
+from datagen.strategies.base import INTERFACE, Strategy
+
+STRATEGIES: dict[str, Strategy] = {}
+
+
+def add(module: ModuleType) -> None:
+    """Register a strategy module: its `STEP` model joins the spec language under its `strategy` name."""
+    missing = [name for name in INTERFACE if not hasattr(module, name)]
+    if missing:
+        raise TypeError(f"strategy module {module.__name__} lacks {', '.join(missing)} (strategies/base.py, "
+                        "class Strategy, says what each does)")
+    register_step(module.STEP)
+    name = typing.get_args(module.STEP.model_fields["strategy"].annotation)[0]
+    STRATEGIES[name] = module  # type: ignore[assignment]
+
+
+add(label)
+add(expand)
+add(meta)
+add(judge)
+add(self_consistency)
 
 
 def strategy_of(step) -> Strategy:

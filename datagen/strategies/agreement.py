@@ -52,7 +52,7 @@ def extract(pattern: re.Pattern, text) -> str | None:
     if text is None:
         return None
     last = None
-    for last in pattern.finditer(str(text)):
+    for last in pattern.finditer(str(text)):  # noqa: B007  the loop keeps the last match
         pass
     if last is None:
         return None

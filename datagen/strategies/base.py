@@ -1,19 +1,27 @@
-"""The one interface every strategy implements, each in its own module (see specs/README.md "Adding a strategy").
+"""The one interface every strategy implements, each in its own module (CONTRIBUTING.md, "Adding a strategy").
 
-A strategy module defines the functions of `Strategy` below. The run loop, the planner, status, the card and the
-report look the module up in `STRATEGIES` (strategies/__init__.py) by the spec's `strategy` value and never branch
-on its name. What a strategy does to the store goes through the store's functions; it writes no SQL.
+A strategy module defines `STEP` (its step's pydantic model) and the functions of `Strategy` below;
+`strategies/__init__.py` registers it with one `add(module)` line, which checks that nothing is missing and
+registers `STEP` with the spec language (`spec.models.register_step`: the spec's union of step models and its
+unknown-strategy message come from that registry). The run loop, the planner, the estimate, status, the card, the
+report and training look the module up by the spec's `strategy` value and never branch on its name or read a
+strategy's own fields: what a step reads, how many rows it makes, its prompt templates and its card notes all come
+from here. What a strategy does to the store goes through the store's functions; it writes no SQL.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
+from collections.abc import Callable, Iterator
 
 import duckdb
 
 from datagen.spec.load import LoadedSpec
-from datagen.spec.plan import Plan, PlannedStep
+from datagen.spec.plan import Plan, PlannedStep, Volume
+
+__all__ = ["Job", "PlannedRequest", "Round", "RowPrompt", "StepEstimate", "Strategy", "TeacherSetup", "Volume",
+           "input_and_demos", "spread"]
 
 
 @dataclass
@@ -63,22 +71,8 @@ class Job:
 
 
 @dataclass
-class Volume:
-    """At most how many rows a source or step holds: `inputs` inputs with at most `per_input` rows each (the
-    samples of one input), for the plan's cost estimate."""
-
-    inputs: int
-    per_input: int = 1
-
-    @property
-    def rows(self) -> int:
-        return self.inputs * self.per_input
-
-
-@dataclass
 class StepEstimate:
     requests: int  # at most this many requests for each of the step's teachers
-    volume: Volume  # at most this many rows in the step's view (what a later step reads)
     # some of its prompts, rendered, each standing for an equal share of the requests; empty when its inputs are
     # only known once earlier steps have run
     prompts: list[list[dict[str, str]]] = field(default_factory=list)
@@ -94,12 +88,49 @@ def spread(rows: list, limit: int = ESTIMATE_PROMPTS) -> list:
     return [rows[i * len(rows) // limit] for i in range(limit)]
 
 
+@dataclass
+class RowPrompt:
+    """How a step puts one input row to its teacher, for rendering other rows the same way (`train.eval.source`)."""
+
+    system: str | None
+    prompt: str
+    demos_as: str | None  # "turns", "variable", or None without demos
+
+
+def input_and_demos(step) -> list[tuple[str, tuple]]:
+    """`reads_from` of a step with an `input` and optional `demos` (label, self)."""
+    out = [(step.input, ("input",))]
+    if getattr(step, "demos", None) is not None:
+        out.append((step.demos.from_, ("demos", "from")))
+    return out
+
+
 class Strategy(Protocol):
+    STEP: type  # the step's pydantic model (a subclass of spec.models.StepBase with `strategy: Literal[...]`)
+
+    def reads_from(self, step) -> list[tuple[str, tuple]]:
+        """The sources and earlier steps the step reads, each with the key path under the step that names it (for
+        error positions); the one under ("input",) is the step's input, what `run --limit` cuts."""
+
+    def volume(self, step, teachers: int, volume_of: Callable[[str], Volume | None]) -> Volume | None:
+        """At most how many rows the step's view holds, given the most each relation it reads holds (`volume_of`;
+        None where unknown) and its number of teachers. The plan (`max_rows`) and the estimate both use it."""
+
+    def template_texts(self, step) -> list[str]:
+        """The step's own template texts (system, prompt, rubric...), for estimating prompts not known yet."""
+
+    def coverage_columns(self, step) -> dict[str, list[str]]:
+        """Columns whose values the step spreads on purpose (meta dimensions), each with the values the spec lists
+        (empty where only the rows know them): the report charts their coverage."""
+
+    def row_prompt(self, step) -> RowPrompt | None:
+        """How it renders an input row, where it does (None: it makes its own inputs or reads other steps' rows)."""
+
     def plan(self, loaded: LoadedSpec, plan: Plan, shape: duckdb.DuckDBPyConnection, i: int, step
              ) -> PlannedStep:
         """Check the step against the spec and the shapes of what it reads; say what its rows and view will be."""
 
-    def describe(self, st: PlannedStep) -> str:
+    def plan_line(self, st: PlannedStep) -> str:
         """What the step reads, for the plan's line about it ("problems", "from seeds (target 300, ...)")."""
 
     def rounds(self, job: Job) -> Iterator[Round]:
@@ -123,6 +154,11 @@ class Strategy(Protocol):
         """A few words each about how the step made its rows, for the dataset card."""
 
     def estimate(self, job: Job, volume_of: Callable[[str], Volume]) -> StepEstimate:
-        """The most requests the step can send and rows it can make, given the most rows each relation it reads can
-        hold (`volume_of`), with some of its prompts where its inputs are known before the run. `job.con` is a
-        scratch store holding the sources (steps are empty there)."""
+        """The most requests the step can send for each teacher, given the most rows each relation it reads can hold
+        (`volume_of`), with some of its prompts where its inputs are known before the run. `job.con` is a scratch
+        store holding the sources (steps are empty there)."""
+
+
+# what `add` checks a strategy module defines (strategies/__init__.py); the test suite checks this list is complete
+INTERFACE = ("STEP", "reads_from", "volume", "template_texts", "coverage_columns", "row_prompt", "plan", "plan_line",
+             "rounds", "json_schema", "parse", "finish", "status_lines", "card_notes", "estimate")

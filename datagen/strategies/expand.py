@@ -15,7 +15,7 @@ every later round's prompts); later rounds ask for what it did not bring.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from datagen.errors import UserError
 from datagen.keys import logprobs_key, request_key
@@ -29,6 +29,29 @@ from datagen.strategies.base import Job, PlannedRequest, Round, StepEstimate, Vo
 from datagen.strategies.novelty import NoveltyIndex
 from datagen.templates import TemplateFailed
 from datagen.verdict import Verdict
+
+STEP = ExpandStep
+
+
+def reads_from(step: ExpandStep) -> list[tuple[str, tuple]]:
+    return [(step.demos.from_, ("demos", "from"))]
+
+
+def volume(step: ExpandStep, teachers: int, volume_of) -> Volume:
+    """The view holds at most `target` accepted items."""
+    return Volume(step.target)
+
+
+def template_texts(step: ExpandStep) -> list[str]:
+    return [t for t in (step.system, step.prompt) if t]
+
+
+def coverage_columns(step) -> dict[str, list[str]]:
+    return {}
+
+
+def row_prompt(step) -> None:
+    return None  # it makes its own inputs
 
 
 def plan(loaded, plan, shape, i: int, step: ExpandStep) -> PlannedStep:
@@ -71,12 +94,10 @@ def plan(loaded, plan, shape, i: int, step: ExpandStep) -> PlannedStep:
     produced = produced_columns(loaded, loc, step.output, None)
     # the view holds the accepted candidates of the current spec's rounds
     view = step_view(step, None, [], produced, decisions=step.name, kept_only=True)
-    planned = PlannedStep(step, i, None, [], produced, names, view)
-    planned.max_rows = step.target
-    return planned
+    return PlannedStep(step, i, None, [], produced, names, view)
 
 
-def describe(st: PlannedStep) -> str:
+def plan_line(st: PlannedStep) -> str:
     s = st.spec
     return f"from {s.demos.from_} (target {s.target}, at most {s.max_rounds} rounds)"
 
@@ -88,7 +109,7 @@ def estimate(job: Job, volume_of) -> StepEstimate:
     per_round = min(step.batch, step.target)
     pool = reads.rows(job.con, step.demos.from_)
     prompts = [r.messages for r in build_round(step, 0, per_round, 0, pool, job.seed, "", {}, {})] if pool else []
-    return StepEstimate(step.max_rounds * per_round, Volume(step.target), prompts)
+    return StepEstimate(step.max_rounds * per_round, prompts)
 
 
 def build_round(step: ExpandStep, round_no: int, count: int, first_index: int, pool: list[dict], seed: int,
@@ -164,7 +185,7 @@ def card_notes(step: ExpandStep) -> list[str]:
     checks = [f"ROUGE-L < {nov.max_rouge_l}" if nov and nov.max_rouge_l else "",
               f"cosine < {nov.max_cosine}" if nov and nov.max_cosine else ""]
     kept = " and ".join(c for c in checks if c) or "not an exact duplicate"
-    return [f"self-instruct expansion to {step.target} new items (kept when {kept})"]
+    return label.input_notes(step) + [f"self-instruct expansion to {step.target} new items (kept when {kept})"]
 
 
 def existing_items(con, plan: Plan, step: ExpandStep, pool: list[dict], log: Callable[[str], None]) -> NoveltyIndex:
@@ -173,7 +194,7 @@ def existing_items(con, plan: Plan, step: ExpandStep, pool: list[dict], log: Cal
     column = (nov.column if nov and nov.column else None) or step.output
     embed = None
     if nov is not None and nov.max_cosine is not None:
-        from datagen.embed import embed as embed_texts
+        from datagen.embed.encode import embed as embed_texts
 
         def embed(texts: list[str], ids: list[str]):
             return embed_texts(con, texts, ids, nov.model, plan.loaded.dir, log)

@@ -32,6 +32,33 @@ from datagen.strategies import pairs
 from datagen.strategies.base import Job, PlannedRequest, Round, StepEstimate, Volume
 from datagen.strategies.label import public
 
+STEP = JudgeStep
+
+
+def reads_from(step: JudgeStep) -> list[tuple[str, tuple]]:
+    return [(step.input, ("input",))]
+
+
+def volume(step: JudgeStep, teachers: int, volume_of) -> Volume | None:
+    """`n` verdicts per judged row; pairwise, per ordered pair of rows of one input (both orders)."""
+    up = volume_of(step.input)
+    if up is None:
+        return None
+    per_input = up.per_input * (up.per_input - 1) if step.pairwise else up.per_input
+    return Volume(up.inputs, per_input * step.n)
+
+
+def template_texts(step: JudgeStep) -> list[str]:
+    return [t for t in (step.system, step.prompt, step.rubric) if t]
+
+
+def coverage_columns(step) -> dict[str, list[str]]:
+    return {}
+
+
+def row_prompt(step) -> None:
+    return None  # it shows other steps' answers, not an input row alone
+
 JUDGE_VARIABLES = {"rubric", "task", "response", "low", "high"}
 PAIRWISE_VARIABLES = {"rubric", "task", "response_a", "response_b"}
 
@@ -71,9 +98,6 @@ def plan(loaded, plan, shape, i: int, step: JudgeStep) -> PlannedStep:
                           makes_pairs=step.pairs is not None or step.revise)
     if not step.pairwise and not step.revise:
         planned.score_scale = tuple(step.scale)
-    judged_rows = plan.max_rows(step.input)
-    if judged_rows is not None and not step.pairwise:
-        planned.max_rows = judged_rows * step.n
     return planned
 
 
@@ -88,7 +112,7 @@ def produced_columns(step: JudgeStep) -> dict[str, str]:
     return {out: "DOUBLE", f"{out}_reason": "VARCHAR"}
 
 
-def describe(st: PlannedStep) -> str:
+def plan_line(st: PlannedStep) -> str:
     return st.input
 
 
@@ -103,11 +127,7 @@ def rounds(job: Job):
 def estimate(job: Job, volume_of) -> StepEstimate:
     """A judge reads an earlier step, so its prompts are known only once that step has run; pairwise, every two
     rows of one input in both orders."""
-    step = job.step
-    up = volume_of(step.input)
-    per_input = up.per_input * (up.per_input - 1) if step.pairwise else up.per_input
-    requests = up.inputs * per_input * step.n
-    return StepEstimate(requests, Volume(up.inputs, per_input * step.n))
+    return StepEstimate(volume(job.step, len(job.teachers), volume_of).rows, [])
 
 
 def finish(job: Job) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 from datagen import reasoning, templates
 from datagen.keys import logprobs_key, request_key
@@ -21,17 +22,42 @@ from datagen.spec.plan import (PlannedStep, check_template, columns_of, produced
 from datagen.spec.reasoning_models import markers_of
 from datagen.store import reads
 from datagen.strategies import agreement
-from datagen.strategies.base import Job, PlannedRequest, Round, StepEstimate, Volume, spread
+from datagen.strategies.base import (Job, PlannedRequest, Round, RowPrompt, StepEstimate, Volume, input_and_demos,
+                                     spread)
+
+STEP = LabelStep
 
 
 # --- plan -----------------------------------------------------------------------------------------------------
 
 
+def reads_from(step) -> list[tuple[str, tuple]]:
+    return input_and_demos(step)
+
+
+def volume(step: LabelStep, teachers: int, volume_of) -> Volume | None:
+    """Every input row gets `n` samples from every teacher; a majority vote keeps one row per input."""
+    up = volume_of(step.input)
+    if up is None:
+        return None
+    return Volume(up.rows, 1 if step.vote == "majority" else step.n * teachers)
+
+
+def template_texts(step) -> list[str]:
+    return [t for t in (step.system, step.prompt) if t]
+
+
+def coverage_columns(step) -> dict[str, list[str]]:
+    return {}
+
+
+def row_prompt(step) -> RowPrompt | None:
+    demos = getattr(step, "demos", None)
+    return RowPrompt(step.system, step.prompt, demos.as_ if demos is not None else None)
+
+
 def plan(loaded, plan, shape, i: int, step: LabelStep) -> PlannedStep:
     planned = plan_rows(loaded, shape, i, step, several_teachers=True)
-    inputs = plan.max_rows(step.input)
-    if inputs is not None:
-        planned.max_rows = inputs if step.vote == "majority" else inputs * step.n * len(planned.teachers)
     if step.agreement is not None or step.vote is not None:
         loc = ("steps", i)
         planned.produced.update(agreement.plan_agreement(loaded, loc, step, planned.input_columns, planned.produced,
@@ -44,7 +70,8 @@ def plan(loaded, plan, shape, i: int, step: LabelStep) -> PlannedStep:
 def plan_rows(loaded, shape, i: int, step, several_teachers: bool = False) -> PlannedStep:
     """The checks of a step that answers the rows of its input with a prompt (label, and self)."""
     loc = ("steps", i)
-    refuse_include_generated(loaded, loc, step)
+    demos = getattr(step, "demos", None)
+    refuse_include_generated(loaded, loc, demos)
     names = step_teachers(loaded, loc, step, several=several_teachers)
     input_cols = columns_of(shape, step.input)
     fmt = getattr(step, "response_format", None)
@@ -60,26 +87,28 @@ def plan_rows(loaded, shape, i: int, step, several_teachers: bool = False) -> Pl
             where = loc + ("output",) if col == step.output else loc + ("response_format",)
             raise loaded.error(where, f"produced column `{col}` clashes with a column `{step.input}` already has; "
                                       "choose another name")
+    if fmt is not None and getattr(step, "thinking", None) is not None:
+        raise loaded.error(loc + ("thinking",), "thinking and response_format together are not supported; remove one")
     if fmt is not None and any(loaded.spec.teachers[t].backend == "transformers" for t in names):
         raise loaded.error(loc + ("response_format",), "structured output needs a `vllm` or `openai` teacher")
-    context = set(input_cols) | {"demos"} if (step.demos and step.demos.as_ == "variable") else set(input_cols)
+    context = set(input_cols) | {"demos"} if (demos and demos.as_ == "variable") else set(input_cols)
     check_template(loaded, loc + ("prompt",), step.prompt, context, step.input)
     if step.system:
         check_template(loaded, loc + ("system",), step.system, context, step.input)
-    if step.demos is not None:
-        demo_cols = columns_of(shape, step.demos.from_)
+    if demos is not None:
+        demo_cols = columns_of(shape, demos.from_)
         for key in ("user", "assistant"):
-            col = getattr(step.demos, key)
+            col = getattr(demos, key)
             if col is not None and col not in demo_cols:
-                raise loaded.error(loc + ("demos", key), f"`{col}` is not a column of `{step.demos.from_}`; "
+                raise loaded.error(loc + ("demos", key), f"`{col}` is not a column of `{demos.from_}`; "
                                                          f"columns: {', '.join(c for c in demo_cols if c != '_id')}")
-        if step.demos.as_ == "turns" and step.demos.user is None:
-            check_template(loaded, loc + ("prompt",), step.prompt, set(demo_cols), step.demos.from_)
+        if demos.as_ == "turns" and demos.user is None:
+            check_template(loaded, loc + ("prompt",), step.prompt, set(demo_cols), demos.from_)
     view = step_view(step, step.input, input_cols, produced)
     return PlannedStep(step, i, step.input, input_cols, produced, names, view)
 
 
-def describe(st: PlannedStep) -> str:
+def plan_line(st: PlannedStep) -> str:
     return st.input
 
 
@@ -110,9 +139,9 @@ def render_messages(step, row: dict, demo_rows: list[dict]) -> list[dict[str, st
         messages.append({"role": "system", "content": templates.render(step.system, context)})
     if as_turns:
         for d in demo_rows:
-            user = str(d[step.demos.user]) if step.demos.user else templates.render(step.prompt, public(d))
+            user = str(d[demos.user]) if demos.user else templates.render(step.prompt, public(d))
             messages.append({"role": "user", "content": user})
-            messages.append({"role": "assistant", "content": str(d[step.demos.assistant])})
+            messages.append({"role": "assistant", "content": str(d[demos.assistant])})
     messages.append({"role": "user", "content": templates.render(step.prompt, context)})
     return messages
 
@@ -121,9 +150,10 @@ def build_requests(step, rows: list[dict], demo_pool: list[dict] | None, seed: i
                    teacher_identity: dict, sampling: dict, key_extra: dict | None = None) -> list[PlannedRequest]:
     fmt = getattr(step, "response_format", None)
     schema = fmt.json_schema if fmt else None
+    demos = getattr(step, "demos", None)
     out = []
     for row in rows:
-        demo_rows = draw_demos(step.demos, demo_pool or [], row["_id"], seed, step.name) if step.demos else []
+        demo_rows = draw_demos(demos, demo_pool or [], row["_id"], seed, step.name) if demos else []
         messages = render_messages(step, row, demo_rows)
         for index in range(step.n):
             key = request_key(step=step.name, parent_id=row["_id"], messages=messages, teacher=teacher_identity,
@@ -137,7 +167,8 @@ def build_requests(step, rows: list[dict], demo_pool: list[dict] | None, seed: i
 def rounds(job: Job) -> Iterator[Round]:
     step = job.step
     rows = reads.rows(job.con, job.st.input)
-    demo_pool = reads.rows(job.con, step.demos.from_) if getattr(step, "demos", None) else None
+    demos = getattr(step, "demos", None)
+    demo_pool = reads.rows(job.con, demos.from_) if demos else None
     several = len(job.teachers) > 1
     requests = []
     for t in job.teachers:
@@ -148,23 +179,21 @@ def rounds(job: Job) -> Iterator[Round]:
 
 
 def estimate(job: Job, volume_of) -> StepEstimate:
-    """Every input to every teacher, `n` times; a majority vote keeps one row per input."""
-    step = job.step
-    up = volume_of(step.input)
-    per_input = 1 if getattr(step, "vote", None) == "majority" else step.n * len(job.teachers)
-    return StepEstimate(up.rows * step.n, Volume(up.rows, per_input), known_prompts(job))
+    """Every input to every teacher, `n` times."""
+    return StepEstimate(volume_of(job.step.input).rows * job.step.n, known_prompts(job))
 
 
 def known_prompts(job: Job) -> list[list[dict]]:
     """The prompts of the step's inputs where they are known before the run (a source; not an earlier step)."""
     step = job.step
+    demos = getattr(step, "demos", None)
     rows = spread(reads.rows(job.con, step.input))
-    pool = reads.rows(job.con, step.demos.from_) if getattr(step, "demos", None) else []
-    if step.demos and not pool:  # demos from an earlier step: the prompts are not known yet
+    pool = reads.rows(job.con, demos.from_) if demos else []
+    if demos and not pool:  # demos from an earlier step: the prompts are not known yet
         return []
     out = []
     for row in rows:
-        demo_rows = draw_demos(step.demos, pool, row["_id"], job.seed, step.name) if step.demos else []
+        demo_rows = draw_demos(demos, pool, row["_id"], job.seed, step.name) if demos else []
         out.append(render_messages(step, row, demo_rows))
     return out
 
@@ -226,9 +255,20 @@ def status_lines(con, st: PlannedStep) -> list[str]:
 
 
 def card_notes(step) -> list[str]:
-    notes = reasoning_notes(step)
+    notes = input_notes(step) + reasoning_notes(step)
     if step.agreement is not None:
         notes.append(f"answer agreement on `{step.agreement.column}`" + ("; majority vote" if step.vote else ""))
+    return notes
+
+
+def input_notes(step) -> list[str]:
+    """How the prompt was built: its demos and a response schema (label, self and meta steps)."""
+    notes = []
+    demos = getattr(step, "demos", None)
+    if demos is not None:
+        notes.append(f"{demos.k} demos from `{demos.from_}` as {demos.as_}")
+    if getattr(step, "response_format", None) is not None:
+        notes.append("structured output (JSON schema)")
     return notes
 
 

@@ -26,6 +26,36 @@ from datagen.store.writes import create_table_from_rows
 from datagen.strategies import label
 from datagen.strategies.base import Job, PlannedRequest, Round, StepEstimate, Volume, spread
 
+STEP = MetaStep
+
+
+def reads_from(step: MetaStep) -> list[tuple[str, tuple]]:
+    return [(v.from_, ("meta", dim, "from")) for dim, v in step.meta.items() if not isinstance(v, list)]
+
+
+def volume(step: MetaStep, teachers: int, volume_of) -> Volume | None:
+    """Every combination (or `count` drawn ones) `per_combination` times; a dimension read from a relation has at
+    most as many values as it has rows."""
+    sizes = [len(dict.fromkeys(map(repr, v))) if isinstance(v, list) else getattr(volume_of(v.from_), "rows", None)
+             for v in step.meta.values()]
+    if None in sizes:
+        return None
+    total = math.prod(sizes) if step.combine == "product" else min(step.count, math.prod(sizes))
+    return Volume(total, step.per_combination)
+
+
+def template_texts(step: MetaStep) -> list[str]:
+    return [t for t in (step.system, step.prompt) if t]
+
+
+def coverage_columns(step: MetaStep) -> dict[str, list[str]]:
+    """Each meta dimension, with the values the spec lists (none for one read from rows: the rows know them)."""
+    return {dim: [str(x) for x in v] if isinstance(v, list) else [] for dim, v in step.meta.items()}
+
+
+def row_prompt(step) -> None:
+    return None  # it makes its own inputs
+
 # column types a meta value keeps in the step's view; anything else is kept as JSON
 SCALAR_TYPES = {"VARCHAR", "BIGINT", "INTEGER", "SMALLINT", "TINYINT", "HUGEINT", "UBIGINT", "UINTEGER", "DOUBLE",
                 "FLOAT", "BOOLEAN", "DATE", "TIMESTAMP"}
@@ -60,10 +90,7 @@ def plan(loaded, plan, shape, i: int, step: MetaStep) -> PlannedStep:
         check_template(loaded, loc + ("system",), step.system, context, step.name)
     produced = dict(types)
     produced.update(produced_columns(loaded, loc, step.output, None))
-    planned = PlannedStep(step, i, None, [], produced, names, step_view(step, None, [], produced))
-    if all(s is not None for s in sizes):
-        planned.max_rows = (step.count or math.prod(sizes)) * step.per_combination
-    return planned
+    return PlannedStep(step, i, None, [], produced, names, step_view(step, None, [], produced))
 
 
 def _plan_dim(loaded, plan, shape, loc: tuple, dim: str, values, output: str
@@ -104,7 +131,7 @@ def _list_type(values: list) -> str:
     return "VARCHAR"
 
 
-def describe(st: PlannedStep) -> str:
+def plan_line(st: PlannedStep) -> str:
     s = st.spec
     return f"over {', '.join(s.meta)} ({s.combine})"
 
@@ -209,14 +236,10 @@ def estimate(job: Job, volume_of) -> StepEstimate:
     if len(known) == len(step.meta):
         dims = dimension_values(job.con, step)
         combos = combination_rows(step, job.st.produced, dims, combinations(step, dims, job.seed))
-        total = len(combos)
         prompts = [label.render_messages(step, {k: v for k, v in c.items() if not k.startswith("_")}, [])
                    for c in spread(combos)]
-    else:
-        sizes = [len(dict.fromkeys(map(repr, v))) if isinstance(v, list) else volume_of(v.from_).rows
-                 for v in step.meta.values()]
-        total = math.prod(sizes) if step.combine == "product" else min(step.count, math.prod(sizes))
-    return StepEstimate(total * step.per_combination, Volume(total, step.per_combination), prompts)
+        return StepEstimate(len(combos) * step.per_combination, prompts)
+    return StepEstimate(volume(step, len(job.teachers), volume_of).rows, prompts)
 
 
 def json_schema(step) -> None:

@@ -8,14 +8,14 @@ always get the same verdicts. A candidate is rejected when
   tokens of Google's `rouge-score` package (the implementation Self-Instruct used): lower-cased ASCII letters and
   digits, no stemming, so text in other scripts has no tokens and never matches;
 - the cosine similarity of its embedding with an existing item's is at or over `max_cosine` (vectors from
-  datagen/embed.py, cached in the store's `embeddings` table).
+  datagen/embed/encode.py, cached in the store's `embeddings` table).
 The verdict names the nearest offending item (`duplicate_of`) and its similarity (`score`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 from datagen.store import reads
 from datagen.store.decisions import replace_pairs
@@ -55,7 +55,7 @@ def _pair(step: str, by: str, chosen_id: str, rejected_id: str, answers: dict, c
         "chosen": chosen_text if chosen_text is not None else answers[chosen_id]["text"],
         "rejected": rejected["text"], "chosen_id": chosen_id, "rejected_id": rejected_id,
         "chosen_score": scores[0], "rejected_score": scores[1], "margin": margin,
-        "_created_at": datetime.now(timezone.utc).replace(tzinfo=None),
+        "_created_at": datetime.now(UTC).replace(tzinfo=None),
     }
 
 
@@ -86,7 +86,7 @@ def score_pairs(con, st, answers: dict) -> tuple[list[dict], list[dict]]:
         if not kept:
             drops.append(_drop(input_id, f"best minus worst score is {best:g}, under min_margin "
                                          f"{step.pairs.min_margin:g}", best))
-        for margin, (cs, cid), (rs, rid) in kept:
+        for _margin, (cs, cid), (rs, rid) in kept:
             pairs.append(_pair(step.name, "score", cid, rid, answers, scores=(cs, rs)))
     return pairs, drops
 

@@ -22,12 +22,23 @@ from datagen.strategies import label
 from datagen.strategies.base import Job, StepEstimate, Volume
 from datagen.verdict import Verdict
 
-rounds = label.rounds  # the student answers the input rows as a labeling step would
+STEP = SelfStep
+# the student answers the input rows as a labeling step would, and what it reads and renders is a label step's
+rounds = label.rounds
+reads_from = label.reads_from
+template_texts = label.template_texts
+coverage_columns = label.coverage_columns
+row_prompt = label.row_prompt
+
+
+def volume(step: SelfStep, teachers: int, volume_of) -> Volume | None:
+    """At most all `n` samples of every input are kept."""
+    up = volume_of(step.input)
+    return Volume(up.rows, step.n) if up is not None else None
 
 
 def estimate(job: Job, volume_of) -> StepEstimate:
-    up = volume_of(job.step.input)
-    return StepEstimate(up.rows * job.step.n, Volume(up.rows, job.step.n), label.known_prompts(job))
+    return StepEstimate(volume_of(job.step.input).rows * job.step.n, label.known_prompts(job))
 
 
 def stage(step_name: str) -> str:
@@ -37,8 +48,6 @@ def stage(step_name: str) -> str:
 def plan(loaded, plan, shape, i: int, step: SelfStep) -> PlannedStep:
     loc = ("steps", i)
     planned = label.plan_rows(loaded, shape, i, step)
-    inputs = plan.max_rows(step.input)
-    planned.max_rows = inputs * step.n if inputs is not None else None
     answer = f"{step.output}_answer"
     check_clash(loaded, loc, {answer: "VARCHAR"}, planned.input_columns, step.input)
     planned.produced[answer] = "VARCHAR"
@@ -52,7 +61,7 @@ def plan(loaded, plan, shape, i: int, step: SelfStep) -> PlannedStep:
     return planned
 
 
-def describe(st: PlannedStep) -> str:
+def plan_line(st: PlannedStep) -> str:
     return st.input
 
 
@@ -80,8 +89,8 @@ def status_lines(con, st: PlannedStep) -> list[str]:
 
 
 def card_notes(step) -> list[str]:
-    return [f"keep: {step.keep}" + (f" against `{step.reference}`" if step.reference else "")] + \
-        label.reasoning_notes(step)
+    return label.input_notes(step) + [f"keep: {step.keep}" + (f" against `{step.reference}`" if step.reference else "")] \
+        + label.reasoning_notes(step)
 
 
 def decide(con, st) -> tuple[int, int]:

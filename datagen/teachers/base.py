@@ -9,7 +9,8 @@ run goes on.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
+from collections.abc import Callable, Iterator
 
 from datagen.reasoning import Markers, Reasoning, split
 

@@ -221,7 +221,7 @@ class _Run:
             mine = set(rec.keys) & self.where.keys()
             if not mine:
                 continue
-            batch_id = rec.batch_id or self._guard(lambda: recover(self.api, self.t.journal, rec.input_file_id))
+            batch_id = rec.batch_id or self._guard(lambda rec=rec: recover(self.api, self.t.journal, rec.input_file_id))
             if batch_id is None:
                 continue
             for key in mine:
@@ -293,7 +293,7 @@ class _Run:
         answered: set[str] = set()
         for name in ("output_file_id", "error_file_id"):
             if b.get(name):
-                text = self._guard(lambda: self.api.content(b[name]))
+                text = self._guard(lambda name=name: self.api.content(b[name]))
                 for line in text.splitlines():
                     key, sample = self._line(line)
                     if key in out.keys and key not in answered and sample is not None:

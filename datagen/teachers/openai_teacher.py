@@ -35,6 +35,7 @@ from datagen.reasoning import from_field
 from datagen.teachers.base import GenOptions, GenRequest, Sample, TokenLogprobs, split_sample
 from datagen.teachers.ratelimit import RateLimiter
 from datagen.teachers.servers import ServerPool
+from datetime import UTC
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 HEARTBEAT_SECONDS = 1.0  # the stream yields at least this often, even with nothing finished, so the caller can commit
@@ -139,7 +140,7 @@ class OpenAITeacher:
             server_ok = False
             try:
                 resp = await asyncio.wait_for(client.post(server.url, json=body), self.timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 last_error = f"timed out after {self.timeout_s:g} s"
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -260,9 +261,9 @@ def _retry_after(resp: httpx.Response) -> float | None:
     except ValueError:
         pass
     try:  # the other form: an HTTP date
-        from datetime import datetime, timezone
+        from datetime import datetime
 
-        return max(0.0, (parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds())
+        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
     except (TypeError, ValueError):
         return None  # unreadable: fall back to exponential backoff
 

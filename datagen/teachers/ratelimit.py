@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 EPS = 1e-6  # float slack, so a wait never shrinks below what the clock can add
 
@@ -41,7 +41,7 @@ class Limit:
         excess = self.in_window + amount - self.limit
         if excess > EPS and self.sent:
             freed = 0.0
-            for t, a in self.sent:  # wait until enough of the oldest sends have left the window
+            for t, a in self.sent:  # noqa: B007  `t` is read after the loop  # wait until enough of the oldest sends have left the window
                 freed += a
                 if freed >= excess - EPS:
                     break

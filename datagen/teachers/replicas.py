@@ -20,7 +20,8 @@ import os
 import threading
 import time
 import uuid
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 from datagen.errors import UserError
 from datagen.teachers.base import WAIT, GenOptions, GenRequest, Sample
@@ -169,7 +170,7 @@ class Replica:
     def _drain(self, stream, order: list[int]) -> None:
         worker = f"replica-{self.index}"
         for finished in stream:
-            for i, samples in finished:
+            for _i, samples in finished:
                 for s in samples:
                     s.worker = worker
             with self.lock:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import copy
 import time
 from itertools import groupby
-from typing import Iterator
+from collections.abc import Iterator
 
 from datagen.teachers.base import GenOptions, GenRequest, Sample, Sampling, TokenLogprobs, split_sample
-from datagen.teachers.budget import Forcing, Phase
+from datagen.teachers.thinking import Forcing, Phase
 
 BATCH_SIZE = 16  # sequences per `generate` call (prompts x samples per prompt)
 

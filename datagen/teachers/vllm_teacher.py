@@ -22,10 +22,11 @@ from __future__ import annotations
 import gc
 import os
 import time
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 from datagen.teachers.base import WAIT, GenOptions, GenRequest, Sample, Sampling, TokenLogprobs, split_sample
-from datagen.teachers.budget import Forcing, Phase
+from datagen.teachers.thinking import Forcing, Phase
 
 ENGINE_DEFAULTS: dict[str, Any] = {
     "enforce_eager": True,  # torch.compile triples the start time on CPU for ~15% more tokens/s

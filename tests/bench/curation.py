@@ -55,7 +55,7 @@ curation:
 
 
 def run_pipeline(work: Path, rows: list[dict], pairs, select_n: int) -> dict:
-    from datagen.embed import embed, load_model
+    from datagen.embed.encode import embed, load_model
     from curation.run import run_curation
     from datagen.spec.load import load_spec
     from datagen.api import plan as build_plan
@@ -84,7 +84,7 @@ def run_pipeline(work: Path, rows: list[dict], pairs, select_n: int) -> dict:
         funnel = run_curation(con, loaded, plan, log=lambda s: None)
     stage = {f["stage"]: f for f in funnel}
     out["dedup:semantic"] = (stage["dedup:semantic"]["seconds"], m.peak)
-    out["select (kcenter to %d)" % select_n] = (stage["select"]["seconds"], m.peak)
+    out[f"select (kcenter to {select_n})"] = (stage["select"]["seconds"], m.peak)
     out["run_curation total (incl. reading rows, writing decisions)"] = (m.seconds, m.peak)
     order = {rid: i for i, rid in enumerate(ids)}
     dropped = {order[r] for (r,) in con.execute(
@@ -117,7 +117,7 @@ def time_ivf(store: str) -> tuple[float, float]:
 # --- the comparisons, each in its own process ------------------------------------------------------------------
 
 def load_vectors(store: str, limit: int | None) -> tuple[np.ndarray, list[str]]:
-    from datagen.embed import embed
+    from datagen.embed.encode import embed
     from datagen.store.connection import open_store
 
     con = open_store(Path(store))
@@ -153,7 +153,7 @@ def full_matrix(store: str, m: int) -> dict:
 def semhash_run(store: str) -> dict:
     from semhash import SemHash
 
-    from datagen.embed import load_model
+    from datagen.embed.encode import load_model
 
     vectors, texts = load_vectors(store, None)
     model = load_model("bundled:all-minilm-l6-v2")

@@ -11,11 +11,11 @@ this process (all its threads), so other jobs on a shared machine do not skew th
 
 - torch: the product's path before this issue (sentence-transformers, CPU, batch 64).
 - int8: the same model with torch dynamic int8 quantisation of its Linear layers.
-- static: datagen/embed_static.py, distilled once from the bundled MiniLM (model2vec recipe); the distillation
+- static: datagen/embed/static.py, distilled once from the bundled MiniLM (model2vec recipe); the distillation
   time is printed separately (it is paid once per machine).
 - survivors: exact + MinHash dedup first, torch on the rows they keep (the semantic stage's input in a spec that
   lists them first); verdicts are the chain's.
-- distinct: one torch vector per distinct normalised text (datagen/embed.py's key).
+- distinct: one torch vector per distinct normalised text (datagen/embed/encode.py's key).
 - survivors + cascade: both: exact + MinHash, then the cascade (+0.00) on the rows they keep.
 - cascade +x: curation/dedup/cascade.py: static vectors propose the rows with a neighbour at 0.92 + x (static
   scale); torch embeds only those rows and decides at 0.92; every other row is kept.
@@ -62,8 +62,8 @@ def timed(fn, texts):
 def encoders():
     import torch
 
-    from datagen.embed import encode, load_model
-    from datagen.embed_static import load_static
+    from datagen.embed.encode import encode, load_model
+    from datagen.embed.static import load_static
     from datagen.bundled import model_identity, resolve_model
 
     model = load_model(MINILM)
@@ -168,7 +168,7 @@ def run(n: int) -> None:
     distinct = len({normalise(t) for t in texts})
     line(f"distinct ({distinct} of {n} embedded)", n / (distinct / base_rate), THRESHOLD, ref)
     for offset in (0.0, 0.01, 0.02):
-        (kept, embedded), c_s = timed(lambda t: cascade(t, vecs["static"], enc["torch"], offset), texts)
+        (kept, embedded), c_s = timed(lambda t, offset=offset: cascade(t, vecs["static"], enc["torch"], offset), texts)
         line(f"cascade +{offset:.2f} ({embedded} of {n} to torch)", n / (secs["static"] + c_s),
              THRESHOLD + offset, kept)
     # the levers together: exact + MinHash first, then the cascade on their survivors

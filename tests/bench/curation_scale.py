@@ -68,7 +68,7 @@ def synthetic_vectors(n: int, pairs, dim: int = 384, topics: int = 1000, seed: i
 
 def prepare(n: int, select_n: int, method: str, work: Path) -> dict:
     """Rows and vectors into a store in `work`: the two ingests, timed."""
-    from datagen.embed import distinct, identity
+    from datagen.embed.encode import distinct, identity
     from datagen.spec.load import load_spec
     from datagen.api import plan as build_plan
     from datagen.store import embeddings

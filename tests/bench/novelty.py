@@ -72,7 +72,7 @@ def judge_datagen(existing: list[str], candidates: list[str], threshold: float) 
     index = NoveltyIndex(threshold, None, None)
     index.add_many([str(i) for i in range(len(existing))], existing)
     out = []
-    for j, cand in enumerate(candidates):
+    for cand in candidates:
         v = index.check(cand)
         out.append((v.kept, int(v.duplicate_of) if v.duplicate_of else None))
         if v.kept:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from datagen.cost import Rates, guess_prompt_tokens, max_prompt_tokens, rates_of, usd
+from datagen.pipeline.cost import Rates, guess_prompt_tokens, max_prompt_tokens, rates_of, usd
 from datagen.spec.plan import Plan, PlannedStep, effective_sampling
 from datagen.strategies import strategy_of
 from datagen.strategies.base import ESTIMATE_PROMPTS, Job, StepEstimate, TeacherSetup, Volume
@@ -75,7 +75,7 @@ def estimate(plan: Plan) -> Estimate:
                 est = strategy_of(st.spec).estimate(job, volume_of)
             except TemplateFailed as exc:  # a prompt that fails on a source row would fail the run: say so now
                 raise plan.loaded.error(("steps", st.index), str(exc)) from None
-            volumes[st.name] = est.volume
+            volumes[st.name] = strategy_of(st.spec).volume(st.spec, len(st.teachers), volume_of)
             for setup in job.teachers:
                 line = _line(plan, st, setup, est, per_request, counters, means)
                 lines.append(line)
@@ -96,7 +96,7 @@ def _setups(plan: Plan, st: PlannedStep) -> list[TeacherSetup]:
 def _volume_of(plan: Plan, scratch, volumes: dict[str, Volume]):
     """name -> at most how many rows it holds: a source's rows, a step's estimate, a query source's rows (in the
     scratch store, where steps are empty) or the rows of the steps it reads, whichever is more."""
-    from datagen.planner import referenced_names
+    from datagen.pipeline.planner import referenced_names
     from datagen.store.reads import count
 
     def volume_of(name: str) -> Volume:
@@ -140,9 +140,9 @@ def _line(plan: Plan, st: PlannedStep, setup: TeacherSetup, est: StepEstimate, p
 def _chained(st: PlannedStep, per_request: dict) -> tuple[float, float]:
     """A prompt built from an earlier step's rows: the step's own template text, plus at most that step's prompt
     and longest output (what a template that shows the row's task and answer once reads)."""
-    own = [getattr(st.spec, k, None) for k in ("system", "prompt", "rubric")]
-    text = [{"role": "user", "content": t} for t in own if isinstance(t, str)]
-    read = [getattr(st.spec, "input", None), getattr(getattr(st.spec, "demos", None), "from_", None)]
+    strategy = strategy_of(st.spec)
+    text = [{"role": "user", "content": t} for t in strategy.template_texts(st.spec)]
+    read = [name for name, _ in strategy.reads_from(st.spec)]
     prompt, bound, output = next((per_request[r] for r in read if r in per_request), (0.0, 0.0, 0))
     return guess_prompt_tokens(text) + prompt + output, max_prompt_tokens(text) + bound + output
 

@@ -1,6 +1,6 @@
 """Embeddings on a Ray cluster: under `datagen run SPEC --ray ADDRESS`, the texts a curation stage needs vectors for
 and the store does not have are encoded by Ray actors in batches (Ray Data's `map_batches`), one model load per
-actor, and come back to the driver, which stores them as they arrive (datagen/embed.py). The index and the
+actor, and come back to the driver, which stores them as they arrive (datagen/embed/encode.py). The index and the
 selection stay on the driver.
 
 Actors: one per GPU on a GPU cluster (each with `num_gpus=1`), else one per two CPUs of the cluster (torch runs
@@ -10,7 +10,7 @@ each actor's batch on its CPUs' threads).
 from __future__ import annotations
 
 import sys
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -46,7 +46,7 @@ def placement() -> tuple[int, dict]:
 
 def encode_batches(encode: Callable, texts: list[str], ref: str, spec_dir, backend: str, batch_size: int
                    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(positions in `texts`, their vectors by `encode` (datagen.embed.encode) in the actors), batch by batch as
+    """(positions in `texts`, their vectors by `encode` (datagen.embed.encode.encode) in the actors), batch by batch as
     the actors finish them, in no particular order."""
     import ray.data
 

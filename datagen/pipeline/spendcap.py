@@ -9,7 +9,7 @@ is actually spent never passes the cap. Requests of a teacher without a price ar
 
 from __future__ import annotations
 
-from datagen.cost import usd
+from datagen.pipeline.cost import usd
 from datagen.errors import RunFailed
 
 

@@ -127,8 +127,8 @@ def export_dir(loaded: LoadedSpec, out: str | Path | None = None) -> Path:
 def export(loaded: LoadedSpec, out: str | Path | None = None, fmt: str | None = None,
            test_split: float | None = None, repo_id: str | None = None, plan: Plan | None = None) -> ExportResult:
     """Write the export folder (Parquet shards under data/, README.md) and return what was written."""
-    from datagen import card
-    from datagen.planner import build_plan
+    from datagen.publish import card
+    from datagen.pipeline.planner import build_plan
     from datagen.spec.models import ExportSpec
 
     plan = plan or build_plan(loaded)
@@ -335,7 +335,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def describe(result: ExportResult) -> str:
+def exported_text(result: ExportResult) -> str:
     splits = ", ".join(f"{name} {n} rows" for name, n in result.splits.items())
     lines = [f"exported `{result.input.name}` as {result.format} to {result.path}: {splits}"]
     if result.skipped:

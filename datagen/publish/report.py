@@ -1,7 +1,7 @@
 """`datagen report`: one self-contained HTML page about a spec's store, to look at the data before trusting it.
 
 Sections: Funnel, Lengths, Judge scores, Meta coverage, Embedding map, Teachers. Plots are inline SVG drawn here
-(datagen/svg.py), numbers that matter are tables, and a section without data says why. No script, stylesheet or
+(datagen/publish/svg.py), numbers that matter are tables, and a section without data says why. No script, stylesheet or
 font is fetched, so the file opens offline and can be mailed around.
 """
 
@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import functools
 import os
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from html import escape
 from pathlib import Path
 
 from datagen.version import __version__
-from datagen import svg
-from datagen.card import public_model
-from datagen.cost import usd
+from datagen.publish import svg
+from datagen.publish.card import public_model
+from datagen.pipeline.cost import usd
 from datagen.spec.load import LoadedSpec
 from datagen.spec.plan import Plan
 from datagen.store import stats
@@ -39,14 +39,14 @@ table.heat td { min-width: 44px; text-align: center; } table.heat td.empty { col
 
 
 def default_path(loaded: LoadedSpec) -> Path:
-    from datagen.export import export_dir
+    from datagen.publish.export import export_dir
 
     folder = export_dir(loaded) if loaded.spec.export else loaded.store_path.parent
     return folder / f"{loaded.spec.name}-report.html"
 
 
 def write_report(loaded: LoadedSpec, out: str | Path | None = None, plan: Plan | None = None) -> Path:
-    from datagen.planner import build_plan
+    from datagen.pipeline.planner import build_plan
 
     plan = plan or build_plan(loaded)
     path = Path(out).expanduser().resolve() if out else default_path(loaded)
@@ -68,7 +68,7 @@ def build_html(plan: Plan, con) -> str:
               embedding_map(con), teachers(plan, con)]
     nav = "".join(f'<a href="#{_anchor(t)}">{t}</a>' for t in SECTIONS)
     sections = "".join(f'<section id="{_anchor(t)}"><h2>{t}</h2>{b}</section>' for t, b in zip(SECTIONS, bodies))
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(spec.name)}: datagen report'
             f'</title><meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>'
             f'<body><h1>{escape(spec.name)}</h1><p class="meta">{escape(spec.description or "")}</p>'
@@ -185,15 +185,18 @@ def judge_scores(plan: Plan, con) -> str:
 
 
 def meta_coverage(plan: Plan, con) -> str:
-    steps = [st for st in plan.steps if getattr(st.spec, "meta", None)]
+    from datagen.strategies import strategy_of
+
+    steps = [(st, strategy_of(st.spec).coverage_columns(st.spec)) for st in plan.steps]
+    steps = [(st, columns) for st, columns in steps if columns]
     if not steps:
-        return _note("No curate step with meta-information (`meta:`) in this spec, so there is no coverage to show.")
+        return _note("No meta step with meta-information (`meta:`) in this spec, so there is no coverage to show.")
     selected = stats.curated_ids(con) or set()
-    return "".join(_meta_for_step(con, st, selected) for st in steps)
+    return "".join(_meta_for_step(con, st, columns, selected) for st, columns in steps)
 
 
-def _meta_for_step(con, st, selected: set[str]) -> str:
-    dims = list(st.spec.meta)
+def _meta_for_step(con, st, listed: dict[str, list[str]], selected: set[str]) -> str:
+    dims = list(listed)
     view_cols = set(stats.columns_of(con, st.name))
     missing = [d for d in dims if d not in view_cols]
     if missing:
@@ -209,22 +212,17 @@ def _meta_for_step(con, st, selected: set[str]) -> str:
             cells[key] = cells.get(key, 0) + 1
             chosen[key] = chosen.get(key, 0) + (row[0] in selected)
         notes = {k: f" ({v} sel.)" for k, v in chosen.items() if selected} if selected else None
-        rows_l = sorted({k[0] for k in cells} | set(_values(st.spec.meta[a])))
-        cols_l = sorted({k[1] for k in cells} | set(_values(st.spec.meta[b])))
+        rows_l = sorted({k[0] for k in cells} | set(listed[a]))
+        cols_l = sorted({k[1] for k in cells} | set(listed[b]))
         out.append(svg.heatmap(a, b, rows_l, cols_l, cells, notes))
     charts = []
     for i, d in enumerate(dims):
-        counts: dict[str, int] = {str(v): 0 for v in _values(st.spec.meta[d])}
+        counts: dict[str, int] = {v: 0 for v in listed[d]}
         for row in data:
             counts[str(row[i + 1])] = counts.get(str(row[i + 1]), 0) + 1
         charts.append(_figure(svg.hbars(sorted(counts.items()), width=520, colour=svg.PALETTE[1]), f"rows by {d}"))
     out.append(f'<div class="charts">{"".join(charts)}</div>')
     return "".join(out)
-
-
-def _values(meta) -> list:
-    """The values a meta dimension lists in the spec (those read from a source are only known from the rows)."""
-    return [str(v) for v in meta] if isinstance(meta, list) else []
 
 
 def embedding_map(con) -> str:

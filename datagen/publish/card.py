@@ -12,13 +12,13 @@ import copy
 import functools
 import os
 import re
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from datagen.cost import usd
+from datagen.pipeline.cost import usd
 from datagen.version import __version__
 from datagen.store import stats
 
@@ -55,7 +55,7 @@ def build_card(plan, con, result, repo_id: str | None = None) -> str:
     parts = [
         f"# {loaded.spec.name}",
         (loaded.spec.description or "").strip(),
-        f"Generated with datagen {__version__} on {datetime.now(timezone.utc).date().isoformat()} from the "
+        f"Generated with datagen {__version__} on {datetime.now(UTC).date().isoformat()} from the "
         f"`{result.input.name}` rows of the spec below.",
         contents_section(result),
         usage_section(result, repo_id),
@@ -200,12 +200,7 @@ def how_made_section(plan, con) -> str:
     for st in plan.steps:
         s = st.spec
         sampling = effective_sampling(spec.teachers[st.teachers[0]].sampling, s.sampling)
-        extras = []
-        if getattr(s, "demos", None) is not None:  # curate steps have none
-            extras.append(f"{s.demos.k} demos from `{s.demos.from_}` as {s.demos.as_}")
-        extras += strategy_of(s).card_notes(s)
-        if getattr(s, "response_format", None) is not None:
-            extras.append("structured output (JSON schema)")
+        extras = strategy_of(s).card_notes(s)
         if s.logprobs:
             extras.append(f"top-{s.logprobs} logprobs kept")
         steps.append([s.name, s.strategy, st.input or "-", ", ".join(st.teachers), s.n, s.output,

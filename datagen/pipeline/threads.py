@@ -16,7 +16,8 @@ import asyncio
 import ctypes
 import signal
 import threading
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 POLL_SECONDS = 0.2  # how often the waiting thread wakes to notice Ctrl-C
 

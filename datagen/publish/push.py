@@ -11,12 +11,12 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
 from datagen.errors import RunFailed, UserError
-from datagen.export import SHARD_RE, export
+from datagen.publish.export import SHARD_RE, export
 from datagen.spec.load import LoadedSpec
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
@@ -86,7 +86,7 @@ def _upload_error(exc: Exception, repo_id: str, token: str) -> Exception:
                      "run the same command again")
 
 
-def describe(pushed: PushResult) -> str:
+def pushed_text(pushed: PushResult) -> str:
     privacy = "private" if pushed.private else "public"
     verb = "would upload" if pushed.dry_run else "uploaded"
     lines = [f"{verb} to dataset repository {pushed.repo_id} ({privacy}):"]

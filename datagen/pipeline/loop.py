@@ -10,19 +10,19 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Callable
+from datetime import datetime, UTC
+from collections.abc import Callable
 
 import duckdb
 
-from datagen.budget import Budget
-from datagen.cost import rates_of, usd
+from datagen.pipeline.spendcap import Budget
+from datagen.pipeline.cost import rates_of, usd
 from datagen.errors import RunFailed, as_interrupt
 from datagen.keys import canonical
 from datagen.spec.plan import Plan, PlannedStep, effective_sampling
 from datagen.store import batches, reads, runs, stats
 from datagen.store.writes import insert_pending
-from datagen.stream import Counts, generate, options_for
+from datagen.pipeline.stream import Counts, generate, options_for
 from datagen.strategies import strategy_of
 from datagen.strategies.base import Job, Round, TeacherSetup
 from datagen.templates import TemplateFailed
@@ -64,7 +64,7 @@ def run_steps(con: duckdb.DuckDBPyConnection, plan: Plan, progress: Progress | N
     budget = Budget(max_usd, stats.spent(con)) if max_usd is not None else None
     summary = RunSummary(store=str(plan.loaded.store_path))
     teachers = Teachers(con, plan, ray, log)
-    started = datetime.now(timezone.utc).replace(tzinfo=None)
+    started = datetime.now(UTC).replace(tzinfo=None)
     runs.start(con, started, os.getpid(), plan.spec.model_dump_json(by_alias=True))
     status = "failed"
     try:
@@ -101,7 +101,7 @@ def teacher_setups(plan: Plan, st: PlannedStep) -> list[TeacherSetup]:
     return out
 
 
-def run_step(con: duckdb.DuckDBPyConnection, plan: Plan, st: PlannedStep, teachers: "Teachers",
+def run_step(con: duckdb.DuckDBPyConnection, plan: Plan, st: PlannedStep, teachers: Teachers,
              progress: Progress | None, log: Callable[[str], None], budget: Budget | None = None) -> StepSummary:
     strategy = strategy_of(st.spec)
     job = Job(con, plan, st, teacher_setups(plan, st), log)
@@ -123,7 +123,7 @@ def run_step(con: duckdb.DuckDBPyConnection, plan: Plan, st: PlannedStep, teache
     return summary
 
 
-def run_round(con, plan: Plan, job: Job, rnd: Round, teachers: "Teachers", summary: StepSummary,
+def run_round(con, plan: Plan, job: Job, rnd: Round, teachers: Teachers, summary: StepSummary,
               progress: Progress | None, log: Callable[[str], None], budget: Budget | None = None) -> None:
     st = job.st
     finished = reads.finished_keys(con, [r.key for r in rnd.requests], failed_too=not rnd.retry_failed)
@@ -144,7 +144,7 @@ def run_round(con, plan: Plan, job: Job, rnd: Round, teachers: "Teachers", summa
         def parse(req, sample):
             return strategy.parse(st.spec, sample.text, req, sample)
 
-        def committed():
+        def committed(counts=counts):
             _add(summary, counts)
             report()
             check_budget(st.spec, summary)
@@ -194,7 +194,7 @@ class Teachers:
                 self.log(f"warning: teacher {name} has {len(still_out)} batches still open from an earlier run; "
                          "their requests are sent again now, and paid again; set `batch.enabled: true` to collect "
                          "them instead")
-            from datagen.planner import logprobs_mode_of
+            from datagen.pipeline.planner import logprobs_mode_of
 
             teacher = make_teacher(name, spec, self.plan.loaded.dir, self.plan.spec.seed, journal=journal, ray=ray,
                                    logprobs_mode=logprobs_mode_of(self.plan, name))

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import duckdb
 
-from datagen.budget import Budget
-from datagen.cost import Rates, max_request_cost
+from datagen.pipeline.spendcap import Budget
+from datagen.pipeline.cost import Rates, max_request_cost
 from datagen.keys import canonical
 from datagen.store.writes import BatchResult, write_batch
 from datagen.teachers.base import GenOptions, GenRequest, Sample, Sampling
@@ -42,7 +42,7 @@ def options_for(step, sampling: dict, json_schema: dict | None) -> GenOptions:
     thinking budget (specs/reasoning.md) and the step's extra_body (merged over the teacher's by the teacher)."""
     from datagen.reasoning import Markers
     from datagen.spec.reasoning_models import markers_of
-    from datagen.teachers.budget import Budget
+    from datagen.teachers.thinking import Budget
 
     markers = markers_of(step)
     thinking = getattr(step, "thinking", None)

@@ -12,7 +12,7 @@ import re
 
 import duckdb
 
-from datagen import sources as src
+from datagen.sources import files as src
 from datagen.errors import UserError
 from datagen.spec.load import LoadedSpec
 from datagen.spec.plan import Plan
@@ -37,9 +37,11 @@ def build_plan(loaded: LoadedSpec) -> Plan:
         step_names = [s.name for s in spec.steps]
         _check_unique_names(loaded, step_names)
         for i, step in enumerate(spec.steps):
-            for name, where in _reads(step):
+            strategy = strategy_of(step)
+            for name, where in strategy.reads_from(step):
                 _ensure(loaded, plan, shape, created, name, ("steps", i) + where, step_names[:i])
-            planned = strategy_of(step).plan(loaded, plan, shape, i, step)
+            planned = strategy.plan(loaded, plan, shape, i, step)
+            planned.volume = strategy.volume(step, len(planned.teachers), plan.volume_of)
             check_step(loaded, i, step, planned.teachers)
             _check_logprobs_mode(loaded, plan, i, step, planned.teachers)
             plan.steps.append(planned)
@@ -54,7 +56,7 @@ def build_plan(loaded: LoadedSpec) -> Plan:
     return plan
 
 
-def describe(plan: Plan) -> str:
+def describe_plan(plan: Plan) -> str:
     spec = plan.spec
     lines = [f"spec {spec.name}: store {plan.loaded.store_path}"]
     if plan.loaded.limit:
@@ -70,7 +72,7 @@ def describe(plan: Plan) -> str:
     for st in plan.steps:
         s = st.spec
         extra = f", logprobs {s.logprobs}" if s.logprobs else ""
-        lines.append(f"  step {st.index + 1} {s.name}: {s.strategy} {strategy_of(s).describe(st)} with "
+        lines.append(f"  step {st.index + 1} {s.name}: {s.strategy} {strategy_of(s).plan_line(st)} with "
                      f"{', '.join(st.teachers)}, n={s.n}{extra} -> {', '.join(st.produced)}")
     if spec.train is not None:
         t = spec.train
@@ -134,19 +136,6 @@ def _unset_keys(loaded: LoadedSpec) -> list[str]:
     return out
 
 
-def _reads(step) -> list[tuple[str, tuple]]:
-    """The sources and earlier steps a step reads, with the key that names each (for error positions)."""
-    out = []
-    if getattr(step, "input", None) is not None:
-        out.append((step.input, ("input",)))
-    if getattr(step, "demos", None) is not None:
-        out.append((step.demos.from_, ("demos", "from")))
-    for dim, values in (getattr(step, "meta", None) or {}).items():
-        if not isinstance(values, list):
-            out.append((values.from_, ("meta", dim, "from")))
-    return out
-
-
 def _check_logprobs_mode(loaded: LoadedSpec, plan: Plan, i: int, step, teachers: list[str]) -> None:
     """A vLLM engine keeps raw or processed logprobs for every request it runs (an engine setting), so the steps that
     keep logprobs from one vllm teacher must agree on `logprobs_mode`."""
@@ -207,7 +196,7 @@ def _load_file_sources(loaded: LoadedSpec, plan: Plan, shape: duckdb.DuckDBPyCon
 def _source_rows(loaded: LoadedSpec, name: str, source) -> tuple[list[dict], dict]:
     """A file, inline or `dataset:` source's rows (with `_id`s) and what identifies them (for the plan and card)."""
     if source.dataset is not None:
-        from datagen.datasets_source import load_dataset_rows
+        from datagen.sources.hub import load_dataset_rows
 
         rows, identity = load_dataset_rows(source, loaded.dir)
         return src.with_ids(name, rows), identity
@@ -218,7 +207,8 @@ def _source_rows(loaded: LoadedSpec, name: str, source) -> tuple[list[dict], dic
 
 def input_sources(loaded: LoadedSpec) -> set[str]:
     """The sources some step reads as its `input` (what `run --limit` cuts)."""
-    return {s.input for s in loaded.spec.steps if getattr(s, "input", None) in loaded.spec.sources}
+    return {name for s in loaded.spec.steps for name, key in strategy_of(s).reads_from(s)
+            if key == ("input",) and name in loaded.spec.sources}
 
 
 def referenced_names(sql: str, names: list[str]) -> list[str]:
