@@ -150,7 +150,8 @@ def run(spec: SpecLike, *, limit: int | None = None, verbose: bool = False, prog
             if loaded.spec.curation is not None:
                 from curation.run import run_curation
 
-                summary.funnel = run_curation(con, loaded, p, log=log)
+                generate = _probe_generation(con, p, progress, log, max_usd, summary.steps)
+                summary.funnel = run_curation(con, loaded, p, log=log, generate=generate)
         finally:
             con.close()
             if ray:
@@ -172,9 +173,27 @@ def _check_replicas(loaded: LoadedSpec, ray: str | None) -> None:
                                                                "replicas: 1")
 
 
+def _probe_generation(con, p: Plan, progress, log: Log, max_usd: float | None, summaries: list | None = None):
+    """What curation calls to send model requests (the student's difficulty probe): the run loop's
+    generate_requests, under the run's spend cap and progress; each call's summary joins `summaries`."""
+    from datagen.pipeline.loop import generate_requests
+
+    def generate(what: str, teacher_name: str, teacher_spec, requests: list, sampling: dict):
+        done = generate_requests(con, p, what, teacher_name, teacher_spec, requests, sampling, progress=progress,
+                                 log=log, max_usd=max_usd)
+        if summaries is not None:
+            summaries.append(done)
+        return done
+
+    return generate
+
+
 @_loop_safe
-def curate(spec: SpecLike, *, verbose: bool = False, log: Log | None = None) -> list[dict]:
-    """Re-run the curation block alone on stored rows. Returns the funnel: [{stage, rows_in, rows_out}]."""
+def curate(spec: SpecLike, *, verbose: bool = False, log: Log | None = None, progress=None,
+           max_usd: float | None = None) -> list[dict]:
+    """Re-run the curation block alone on stored rows. Returns the funnel: [{stage, rows_in, rows_out}]. A student
+    probe (`select.difficulty.by: student`) is generated as `run` generates, under `max_usd` (else the spec's
+    `budget.max_usd`)."""
     from curation.run import run_curation
     from datagen import console
     from datagen.store.connection import open_store
@@ -188,7 +207,10 @@ def curate(spec: SpecLike, *, verbose: bool = False, log: Log | None = None) -> 
         con = open_store(loaded.store_path)
         try:
             sync_views(con, p.source_tables, p.views)
-            return run_curation(con, loaded, p, log=log or _default_log)
+            log = log or _default_log
+            if max_usd is None and loaded.spec.budget is not None:
+                max_usd = loaded.spec.budget.max_usd
+            return run_curation(con, loaded, p, log=log, generate=_probe_generation(con, p, progress, log, max_usd))
         finally:
             con.close()
 

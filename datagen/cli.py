@@ -146,11 +146,16 @@ def _print_cancelled(cancelled: list[tuple]) -> None:
 
 @app.command()
 @_guard
-def curate(spec: Path = typer.Argument(..., help="the spec file"), verbose: bool = VERBOSE):
-    """Re-run the curation block alone on stored rows (no generation; stored embeddings are reused)."""
+def curate(spec: Path = typer.Argument(..., help="the spec file"), verbose: bool = VERBOSE,
+           max_usd: Optional[float] = typer.Option(None, "--max-usd", help="spend at most this many USD in all on "
+                                                   "a student probe (overrides budget.max_usd)")):
+    """Re-run the curation block alone on stored rows (no step generation; stored embeddings and student answers
+    are reused; a student probe's missing answers are generated)."""
     from datagen import api, console
 
-    _print_funnel(api.curate(_load(spec), verbose=verbose, log=console.say))
+    if max_usd is not None and max_usd <= 0:
+        raise UserError(f"--max-usd must be more than 0, got {max_usd:g}")
+    _print_funnel(api.curate(_load(spec), verbose=verbose, log=console.say, max_usd=max_usd))
 
 
 def _print_funnel(funnel: list[dict]) -> None:
@@ -334,13 +339,13 @@ def sample(model: str = typer.Argument(..., help="a student folder, a bundled: m
            engine: str = typer.Option("vllm", "--engine", help="vllm | transformers"),
            as_json: bool = typer.Option(False, "--json", help="print one JSON object per prompt")):
     """Answer prompts with a model, with s1 budget forcing of its reasoning."""
-    from datagen.teachers.thinking import Budget
-    from sft.sample import as_dict, check_budget, open_engine, read_prompts, resolve_target, sample as run_sample
+    from datagen.teachers.thinking import ThinkingBudget
+    from sft.sample import as_dict, check_thinking_budget, open_engine, read_prompts, resolve_target, sample as run_sample
 
     messages = read_prompts(prompt or [], file, system)
-    budget = Budget(max_thinking_tokens=max_thinking_tokens, min_thinking_tokens=min_thinking_tokens,
+    budget = ThinkingBudget(max_thinking_tokens=max_thinking_tokens, min_thinking_tokens=min_thinking_tokens,
                     start=think_start, end=think_end, wait=wait, max_tokens=max_tokens)
-    check_budget(budget)
+    check_thinking_budget(budget)
     path = resolve_target(model)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoTokenizer

@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from datagen.errors import UserError
-from datagen.teachers.thinking import Budget
+from datagen.teachers.thinking import ThinkingBudget
 
 
-def check_budget(budget: Budget) -> None:
+def check_thinking_budget(budget: ThinkingBudget) -> None:
     """The command line's budget, checked with the names of its options."""
     lo, hi = budget.min_thinking_tokens, budget.max_thinking_tokens
     for name, v in (("--min-thinking-tokens", lo), ("--max-thinking-tokens", hi), ("--max-tokens", budget.max_tokens)):
@@ -54,12 +54,12 @@ def open_engine(kind: str, path: str, seed: int = 0, max_model_len: int = 4096):
     raise UserError(f"--engine must be vllm or transformers, got {kind!r}")
 
 
-def sample(teacher, tok, prompts: list[list[dict]], budget: Budget, temperature: float = 0.0) -> list[Reply]:
+def sample(teacher, tok, prompts: list[list[dict]], budget: ThinkingBudget, temperature: float = 0.0) -> list[Reply]:
     """Answer chat prompts with reasoning bounded as `budget` says (datagen/teachers/thinking.py)."""
     from datagen.reasoning import Markers
     from datagen.teachers.base import GenOptions, GenRequest, Sampling, generate
 
-    check_budget(budget)
+    check_thinking_budget(budget)
     options = GenOptions(Sampling(temperature=temperature, max_tokens=budget.max_tokens),
                          reasoning=Markers(budget.start, budget.end), thinking=budget)
     results = generate(teacher, [GenRequest(m, [str(i)], [0]) for i, m in enumerate(prompts)], options)

@@ -337,3 +337,40 @@ def test_a_step_cannot_take_a_curation_stage_name(tmp_path):
 
     with pytest.raises(UserError, match="decontaminate.*taken by the store"):
         load_spec_text(spec_text().replace("name: solve", "name: decontaminate"), tmp_path / "spec.yaml")
+
+
+def test_a_priced_students_probe_is_costed_and_held_under_max_usd(tmp_path):
+    """The probe is an ordinary generation of the run loop: each answer is costed at the student's price, and
+    `max_usd` (the whole store's spend) stops the probe once the next request's worst case would pass it; a re-run
+    with a higher cap asks only what is missing."""
+    (tmp_path / "problems.jsonl").write_text((DATA / "gsm8k_12.jsonl").read_text())
+    spec = tmp_path / "spec.yaml"
+    priced = STUDENT.replace("model: student, max_attempts: 1}",
+                             "model: student, max_attempts: 1, price: {input: 1000, output: 1000}}")
+    with ScriptedServer(student_script) as server:
+        spec.write_text(priced.replace("BASE", server.base_url))
+        with pytest.raises(SystemExit) as done:
+            main(["run", str(spec), "--quiet", "--max-usd", "0.5"])
+        assert done.value.code == 1  # the cap stopped the run (finished work kept)
+        asked = [b for b in server.bodies if b["model"] == "student"]
+        loaded = load_spec(spec)
+        con = open_store(loaded.store_path)
+        try:
+            done_probes = con.execute("SELECT count(*), min(cost_usd), sum(cost_usd) FROM requests "
+                                      "WHERE step = '_probe' AND status = 'done'").fetchone()
+            spent = con.execute("SELECT sum(cost_usd) FROM requests").fetchone()[0]
+        finally:
+            con.close()
+        assert 0 < len(asked) < 12 and done_probes[0] == len(asked) - (7 in _indices(asked))
+        assert done_probes[1] > 0 and spent <= 0.5  # every answer costed; the cap held over the store's spend
+        server.reset()
+        with pytest.raises(SystemExit) as done:
+            main(["curate", str(spec), "--max-usd", "100"])
+        assert done.value.code in (0, None)
+        again = _indices(server.bodies)
+        assert len(again) == 12 - done_probes[0] and not set(again) & (set(_indices(asked)) - {7})
+
+
+def _indices(bodies: list[dict]) -> list[int]:
+    questions = [r["question"] for r in gsm8k()]
+    return [questions.index(b["messages"][-1]["content"]) for b in bodies]

@@ -50,7 +50,7 @@ def test_budget_forcing_while_generating(tmp_path, bundled_model_path):
 def test_transformers_teacher_forces_the_budget(bundled_model_path):
     from datagen.reasoning import Markers
     from datagen.teachers.base import GenOptions, GenRequest, Sampling, generate
-    from datagen.teachers.thinking import Budget
+    from datagen.teachers.thinking import ThinkingBudget
     from datagen.teachers.transformers_teacher import TransformersTeacher
 
     teacher = TransformersTeacher("t", bundled_model_path)
@@ -59,10 +59,10 @@ def test_transformers_teacher_forces_the_budget(bundled_model_path):
     chat = [{"role": "user", "content": "What is 2 plus 2? Reply in one short sentence."}]
     try:
         capped = GenOptions(Sampling(temperature=0.0, max_tokens=6), reasoning=Markers(),
-                            thinking=Budget(max_thinking_tokens=8, max_tokens=6))
+                            thinking=ThinkingBudget(max_thinking_tokens=8, max_tokens=6))
         ((a,),) = generate(teacher, [GenRequest(long, ["k0"])], capped)
         waited = GenOptions(Sampling(temperature=0.0, max_tokens=6), reasoning=Markers(end="."),
-                            thinking=Budget(max_thinking_tokens=24, min_thinking_tokens=12, end=".", max_tokens=4))
+                            thinking=ThinkingBudget(max_thinking_tokens=24, min_thinking_tokens=12, end=".", max_tokens=4))
         ((c,),) = generate(teacher, [GenRequest(chat, ["k2"])], waited)
     finally:
         teacher.close()

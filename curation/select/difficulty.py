@@ -1,10 +1,12 @@
 """Difficulty by student, as s1 chose its questions: a student model answers each question once, greedily, and the
 rows whose question it already answers correctly are dropped (there is little to learn from them).
 
-The student's answers are requests and outputs of the store like any other generation (under the pseudo-step
-`_probe`), keyed by the student's identity, the prompt and the sampling, so `datagen curate` re-runs reuse them and
-an interrupted probe resumes where it stopped (the stream commits as answers arrive). A failed probe is retried by
-the next run, and its row is kept meanwhile: a question is only dropped for an answer seen to be right.
+The student's answers are an ordinary generation of the run loop (`datagen.pipeline.loop.generate_requests`, handed
+in as `generate` by datagen.api, which sits above curation): requests and outputs of the store under the pseudo-step
+`_probe`, keyed by the student's identity, the prompt and the sampling, costed at the student's `price`, held under
+`max_usd` with the rest of the store's spend, with progress, and committed as answers arrive. So `datagen curate`
+re-runs reuse them and an interrupted probe resumes where it stopped. A failed probe is retried by the next run,
+and its row is kept meanwhile: a question is only dropped for an answer seen to be right.
 """
 
 from __future__ import annotations
@@ -34,7 +36,12 @@ def probe_key(identity: dict, messages: list[dict], sampling: dict) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def student_verdicts(con, loaded, spec, rows: list[dict], log: Callable[[str], None]) -> list[Verdict]:
+# (what, teacher name, teacher spec, requests, sampling) -> None: generates and stores the requests not done yet
+Generate = Callable[[str, str, object, list, dict], object]
+
+
+def student_verdicts(con, loaded, spec, rows: list[dict], log: Callable[[str], None],
+                     generate: Generate | None) -> list[Verdict]:
     """One verdict per row: dropped when the student's final answer equals the reference's."""
     from datagen.teachers import teacher_identity
 
@@ -43,7 +50,7 @@ def student_verdicts(con, loaded, spec, rows: list[dict], log: Callable[[str], N
     sampling = {"temperature": 0.0, "top_p": 1.0, "max_tokens": spec.max_tokens}
     messages = [[{"role": "user", "content": as_text(r.get(spec.question))}] for r in rows]
     keys = [probe_key(identity, m, sampling) for m in messages]
-    answers = _probe(con, loaded, name, teacher_spec, identity, dict(zip(keys, messages)), sampling, log)
+    answers = _probe(con, name, teacher_spec, dict(zip(keys, messages)), sampling, log, generate)
     verdicts = []
     for row, key in zip(rows, keys):
         text, error = answers.get(key, (None, "no probe recorded"))
@@ -63,26 +70,19 @@ def student_verdicts(con, loaded, spec, rows: list[dict], log: Callable[[str], N
     return verdicts
 
 
-def _probe(con, loaded, name: str, teacher_spec, identity: dict, wanted: dict[str, list[dict]], sampling: dict,
-           log: Callable[[str], None]) -> dict[str, tuple[str | None, str | None]]:
+def _probe(con, name: str, teacher_spec, wanted: dict[str, list[dict]], sampling: dict, log: Callable[[str], None],
+           generate: Generate | None) -> dict[str, tuple[str | None, str | None]]:
     """key -> (text, error) for every wanted prompt, generating and storing those not answered successfully yet."""
     from datagen.store.reads import request_results
-    from datagen.store.writes import insert_pending
-    from datagen.pipeline.stream import Counts, generate
     from datagen.strategies.base import PlannedRequest
-    from datagen.teachers import make_teacher
-    from datagen.teachers.base import GenOptions, Sampling
 
     found = request_results(con, list(wanted))
-    todo = [PlannedRequest(k, PROBE_STEP, None, 0, wanted[k], name) for k in wanted
-            if k not in found or found[k][1] is not None]
+    todo = [k for k in wanted if k not in found or found[k][1] is not None]
     if not todo:
         return found
+    if generate is None:
+        raise TypeError("run_curation needs `generate` for a student probe (datagen.api passes the run loop's)")
     log(f"curation: the student {name} answers {len(todo)} questions ({len(wanted) - len(todo)} stored)")
-    insert_pending(con, PROBE_STEP, todo, None)
-    teacher = make_teacher(name, teacher_spec, loaded.dir, loaded.spec.seed)
-    try:
-        generate(con, teacher, name, todo, GenOptions(Sampling(**sampling)), lambda req, sample: ({}, None), Counts())
-    finally:
-        teacher.close()
+    generate(PROBE_STEP, name, teacher_spec, [PlannedRequest(k, PROBE_STEP, None, 0, wanted[k], name) for k in todo],
+             sampling)
     return request_results(con, list(wanted))

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import time
+from types import SimpleNamespace
 from dataclasses import dataclass, field
 from datetime import datetime, UTC
 from collections.abc import Callable
 
 import duckdb
 
-from datagen.pipeline.spendcap import Budget
+from datagen.pipeline.spendcap import SpendCap
 from datagen.pipeline.cost import rates_of, usd
 from datagen.errors import RunFailed, as_interrupt
 from datagen.keys import canonical
@@ -25,9 +26,10 @@ from datagen.store.writes import insert_pending
 from datagen.pipeline.stream import Counts, generate, options_for
 from datagen.strategies import strategy_of
 from datagen.strategies.base import Job, Round, TeacherSetup
+from datagen.teachers.base import GenOptions, Sampling
 from datagen.templates import TemplateFailed
 
-MIN_SAMPLES_FOR_BUDGET = 20  # below this many finished samples a failure rate says little
+MIN_SAMPLES_FOR_RATE = 20  # below this many finished samples a failure rate says little
 
 
 @dataclass
@@ -61,7 +63,7 @@ def run_steps(con: duckdb.DuckDBPyConnection, plan: Plan, progress: Progress | N
     (what the store has spent included); with `ray`, in-process teachers run as replicas on the Ray cluster this
     process has joined."""
     start = time.monotonic()
-    budget = Budget(max_usd, stats.spent(con)) if max_usd is not None else None
+    cap = SpendCap(max_usd, stats.spent(con)) if max_usd is not None else None
     summary = RunSummary(store=str(plan.loaded.store_path))
     teachers = Teachers(con, plan, ray, log)
     started = datetime.now(UTC).replace(tzinfo=None)
@@ -69,7 +71,7 @@ def run_steps(con: duckdb.DuckDBPyConnection, plan: Plan, progress: Progress | N
     status = "failed"
     try:
         for st in plan.steps:
-            summary.steps.append(run_step(con, plan, st, teachers, progress, log, budget))
+            summary.steps.append(run_step(con, plan, st, teachers, progress, log, cap))
         batches.close_unplanned(con)
         status = "done"
     except BaseException as exc:
@@ -102,7 +104,7 @@ def teacher_setups(plan: Plan, st: PlannedStep) -> list[TeacherSetup]:
 
 
 def run_step(con: duckdb.DuckDBPyConnection, plan: Plan, st: PlannedStep, teachers: Teachers,
-             progress: Progress | None, log: Callable[[str], None], budget: Budget | None = None) -> StepSummary:
+             progress: Progress | None, log: Callable[[str], None], cap: SpendCap | None = None) -> StepSummary:
     strategy = strategy_of(st.spec)
     job = Job(con, plan, st, teacher_setups(plan, st), log)
     summary = StepSummary(st.name)
@@ -112,19 +114,19 @@ def run_step(con: duckdb.DuckDBPyConnection, plan: Plan, st: PlannedStep, teache
         for rnd in rounds:
             keys += [r.key for r in rnd.requests]
             insert_pending(con, st.name, rnd.requests, keys)
-            run_round(con, plan, job, rnd, teachers, summary, progress, log, budget)
+            run_round(con, plan, job, rnd, teachers, summary, progress, log, cap)
     except TemplateFailed as exc:
         raise plan.loaded.error(("steps", st.index), str(exc)) from None
     finally:
         rounds.close()
     if summary.generated or summary.failed:
-        check_budget(st.spec, summary, final=True)
+        check_failure_rate(st.spec, summary, final=True)
     strategy.finish(job)
     return summary
 
 
 def run_round(con, plan: Plan, job: Job, rnd: Round, teachers: Teachers, summary: StepSummary,
-              progress: Progress | None, log: Callable[[str], None], budget: Budget | None = None) -> None:
+              progress: Progress | None, log: Callable[[str], None], cap: SpendCap | None = None) -> None:
     st = job.st
     finished = reads.finished_keys(con, [r.key for r in rnd.requests], failed_too=not rnd.retry_failed)
     todo = [r for r in rnd.requests if r.key not in finished]
@@ -147,11 +149,11 @@ def run_round(con, plan: Plan, job: Job, rnd: Round, teachers: Teachers, summary
         def committed(counts=counts):
             _add(summary, counts)
             report()
-            check_budget(st.spec, summary)
+            check_failure_rate(st.spec, summary)
 
         try:
             generate(con, teacher, setup.name, mine, options, parse, counts, on_commit=committed,
-                     rates=rates_of(plan.spec.teachers[setup.name]), budget=budget)
+                     rates=rates_of(plan.spec.teachers[setup.name]), cap=cap)
         finally:
             _add(summary, counts)
 
@@ -178,11 +180,12 @@ class Teachers:
         self.con, self.plan, self.ray, self.log = con, plan, ray, log
         self.loaded: dict[str, object] = {}
 
-    def get(self, name: str):
+    def get(self, name: str, spec=None):
+        """The teacher `name` of the spec, or one given by its `spec` (a model named outside `teachers:`)."""
         if name not in self.loaded:
             from datagen.teachers import make_teacher, start_message
 
-            spec = self.plan.spec.teachers[name]
+            spec = spec or self.plan.spec.teachers[name]
             ray = self.ray and spec.backend != "openai"
             where = f", {spec.replicas} replica{'s' if spec.replicas > 1 else ''} on Ray" if ray else ""
             self.log(start_message(name, spec, where))
@@ -208,6 +211,41 @@ class Teachers:
             teacher.close()
 
 
+def generate_requests(con: duckdb.DuckDBPyConnection, plan: Plan, what: str, teacher_name: str, teacher_spec,
+                      requests: list, sampling: dict, progress: Progress | None = None,
+                      log: Callable[[str], None] = print, max_usd: float | None = None) -> StepSummary:
+    """Requests made outside the spec's steps (curation's student probe, under the pseudo-step `what`), generated
+    as a step's are: finished ones are not sent again (a failed one is), each sample is costed at the teacher's
+    price and held under `max_usd` with everything the store has spent, progress is reported, and a kill loses only
+    what was not committed. Its summary joins the run's."""
+    summary = StepSummary(what)
+    keys = [r.key for r in requests]
+    finished = reads.finished_keys(con, keys, failed_too=False)
+    todo = [r for r in requests if r.key not in finished]
+    summary.planned, summary.cached = len(requests), len(requests) - len(todo)
+    if not todo:
+        return summary
+    insert_pending(con, what, todo, None)
+    report = _reporter(SimpleNamespace(name=what), summary, progress)
+    report()
+    cap = SpendCap(max_usd, stats.spent(con)) if max_usd is not None else None
+    teachers = Teachers(con, plan, False, log)
+    counts = Counts()
+
+    def committed() -> None:
+        _add(summary, counts)
+        report()
+
+    try:
+        generate(con, teachers.get(teacher_name, teacher_spec), teacher_name, todo, GenOptions(Sampling(**sampling)),
+                 lambda req, sample: ({}, None), counts, on_commit=committed, rates=rates_of(teacher_spec),
+                 cap=cap)
+    finally:
+        _add(summary, counts)
+        teachers.close()
+    return summary
+
+
 def cancel_batches(con: duckdb.DuckDBPyConnection, plan: Plan, log: Callable[[str], None] = print) -> list[tuple]:
     """Ask the provider to cancel every open batch of the spec's batch-mode teachers: (teacher, batch id, status).
     The next run reads what they finished and sends the rest again."""
@@ -223,10 +261,11 @@ def cancel_batches(con: duckdb.DuckDBPyConnection, plan: Plan, log: Callable[[st
     return out
 
 
-def check_budget(step, summary: StepSummary, final: bool = False) -> None:
-    """Stop early once enough samples show the failure rate is over budget; at the step's end, always check."""
+def check_failure_rate(step, summary: StepSummary, final: bool = False) -> None:
+    """Stop early once enough samples show the failure rate is over the step's `max_failure_rate`; at the step's
+    end, always check."""
     attempted = summary.generated + summary.failed
-    if attempted == 0 or (attempted < MIN_SAMPLES_FOR_BUDGET and not final):
+    if attempted == 0 or (attempted < MIN_SAMPLES_FOR_RATE and not final):
         return
     rate = summary.failed / attempted
     if rate > step.max_failure_rate:

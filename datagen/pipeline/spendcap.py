@@ -1,4 +1,4 @@
-"""The hard budget (`budget: {max_usd}`, `datagen run --max-usd`): before a request or a batch is sent, its
+"""The spend cap (`budget: {max_usd}`, `datagen run --max-usd`): before a request or a batch is sent, its
 worst-case cost is reserved; what would take spent plus reserved past the cap is not sent.
 
 The cap covers everything the store has spent (every run of the spec), so a re-run with the same cap sends nothing
@@ -17,7 +17,7 @@ class BudgetExhausted(RunFailed):
     """The cap stopped the run; finished work is kept (the CLI exits 1)."""
 
 
-class Budget:
+class SpendCap:
     def __init__(self, max_usd: float, spent: float):
         self.max_usd = max_usd
         self.spent = spent  # what the store has recorded as spent
@@ -39,8 +39,9 @@ class Budget:
         self.spent += actual
 
     def exhausted(self, step: str, left: int, left_worst: float) -> BudgetExhausted:
+        what = "curation's student probe (`_probe`)" if step.startswith("_") else f"step {step}"
         return BudgetExhausted(
-            f"budget: {usd(self.spent)} spent of the {usd(self.max_usd)} cap; step {step} has {left} requests left "
-            f"undone (worst case {usd(left_worst)}) and later steps did not start. Finished work is kept; to "
+            f"budget: {usd(self.spent)} spent of the {usd(self.max_usd)} cap; {what} has {left} requests left "
+            f"undone (worst case {usd(left_worst)}) and what comes after it did not start. Finished work is kept; to "
             f"continue, raise `budget.max_usd` in the spec or run `datagen run SPEC --max-usd AMOUNT` (at least "
             f"{usd(self.spent + left_worst)} to finish this step at its worst case): nothing is sent twice")

@@ -4,7 +4,7 @@ The teacher keeps its backend busy (an engine's queue full, HTTP requests in fli
 yields each request as it finishes; this module turns replies into rows (through the caller's `parse`) and commits
 them every COMMIT_SECONDS, in one transaction each time. Ctrl-C, SIGTERM or an error stops the stream: what finished
 is committed first, so a re-run generates only the rest. `kill -9` loses only what was not yet committed.
-Under a hard budget (budget.py) requests go out in parts that fit under the cap at their worst-case cost.
+Under a spend cap (spendcap.py) requests go out in parts that fit under the cap at their worst-case cost.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import duckdb
 
-from datagen.pipeline.spendcap import Budget
+from datagen.pipeline.spendcap import SpendCap
 from datagen.pipeline.cost import Rates, max_request_cost
 from datagen.keys import canonical
 from datagen.store.writes import BatchResult, write_batch
@@ -42,17 +42,17 @@ def options_for(step, sampling: dict, json_schema: dict | None) -> GenOptions:
     thinking budget (specs/reasoning.md) and the step's extra_body (merged over the teacher's by the teacher)."""
     from datagen.reasoning import Markers
     from datagen.spec.reasoning_models import markers_of
-    from datagen.teachers.thinking import Budget
+    from datagen.teachers.thinking import ThinkingBudget
 
     markers = markers_of(step)
     thinking = getattr(step, "thinking", None)
-    budget = None
+    forcing = None
     if thinking is not None:
-        budget = Budget(thinking.max_tokens, thinking.min_tokens or None, markers.start, markers.end, thinking.wait,
+        forcing = ThinkingBudget(thinking.max_tokens, thinking.min_tokens or None, markers.start, markers.end, thinking.wait,
                         thinking.final, sampling["max_tokens"])
     return GenOptions(Sampling(**sampling), logprobs=step.logprobs, logprobs_mode=step.logprobs_mode,
                       json_schema=json_schema,
-                      reasoning=Markers(markers.start, markers.end) if markers else None, thinking=budget,
+                      reasoning=Markers(markers.start, markers.end) if markers else None, thinking=forcing,
                       extra_body=step.extra_body)
 
 
@@ -67,25 +67,25 @@ def group_by_prompt(requests: list) -> list[tuple[GenRequest, list]]:
 
 def generate(con: duckdb.DuckDBPyConnection, teacher, teacher_name: str, todo: list, options: GenOptions,
              parse: Parse, counts: Counts, on_commit: Callable[[], None] | None = None, rates: Rates | None = None,
-             budget: Budget | None = None) -> None:
+             cap: SpendCap | None = None) -> None:
     """Generate `todo` (planned requests of one teacher) and record every sample: a row, or a failed request with
     its reason, with its cost at `rates`. Commits at least every COMMIT_SECONDS while samples arrive, and once more
-    when the stream ends, for whatever reason it ends. With a `budget` (and a known price), only what fits under the
+    when the stream ends, for whatever reason it ends. With a spend `cap` (and a known price), only what fits under the
     cap at its worst case is sent; the rest raises BudgetExhausted once what was sent is in."""
     if not todo:
         return
     groups = group_by_prompt(todo)
-    if budget is None or rates is None:
+    if cap is None or rates is None:
         _stream(con, teacher, teacher_name, groups, options, parse, counts, on_commit, rates)
         return
     worst = [max_request_cost(rates, g.messages, len(g.keys), options.sampling.max_tokens) for g, _ in groups]
     while groups:
-        n = budget.admit(worst)
+        n = cap.admit(worst)
         if n == 0:
-            raise budget.exhausted(groups[0][1][0].step, sum(len(rs) for _, rs in groups), sum(worst))
+            raise cap.exhausted(groups[0][1][0].step, sum(len(rs) for _, rs in groups), sum(worst))
         # an admitted part runs to its end, and what it did not spend of its reservation admits the next part
         spent = _stream(con, teacher, teacher_name, groups[:n], options, parse, counts, on_commit, rates)
-        budget.settle(sum(worst[:n]), spent)
+        cap.settle(sum(worst[:n]), spent)
         groups, worst = groups[n:], worst[n:]
 
 

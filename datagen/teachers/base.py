@@ -76,7 +76,7 @@ class GenOptions:
     logprobs_mode: str = "raw"  # raw: the model's distribution; processed: after temperature, top-k and top-p
     json_schema: dict[str, Any] | None = None  # structured output
     reasoning: Markers | None = None  # split a leading trace off the text (Sample.reasoning)
-    thinking: Any = None  # a budget.Budget: budget forcing of the trace (in-process engines; with `reasoning`)
+    thinking: Any = None  # a thinking.ThinkingBudget: budget forcing of the trace (in-process engines; with `reasoning`)
     extra_body: dict[str, Any] | None = None  # HTTP only: merged into every request body as is
 
 

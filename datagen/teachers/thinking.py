@@ -24,7 +24,7 @@ from datagen.teachers.base import Sample
 
 
 @dataclass
-class Budget:
+class ThinkingBudget:
     max_thinking_tokens: int | None = None
     min_thinking_tokens: int | None = None
     start: str = "<think>"
@@ -45,7 +45,7 @@ class Phase:
 class Forcing:
     """One sample's budget forcing (see the module docstring)."""
 
-    def __init__(self, budget: Budget, head: str, tokenizer, answer_stop: list[str] | None = None):
+    def __init__(self, budget: ThinkingBudget, head: str, tokenizer, answer_stop: list[str] | None = None):
         self.budget = budget
         self.head = head + budget.start  # the chat template's generation prompt, then the start marker
         self.tok = tokenizer
