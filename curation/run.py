@@ -111,30 +111,14 @@ def _decontaminate(ctx: _Context, spec, alive: list[int]) -> list[Verdict]:
 
 
 def _dedup(ctx: _Context, spec, alive: list[int], seed: int) -> list[Verdict]:
-    from curation.dedup import priority_order
+    from curation.dedup import apply_dedup, priority_order
 
-    sub = [ctx.rows[i] for i in alive]
-    order = priority_order(sub, spec.keep_by, spec.keep)
-    if spec.type == "exact":
-        from curation.dedup.exact import exact_dedup
+    order = priority_order([ctx.rows[i] for i in alive], spec.keep_by, spec.keep)
 
-        result = exact_dedup(ctx.texts(spec.column, alive), order)
-    elif spec.type == "minhash":
-        from curation.dedup.minhash import minhash_dedup
+    def vectors(pos: list[int], backend: str):
+        return ctx.vectors(spec.column, spec.model, [alive[k] for k in pos], backend)
 
-        result = minhash_dedup(ctx.texts(spec.column, alive), order, spec.threshold, spec.ngram, spec.num_perm)
-    elif spec.backend == "cascade":  # the static model proposes, MiniLM decides (specs/curation.md)
-        from curation.dedup.cascade import cascade_dedup
-
-        def embed(pos: list[int], backend: str):
-            return ctx.vectors(spec.column, spec.model, [alive[k] for k in pos], backend)
-
-        result = cascade_dedup(len(alive), order, spec.threshold, embed, spec.exact_below, spec.nprobe, seed)
-    else:
-        from curation.dedup.semantic import semantic_dedup
-
-        vectors = ctx.vectors(spec.column, spec.model, alive)
-        result = semantic_dedup(vectors, order, spec.threshold, spec.exact_below, spec.nprobe, seed)
+    result = apply_dedup(spec, ctx.texts(spec.column, alive), order, vectors, seed)
     # dedup gives positions within `alive`; a verdict names the kept row by its id
     return [Verdict(kept, _dup_reason(spec, score) if not kept else None, score,
                     None if dup is None else ctx.rows[alive[dup]]["_id"]) for kept, dup, score in result]

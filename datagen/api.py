@@ -47,6 +47,7 @@ def _loop_safe(fn):
 
 def open_spec(spec: SpecLike, limit: int | None = None) -> LoadedSpec:
     """A loaded, model-validated spec (the plan's checks come later, in `plan`)."""
+    import curation.filters  # noqa: F401  every registered filter (curation.filters.add), before the spec is read
     import datagen.strategies  # noqa: F401  registers every strategy's step model before the spec is read
     from datagen.spec.load import load_spec, load_spec_data
 

@@ -70,3 +70,12 @@ _FILTERS: dict[str, Callable[..., list[Verdict]]] = {
     "length": _length, "regex": _regex, "truncated": _truncated, "score": _score, "repetition": _repetition,
     "verify_math": _verify_math, "verify_code": _verify_code, "reasoning": _reasoning,
 }
+
+
+def add(model, fn: Callable[..., list[Verdict]]) -> None:
+    """Register a filter (CONTRIBUTING.md, "Adding a filter"): `model` (a FilterBase subclass with
+    `type: Literal["name"]`) joins the spec language, and `fn(spec, rows, spec_dir)` gives one Verdict per row."""
+    from datagen.spec.curation_models import register_filter
+
+    register_filter(model)
+    _FILTERS[model.model_fields["type"].annotation.__args__[0]] = fn

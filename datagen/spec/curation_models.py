@@ -11,6 +11,7 @@ what a block says on its own.
 from __future__ import annotations
 
 import re
+import typing
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -164,6 +165,26 @@ class ReasoningFilter(FilterBase):
 
 
 FILTER_TYPES = ("truncated", "length", "regex", "repetition", "score", "verify_math", "verify_code", "reasoning")
+# every filter the spec language knows, by `type`: the built-in ones, and any `curation.filters.add` registers
+# (CONTRIBUTING.md, "Adding a filter"); datagen.spec.models.spec_model() builds the spec's union from it
+FILTER_MODELS: dict[str, type[FilterBase]] = {
+    "truncated": TruncatedFilter, "length": LengthFilter, "regex": RegexFilter, "repetition": RepetitionFilter,
+    "score": ScoreFilter, "verify_math": VerifyMathFilter, "verify_code": VerifyCodeFilter,
+    "reasoning": ReasoningFilter,
+}
+
+
+def register_filter(model: type[FilterBase]) -> None:
+    """Make `model` a filter of the spec language, under its `type: Literal["name"]`."""
+    field = model.model_fields.get("type") if isinstance(model, type) and issubclass(model, FilterBase) else None
+    names = typing.get_args(field.annotation) if field is not None else ()
+    if not names:
+        raise TypeError(f"{model!r} is not a filter model: subclass FilterBase and give it a "
+                        "`type: Literal[\"name\"]` field")
+    if FILTER_MODELS.get(names[0], model) is not model:
+        raise TypeError(f"filter `{names[0]}` is already registered by {FILTER_MODELS[names[0]].__name__}")
+    FILTER_MODELS[names[0]] = model
+
 
 FilterSpec = Annotated[
     TruncatedFilter | LengthFilter | RegexFilter | RepetitionFilter | ScoreFilter | VerifyMathFilter | VerifyCodeFilter | ReasoningFilter,
@@ -330,7 +351,7 @@ class CurationSpec(Model):
     @field_validator("filters", mode="before")
     @classmethod
     def _filter_tags(cls, v: Any) -> Any:
-        return _check_tags(v, FILTER_TYPES, "filter")
+        return _check_tags(v, tuple(FILTER_MODELS), "filter")
 
     @field_validator("dedup", mode="before")
     @classmethod

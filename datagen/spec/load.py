@@ -195,7 +195,8 @@ def _step_into(tp: Any, part: Any) -> Any:
         for arg in args:
             arg = _unwrap(arg)
             if isinstance(arg, type) and issubclass(arg, BaseModel):
-                tag_field = arg.model_fields.get("backend") or arg.model_fields.get("strategy")
+                tag_field = next((arg.model_fields[t] for t in ("backend", "strategy", "type") if t in arg.model_fields),
+                                 None)
                 if tag_field is not None and part in typing.get_args(tag_field.annotation):
                     return arg
         for arg in args:

@@ -7,6 +7,7 @@ correctly; the plan (datagen/spec/plan.py) then refuses it with "not supported y
 from __future__ import annotations
 
 import functools
+import operator
 import re
 import typing
 from typing import Annotated, Any, Literal
@@ -389,9 +390,7 @@ def register_step(model: type[StepBase]) -> None:
                         "`strategy: Literal[\"name\"]` field")
     if STEP_MODELS.get(names[0], model) is not model:
         raise TypeError(f"strategy `{names[0]}` is already registered by {STEP_MODELS[names[0]].__name__}")
-    if STEP_MODELS.get(names[0]) is not model:
-        STEP_MODELS[names[0]] = model
-        spec_model.cache_clear()
+    STEP_MODELS[names[0]] = model
 
 
 
@@ -560,11 +559,27 @@ class Spec(Model):
         return self
 
 
-@functools.cache
 def spec_model() -> type[Spec]:
-    """`Spec`, with `steps` taking every registered step model (the built-in ones are `Spec`'s own)."""
-    models = tuple(STEP_MODELS.values())
-    if set(models) == set(typing.get_args(typing.get_args(StepSpec)[0])):
-        return Spec
-    steps = Annotated[models, Field(discriminator="strategy")]  # type: ignore[valid-type]
-    return create_model("Spec", __base__=Spec, steps=(list[steps], []))
+    """`Spec`, with `steps` taking every registered step model and `curation.filters` every registered filter
+    (with only the built-in ones, `Spec` itself)."""
+    from datagen.spec.curation_models import FILTER_MODELS
+
+    return _spec_model(tuple(STEP_MODELS.values()), tuple(FILTER_MODELS.values()))
+
+
+def _union(models: tuple, tag: str) -> Any:
+    """`A | B | ...` tagged by `tag` (functools.reduce: a tuple given to Union[...] is easy to break by rewriting)."""
+    return Annotated[functools.reduce(operator.or_, models), Field(discriminator=tag)]
+
+
+@functools.cache
+def _spec_model(steps: tuple, filters: tuple) -> type[Spec]:
+    from datagen.spec.curation_models import CurationSpec, FilterSpec
+
+    fields: dict[str, Any] = {}
+    if set(steps) != set(typing.get_args(typing.get_args(StepSpec)[0])):
+        fields["steps"] = (list[_union(steps, "strategy")], [])
+    if set(filters) != set(typing.get_args(typing.get_args(FilterSpec)[0])):
+        curation = create_model("CurationSpec", __base__=CurationSpec, filters=(list[_union(filters, "type")], []))
+        fields["curation"] = (curation | None, None)
+    return create_model("Spec", __base__=Spec, **fields) if fields else Spec
