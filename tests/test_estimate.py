@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from datagen import api
-from datagen.pipeline.estimate import estimate
+from datagen.pipeline.estimate import describe_estimate, estimate
 from datagen.spec.load import load_spec
 from tests.scripted_server import ScriptedServer
 from tests.test_run_scripted import make_spec, quiet_run, store_rows
@@ -136,3 +136,25 @@ def source_prompts(loaded) -> list[list[dict]]:
     con = open_scratch()
     sync_views(con, plan.source_rows, plan.views)
     return known_prompts(Job(con, plan, plan.steps[0], teacher_setups(plan, plan.steps[0]), print))
+
+
+def test_without_a_tokenizer_the_figure_is_about_and_the_worst_case_bound_holds(tmp_path, bundled_model_path):
+    """chars/4 (`~`) can fall below what a real tokenizer counts (digits, other scripts), so it is shown as "about";
+    the worst case uses the byte bound, which the bundled tokenizer never exceeds, on the same hard text."""
+    from transformers import AutoTokenizer
+
+    from datagen.pipeline.cost import guess_prompt_tokens, max_prompt_tokens
+
+    tok = AutoTokenizer.from_pretrained(bundled_model_path)
+    hard = [[{"role": "user", "content": "3.14159 2.71828 1.41421 " * 20}],
+            [{"role": "system", "content": "Réponds en français, s'il te plaît."},
+             {"role": "user", "content": "数学の問題を解いてください: 12 × 34 = ?"}]]
+    for messages in hard:
+        real = len(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)["input_ids"])
+        assert guess_prompt_tokens(messages) < real <= max_prompt_tokens(messages), messages
+    spec = tmp_path / "chain.yaml"
+    spec.write_text(CHAIN)
+    text = describe_estimate(estimate(api.plan(load_spec(spec))))
+    assert text.splitlines()[0].startswith("estimate (at most; `~`: about, counted without the teacher's tokenizer")
+    total = next(x for x in text.splitlines() if x.startswith("  total "))
+    assert "~" in total

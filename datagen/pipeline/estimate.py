@@ -179,15 +179,19 @@ def _stored(plan: Plan) -> tuple[dict[str, float], float | None]:
 def describe_estimate(est: Estimate, max_usd: float | None = None) -> str:
     if not est.lines:
         return "estimate: no requests"
-    lines = ["estimate (at most; `~`: estimated without the teacher's tokenizer):",
+    # `~` is chars/4, which real text can exceed: "about", not "at most"; the worst case uses the byte bound
+    # (max_prompt_tokens), which no tokenizer exceeds
+    lines = ["estimate (at most; `~`: about, counted without the teacher's tokenizer; its worst case still holds):",
              f"  {'step':<16} {'teacher':<12} {'requests':>9} {'prompt tokens':>16} {'output tokens':>14} "
              f"{'worst case':>11} {'expected':>10}"]
     for x in est.lines:
         mark = "" if x.prompt_basis.startswith("counted") else "~"
         lines.append(f"  {x.step:<16} {x.teacher:<12} {x.requests:>9,} {mark + format(x.prompt_tokens, ','):>16} "
                      f"{x.max_output_tokens:>14,} {usd(x.worst_usd):>11} {usd(x.expected_usd):>10}")
+    about = "" if all(x.prompt_basis.startswith("counted") for x in est.lines) else "~"
     lines.append(f"  {'total':<16} {'':<12} {sum(x.requests for x in est.lines):>9,} "
-                 f"{sum(x.prompt_tokens for x in est.lines):>16,} {sum(x.max_output_tokens for x in est.lines):>14,} "
+                 f"{about + format(sum(x.prompt_tokens for x in est.lines), ','):>16} "
+                 f"{sum(x.max_output_tokens for x in est.lines):>14,} "
                  f"{usd(est.total('worst_usd')):>11} {usd(est.total('expected_usd')):>10}")
     lines += _notes(est, max_usd)
     return "\n".join(lines)

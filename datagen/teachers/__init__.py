@@ -59,7 +59,7 @@ def make_teacher(name: str, spec, spec_dir, seed: int, journal=None, ray: bool =
             if not api_key:
                 raise UserError(f"teachers.{name}.api_key_env: environment variable {spec.api_key_env} is not set; "
                                 "export it before running")
-        if spec.batch.enabled and journal is not None:  # without one (curation's probes) it asks online
+        if spec.batch.enabled and journal is not None:  # without one (no store to record batches in) it asks online
             from datagen.teachers.openai_batch import OpenAIBatchTeacher
 
             b = spec.batch
