@@ -54,9 +54,10 @@ assert torch.cuda.is_available() and p.is_cuda(), 'torch or vLLM does not see CU
 print(torch.cuda.get_device_name(0))" || exit 1
 part quickstart "$venv/bin/datagen" run specs/quickstart.yaml
 part e2e bash -c "cd '$repo' && '$py' -m pytest -q -p no:cacheprovider tests/test_e2e_vllm.py tests/test_examples_e2e.py"
-part train-sft bash -c "'$venv/bin/datagen' run specs/gpu_sft.yaml && '$venv/bin/datagen' train specs/gpu_sft.yaml"
-part train-kd bash -c "'$venv/bin/datagen' run specs/gpu_kd.yaml && '$venv/bin/datagen' train specs/gpu_kd.yaml"
+# SFT on the reasoning example's curated traces (specs/reasoning_distill.yaml; the specs it named before never existed)
+part train-sft bash -c "'$venv/bin/datagen' run specs/reasoning_distill.yaml &&
+    '$venv/bin/datagen' train specs/reasoning_distill.yaml --max-steps 8"
 part train-dpo bash -c "'$venv/bin/datagen' run specs/feedback_loop.yaml &&
     '$venv/bin/datagen' train specs/feedback_loop.yaml --max-steps 8"
-part sample "$venv/bin/datagen" sample specs/out/student_sft --prompt "What is 12 + 30?" --max-tokens 64
+part sample "$venv/bin/datagen" sample specs/out/reasoning-student --prompt "What is 12 + 30?" --max-tokens 64
 exit "$failed"

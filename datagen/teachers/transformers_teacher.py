@@ -1,7 +1,7 @@
 """Teacher on plain transformers `generate`: the fallback without vLLM, and the student side.
 
 Slower than vLLM (no continuous batching) but needs nothing beyond torch and transformers. With a thinking budget
-(`GenOptions.thinking`, budget.py) each sample's phases are generated one after another, one prompt at a time.
+(`GenOptions.thinking`, thinking.py) each sample's phases are generated one after another, one prompt at a time.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ shuts the engine down, instead of killing an engine process under it. Tensor par
 processes; they are the watchdog's to end (watchdog.py). The engine is created on the first request, never at
 import, and a script that uses this teacher needs an `if __name__ == "__main__":` guard (workers start with spawn).
 
-With a thinking budget (`GenOptions.thinking`, budget.py) every sample is its own sequence of phases: when a phase
+With a thinking budget (`GenOptions.thinking`, thinking.py) every sample is its own sequence of phases: when a phase
 finishes, the next one (the trace continued after "Wait", or the answer after the end marker) is added as a new
 engine request at once, so the engine stays full while some samples are mid-phase; a request comes back when the
 answers of all its samples are done.
