@@ -15,9 +15,8 @@ from collections.abc import Callable
 
 import duckdb
 
-from curation.stages import dedup_stages, filter_stages, stage_names
 from datagen.store import reads
-from datagen.store.decisions import curation_funnel, replace_curated
+from datagen.store.decisions import replace_curated
 from datagen.text import as_text
 from datagen.verdict import Verdict
 
@@ -56,11 +55,11 @@ def run_curation(con: duckdb.DuckDBPyConnection, loaded, plan, log: Callable[[st
     rec = Recorder(rows)
     alive = list(range(len(rows)))
     ctx = _Context(con, loaded, rows, log, generate)
-    for stage, spec in zip(filter_stages(cur), cur.filters):
+    for stage, spec in zip(cur.filter_stages(), cur.filters):
         alive = _timed(rec, stage, alive, lambda a, s=spec: _filter(ctx, s, a))
     if cur.decontaminate is not None:
         alive = _timed(rec, "decontaminate", alive, lambda a: _decontaminate(ctx, cur.decontaminate, a))
-    for stage, spec in zip(dedup_stages(cur), cur.dedup):
+    for stage, spec in zip(cur.dedup_stages(), cur.dedup):
         alive = _timed(rec, stage, alive, lambda a, s=spec: _dedup(ctx, s, a, seed))
     if cur.select is not None:
         alive = _select(ctx, rec, cur.select, alive, seed)
@@ -164,10 +163,3 @@ def _student(ctx: _Context, spec, alive: list[int]) -> list[Verdict]:
 
     return student_verdicts(ctx.con, ctx.loaded, spec, [ctx.rows[i] for i in alive], ctx.log, ctx.generate)
 
-
-def read_funnel(con: duckdb.DuckDBPyConnection, cur=None) -> list[dict]:
-    """The funnel of the last curation run from `decisions`: the spec's stage order first, any others after."""
-    got = curation_funnel(con)
-    order = {name: i for i, name in enumerate(stage_names(cur))} if cur is not None else {}
-    got = sorted(enumerate(got), key=lambda e: (order.get(e[1][0], len(order)), e[0]))
-    return [{"stage": s, "rows_in": n, "rows_out": k} for _, (s, n, k) in got]

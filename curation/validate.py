@@ -6,6 +6,7 @@ block with its YAML line, the same way as a wrong template variable in a step.
 
 from __future__ import annotations
 
+from datagen.errors import UserError
 from datagen.spec.curation_models import CurationSpec
 
 LOC = ("curation",)
@@ -135,9 +136,9 @@ def _check_student(loaded, loc: tuple, ref: str) -> None:
     bare = "/" not in ref and ":" not in ref and not (Path(loaded.dir) / ref).exists()
     try:
         if bare:
-            raise ValueError(f"`{ref}` is not a teacher of this spec nor a model folder")
+            raise UserError(f"`{ref}` is not a teacher of this spec nor a model folder")
         model_identity(ref, loaded.dir)
-    except ValueError as exc:
+    except UserError as exc:
         raise loaded.error(loc, f"{exc}; name one of the spec's teachers ({teachers}) or a model "
                                 "(bundled:smollm2-135m-instruct, a local folder, org/name)") from None
 
@@ -161,5 +162,5 @@ class _Checker:
 
         try:
             model_identity(ref, self.loaded.dir)
-        except ValueError as exc:
+        except UserError as exc:
             raise self.loaded.error(loc, str(exc)) from None

@@ -15,6 +15,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from datagen.errors import UserError
+
 SMOLLM2 = "bundled:smollm2-135m-instruct"
 MINILM = "bundled:all-minilm-l6-v2"
 
@@ -64,13 +66,13 @@ def _local_path(ref: str, spec_dir: Path | None) -> Path | None:
         return path.resolve()
     # "org/name" may be either a hub id or a missing relative folder; only an explicit path shape is an error here.
     if ref.startswith(("/", "./", "../", "~")) or ref.count("/") > 1:
-        raise ValueError(f"model folder '{ref}' does not exist (resolved to {path})")
+        raise UserError(f"model folder '{ref}' does not exist (resolved to {path})")
     return None
 
 
 def _check_known(ref: str) -> None:
     if ref not in _BUNDLED:
-        raise ValueError(f"unknown bundled model '{ref}'; choose one of: {', '.join(_BUNDLED)}")
+        raise UserError(f"unknown bundled model '{ref}'; choose one of: {', '.join(_BUNDLED)}")
 
 
 def _version(dist: str) -> str:
@@ -86,7 +88,7 @@ def _package_dir(ref: str) -> Path:
     package, _, pip_cmd = _BUNDLED[ref]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError(f"{ref} needs the package '{package}', which is not installed; run: {pip_cmd}")
+        raise UserError(f"{ref} needs the package '{package}', which is not installed; run: {pip_cmd}")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -100,7 +102,7 @@ def ready_folder(ref: str, spec_dir: Path | None = None) -> Path | None:
             folder = _package_dir(ref) / "model"
         else:
             folder = _local_path(ref, spec_dir)
-    except ValueError:
+    except UserError:
         return None
     return folder if folder is not None and folder.is_dir() else None
 
@@ -112,7 +114,7 @@ def _smollm2_final() -> Path:
 def _smollm2_folder() -> Path:
     src = _package_dir(SMOLLM2)
     if not (src / _GGUF_NAME).is_file():
-        raise ValueError(f"{src / _GGUF_NAME} is missing; reinstall with: {_BUNDLED[SMOLLM2][2]}")
+        raise UserError(f"{src / _GGUF_NAME} is missing; reinstall with: {_BUNDLED[SMOLLM2][2]}")
     final = _smollm2_final()
     # The rename into place is the last step, so an existing folder is a complete one.
     if final.is_dir():

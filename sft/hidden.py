@@ -157,7 +157,7 @@ def build_distiller(train, spec_dir, student, student_tok, device) -> HiddenDist
     ref = teacher_ref(train)
     try:
         path = resolve_model(ref, spec_dir)
-    except ValueError as exc:
+    except UserError as exc:  # said again with the key it came from
         raise UserError(f"kd.hidden.teacher: {exc}") from None
     if AutoTokenizer.from_pretrained(path).get_vocab() != student_tok.get_vocab():
         raise UserError(f"kd.hidden.teacher `{ref}` does not share the student's tokenizer, and it reads the "
@@ -195,7 +195,7 @@ def check_hidden(loaded) -> None:
     try:
         student = read_config(train.student, loaded.dir)
         teacher = student if ref == train.student else read_config(ref, loaded.dir)
-    except ValueError as exc:
+    except UserError as exc:  # said again at the key it came from
         raise loaded.error(at_teacher, str(exc)) from None
     if not student or not teacher:
         return  # a hub id: checked when it loads

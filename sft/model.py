@@ -23,7 +23,7 @@ def load_student(train, spec_dir: Path):
 
     try:
         path = resolve_model(train.student, spec_dir)
-    except ValueError as exc:
+    except UserError as exc:  # said again with the key it came from
         raise UserError(f"train.student: {exc}") from None
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:

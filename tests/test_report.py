@@ -42,12 +42,12 @@ def add_curation_results(spec: Path) -> None:
         ids = [r[0] for r in con.execute("SELECT _id FROM solve ORDER BY _id").fetchall()]
         dropped_regex, dropped_dedup, selected = ids[:2], ids[2:5], ids[5:9]
         for rid in ids:
-            con.execute("INSERT INTO decisions (row_id, stage, kept, reason, created_at) VALUES "
-                        "(?, 'filter:regex', ?, ?, TIMESTAMP '2026-01-01 00:00:01')",
+            con.execute("INSERT INTO decisions (row_id, stage, kept, reason, created_at, owner) VALUES "
+                        "(?, 'filter:regex', ?, ?, TIMESTAMP '2026-01-01 00:00:01', 'curation')",
                         [rid, rid not in dropped_regex, "no final answer" if rid in dropped_regex else None])
             if rid not in dropped_regex:
-                con.execute("INSERT INTO decisions (row_id, stage, kept, reason, created_at) VALUES "
-                            "(?, 'dedup:exact', ?, ?, TIMESTAMP '2026-01-01 00:00:02')",
+                con.execute("INSERT INTO decisions (row_id, stage, kept, reason, created_at, owner) VALUES "
+                            "(?, 'dedup:exact', ?, ?, TIMESTAMP '2026-01-01 00:00:02', 'curation')",
                             [rid, rid not in dropped_dedup, "duplicate" if rid in dropped_dedup else None])
         rng = np.random.default_rng(0)
         for i, rid in enumerate(ids):

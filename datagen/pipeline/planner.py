@@ -93,7 +93,7 @@ def _check_teachers(loaded: LoadedSpec) -> None:
             continue  # a served model name, not a file
         try:
             model_identity(teacher.model, loaded.dir)
-        except ValueError as exc:
+        except UserError as exc:
             hint = "" if "bundled" in str(exc) else "; give an existing model folder, a hub id or a bundled: model"
             raise loaded.error(("teachers", name, "model"), f"{exc}{hint}") from None
 

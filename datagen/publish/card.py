@@ -240,7 +240,7 @@ def _sampling_text(sampling: dict) -> str:
 
 
 def funnel_text(plan, con) -> str:
-    stages = stats.curation_funnel(con)
+    stages = stats.funnel(con, plan.stage_order)
     if plan.spec.curation is None and not stages:
         return "No curation: the spec has no `curation:` block."
     if not stages:

@@ -106,7 +106,7 @@ def _figure(chart: str, caption: str) -> str:
 
 def funnel(plan: Plan, con) -> str:
     counts = stats.step_counts(con, [(st.name, st.spec.strategy, st.input) for st in plan.steps])
-    stages = stats.curation_funnel(con)
+    stages = stats.funnel(con, plan.stage_order)
     bars = [(f"{c['step']} rows", c["rows"]) for c in counts]
     bars += [(f"after {s.name}", s.kept) for s in stages]
     selected = stats.curated_ids(con)

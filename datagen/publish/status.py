@@ -8,7 +8,6 @@ from pathlib import Path
 from datagen.spec.plan import Plan
 from datagen.store import stats
 from datagen.store.batches import open_batches
-from datagen.store.decisions import curation_funnel
 from datagen.store.readonly import open_readonly
 from datagen.strategies import strategy_of
 
@@ -23,7 +22,7 @@ def status(plan: Plan, store: Path | None = None) -> dict:
             row = stats.step_status(con, st.name)
             row["lines"] = strategy_of(st.spec).status_lines(con, st)
             steps.append(row)
-        funnel = [{"stage": s, "rows_in": n, "rows_out": k} for s, n, k in curation_funnel(con)]
+        funnel = [s.as_dict() for s in stats.funnel(con, plan.stage_order)]
         costs = [s["cost_usd"] for s in steps if s["cost_usd"] is not None]
         return {"steps": steps, "funnel": funnel, "cost_usd": sum(costs) if costs else None,
                 "batches": open_batches(con)}

@@ -357,3 +357,33 @@ class CurationSpec(Model):
     @classmethod
     def _dedup_tags(cls, v: Any) -> Any:
         return _check_tags(v, DEDUP_TYPES, "dedup")
+
+    # The stage names, as `decisions.stage` and every funnel (status, report, card, the run's summary) show them, in
+    # the order the stages run: written here once.
+
+    def filter_stages(self) -> list[str]:
+        return _numbered("filter", [f.name or f.type for f in self.filters])
+
+    def dedup_stages(self) -> list[str]:
+        return _numbered("dedup", [d.name or d.type for d in self.dedup])
+
+    def stage_names(self) -> list[str]:
+        names = self.filter_stages()
+        if self.decontaminate is not None:
+            names.append("decontaminate")
+        names += self.dedup_stages()
+        if self.select is not None:
+            if self.select.difficulty is not None and self.select.difficulty.by == "student":
+                names.append("select:difficulty")
+            names.append("select")
+        return names
+
+
+def _numbered(kind: str, names: list[str]) -> list[str]:
+    """`filter:regex`, and `filter:regex:2` for a second unnamed one of the same type."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(f"{kind}:{name}" if seen[name] == 1 else f"{kind}:{name}:{seen[name]}")
+    return out

@@ -81,6 +81,12 @@ class Plan:
     def spec(self):
         return self.loaded.spec
 
+    @property
+    def stage_order(self) -> list[str]:
+        """The curation block's stage names in the order they run (empty without one)."""
+        cur = self.spec.curation
+        return cur.stage_names() if cur is not None else []
+
     def step(self, name: str) -> PlannedStep:
         return next(s for s in self.steps if s.name == name)
 

@@ -111,7 +111,3 @@ def drop_reasons(con: duckdb.DuckDBPyConnection, stage: str, row_ids_of_step: st
                        f"WHERE {where} GROUP BY 1 ORDER BY n DESC", params).fetchall()
 
 
-def curation_funnel(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int, int]]:
-    """(stage, rows in, rows kept) of the last curation run, in the order its stages ran."""
-    return con.execute("SELECT stage, count(*), count(*) FILTER (WHERE kept) FROM decisions WHERE owner = ? "
-                       "GROUP BY stage ORDER BY min(created_at), stage", [CURATION]).fetchall()

@@ -25,19 +25,24 @@ class Stage:
     def dropped(self) -> int:
         return self.rows_in - self.kept
 
+    def as_dict(self) -> dict:
+        return {"stage": self.name, "rows_in": self.rows_in, "rows_out": self.kept}
 
-def curation_funnel(con) -> list[Stage]:
-    """One entry per curation (or novelty) stage in the order the stages ran; empty when nothing was decided."""
+
+def funnel(con, order: list[str] | None = None) -> list[Stage]:
+    """The last curation run's stages (decisions the curation block owns; a step's own decisions, an expansion's
+    novelty or a vote, are its status lines), in `order` (the spec's `CurationSpec.stage_names()`), stages not in
+    it after. The one funnel `datagen status`, the report, the card and the run's summary all show."""
     if not has_relation(con, "decisions"):
         return []
-    rows = con.execute(
-        """
-        SELECT stage, count(*), count(*) FILTER (WHERE kept) FROM decisions
-        GROUP BY stage ORDER BY min(created_at), count(*) DESC, stage
-        """
-    ).fetchall()
+    from datagen.store.decisions import CURATION
+
+    rank = {name: i for i, name in enumerate(order or [])}
+    rows = con.execute("SELECT stage, count(*), count(*) FILTER (WHERE kept), min(created_at) FROM decisions "
+                       "WHERE owner = ? GROUP BY stage", [CURATION]).fetchall()
+    rows.sort(key=lambda r: (rank.get(r[0], len(rank)), r[3], r[0]))
     stages = []
-    for name, total, kept in rows:
+    for name, total, kept, _ in rows:
         reasons = con.execute(
             "SELECT coalesce(reason, '(no reason)'), count(*) AS n FROM decisions WHERE stage = ? AND NOT kept "
             "GROUP BY 1 ORDER BY n DESC, 1 LIMIT 3", [name]).fetchall()

@@ -85,7 +85,7 @@ def plan(loaded, plan, shape, i: int, step: ExpandStep) -> PlannedStep:
 
             try:
                 model_identity(nov.model, loaded.dir)
-            except ValueError as exc:
+            except UserError as exc:
                 raise loaded.error(loc + ("novelty", "model"), str(exc)) from None
     context = {"demos"}
     check_template(loaded, loc + ("prompt",), step.prompt, context, step.name)
