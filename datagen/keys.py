@@ -39,7 +39,7 @@ def request_key(*, step: str, parent_id: str | None, messages: list[dict], teach
 def logprobs_key(step) -> int | list | None:
     """What `logprobs` adds to a step's keys: K, or [K, "processed"] when the step keeps processed logprobs (so the
     keys of steps that keep raw ones, the default, never change)."""
-    if step.logprobs and getattr(step, "logprobs_mode", "raw") != "raw":
+    if step.logprobs and step.logprobs_mode != "raw":
         return [step.logprobs, step.logprobs_mode]
     return step.logprobs
 

@@ -45,7 +45,7 @@ def options_for(step, sampling: dict, json_schema: dict | None) -> GenOptions:
     from datagen.teachers.thinking import ThinkingBudget
 
     markers = markers_of(step)
-    thinking = getattr(step, "thinking", None)
+    thinking = step.thinking_budget()
     forcing = None
     if thinking is not None:
         forcing = ThinkingBudget(thinking.max_tokens, thinking.min_tokens or None, markers.start, markers.end, thinking.wait,

@@ -243,6 +243,17 @@ class StepBase(Model):
     def _name(cls, v: str) -> str:
         return check_name(v, "step")
 
+    # What the shared generation code (stream, keys, checks) asks of any step about a reasoning trace; the steps
+    # that keep one (label, self) answer from their `reasoning` and `thinking` fields.
+
+    def trace_markers(self) -> ReasoningSpec | None:
+        """The trace's markers where the step keeps its trace apart; None where it keeps none."""
+        return None
+
+    def thinking_budget(self) -> ThinkingSpec | None:
+        """The budget forcing of the trace (s1), where the step sets one."""
+        return None
+
     @field_validator("output")
     @classmethod
     def _output(cls, v: str) -> str:
@@ -266,6 +277,12 @@ class LabelStep(StepBase):
     vote: Literal["majority"] | None = None
     reasoning: bool | ReasoningSpec = False  # keep the trace apart: <output>_reasoning (specs/reasoning.md)
     thinking: ThinkingSpec | None = None  # budget forcing of the trace (in-process teachers)
+
+    def trace_markers(self) -> ReasoningSpec | None:
+        return ReasoningSpec() if self.reasoning is True else (self.reasoning or None)
+
+    def thinking_budget(self) -> ThinkingSpec | None:
+        return self.thinking
 
 
 class NoveltySpec(Model):
@@ -352,6 +369,9 @@ class SelfStep(StepBase):
     reference: str | None = None  # with `keep: verified`: the input column holding the reference answer
     reasoning: bool | ReasoningSpec = False
     thinking: ThinkingSpec | None = None
+
+    trace_markers = LabelStep.trace_markers
+    thinking_budget = LabelStep.thinking_budget
 
     @model_validator(mode="after")
     def _reference(self) -> SelfStep:

@@ -46,10 +46,7 @@ class ThinkingSpec(Model):
 
 def markers_of(step) -> ReasoningSpec | None:
     """A step's trace markers, or None when it keeps no trace."""
-    value = getattr(step, "reasoning", False)
-    if value is True:
-        return ReasoningSpec()
-    return value or None
+    return step.trace_markers()
 
 
 def _check_extra_body(value: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -81,7 +78,7 @@ def check_step(loaded, i: int, step, teacher_names: list[str]) -> None:
             raise loaded.error(loc + ("extra_body",), f"extra_body is sent to an HTTP server, and teacher `{local[0]}` "
                                                       f"is an in-process `{backends[local[0]]}` engine; remove it or "
                                                       "use a `backend: openai` teacher")
-    thinking = getattr(step, "thinking", None)
+    thinking = step.thinking_budget()
     if thinking is None:
         return
     at = loc + ("thinking",)
