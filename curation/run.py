@@ -63,7 +63,7 @@ def run_curation(con: duckdb.DuckDBPyConnection, loaded, plan, log: Callable[[st
         alive = _timed(rec, stage, alive, lambda a, s=spec: _dedup(ctx, s, a, seed))
     if cur.select is not None:
         alive = _select(ctx, rec, cur.select, alive, seed)
-    replace_curated(con, cur.input, rec.decisions, [rows[i]["_id"] for i in alive])
+    replace_curated(con, rec.decisions, [rows[i]["_id"] for i in alive])
     for f in rec.funnel:
         log(f"curation {f['stage']}: {f['rows_in']} in, {f['rows_out']} out ({f['seconds']:.1f} s)")
     log(f"curation: {len(alive)} of {len(rows)} rows in `curated`")

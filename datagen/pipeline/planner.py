@@ -18,7 +18,7 @@ from datagen.spec.load import LoadedSpec
 from datagen.spec.plan import Plan
 from datagen.spec.reasoning_models import check_step
 from datagen.store import shape as shapes
-from datagen.store.views import QueryView, SourceView
+from datagen.store.views import CuratedView, QueryView, SourceView
 from datagen.store.writes import create_table_from_rows, rows_to_arrow
 from datagen.strategies import strategy_of
 
@@ -51,6 +51,8 @@ def build_plan(loaded: LoadedSpec) -> Plan:
         for name, source in spec.sources.items():
             if source.query is not None and name not in created:
                 _ensure(loaded, plan, shape, created, name, ("sources", name, "query"), step_names)
+        if spec.curation is not None and spec.curation.input in created:  # (curation's checks name a bad input)
+            plan.views.append(CuratedView(spec.curation.input))
     finally:
         shape.close()
     return plan

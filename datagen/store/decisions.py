@@ -76,20 +76,17 @@ def replace_pairs(con: duckdb.DuckDBPyConnection, step: str, stage: str, pairs: 
             insert_rows(con, "lineage", pa.Table.from_pylist(lineage))
 
 
-def replace_curated(con: duckdb.DuckDBPyConnection, input_name: str, decisions: list[tuple[str, str, Verdict]],
+def replace_curated(con: duckdb.DuckDBPyConnection, decisions: list[tuple[str, str, Verdict]],
                     selected: list[str]) -> None:
-    """A curation run's verdicts and its selection, and the `curated` view over the selected rows, atomically."""
+    """A curation run's verdicts and its selection (what the `curated` view shows, views.CuratedView),
+    atomically."""
     import pyarrow as pa
-
-    from datagen.store.connection import quote_ident
 
     ranks = pa.table({"row_id": pa.array(selected, pa.string()), "rank": pa.array(range(len(selected)), pa.int32())})
     with transaction(con):
         _replace(con, CURATION, decisions)
         con.execute("DELETE FROM _curated")
         insert_rows(con, "_curated", ranks)
-        con.execute(f"CREATE OR REPLACE VIEW curated AS SELECT i.* FROM {quote_ident(input_name)} i "
-                    "JOIN _curated c ON c.row_id = i._id ORDER BY c.rank")
 
 
 def derived_counts(con: duckdb.DuckDBPyConnection, step: str) -> list[tuple[str, int, int]]:

@@ -44,6 +44,15 @@ class QueryView:
     columns: list[str] = field(default_factory=list)  # filled by sync: what the query returns
 
 
+@dataclass
+class CuratedView:
+    """`curated`: the curation block's selected rows of its input, in selection order (`_curated` holds the ranks
+    the last curation run chose; empty until one has run)."""
+
+    input: str
+    name: str = "curated"
+
+
 def source_table(name: str) -> str:
     return f"_src_{name}"
 
@@ -64,6 +73,8 @@ def view_sql(con: duckdb.DuckDBPyConnection, v) -> str:
         return f"SELECT * FROM {q(source_table(v.name))}"
     if isinstance(v, QueryView):
         return query_view_sql(v.query, describe_query(con, v.query), v.limit)
+    if isinstance(v, CuratedView):
+        return f"SELECT i.* FROM {q(v.input)} i JOIN _curated c ON c.row_id = i._id ORDER BY c.rank"
     return step_view_sql(v)
 
 
