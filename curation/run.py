@@ -43,9 +43,9 @@ class Recorder:
 
 
 def run_curation(con: duckdb.DuckDBPyConnection, loaded, plan, log: Callable[[str], None] = print,
-                 generate=None) -> list[dict]:
+                 generate_requests=None) -> list[dict]:
     """Run the spec's curation block over its stored input rows; returns the funnel (stage, rows_in, rows_out).
-    `generate` sends model requests through the run loop (curation/select/difficulty.py; datagen.api passes it)."""
+    `generate_requests` sends model requests through the run loop (curation/select/difficulty.py; datagen.api passes it)."""
     cur = loaded.spec.curation
     seed = cur.seed if cur.seed is not None else loaded.spec.seed
     # a step's rows in generation order; a source's in its own (file) order
@@ -54,7 +54,7 @@ def run_curation(con: duckdb.DuckDBPyConnection, loaded, plan, log: Callable[[st
         log(f"curation: `{cur.input}` has no rows yet; run `datagen run` first")
     rec = Recorder(rows)
     alive = list(range(len(rows)))
-    ctx = _Context(con, loaded, rows, log, generate)
+    ctx = _Context(con, loaded, rows, log, generate_requests)
     for stage, spec in zip(cur.filter_stages(), cur.filters):
         alive = _timed(rec, stage, alive, lambda a, s=spec: _filter(ctx, s, a))
     if cur.decontaminate is not None:
@@ -76,7 +76,7 @@ class _Context:
     loaded: object
     rows: list[dict]
     log: Callable[[str], None]
-    generate: Callable | None = None  # the run loop's generate_requests, bound by datagen.api
+    generate_requests: Callable | None = None  # the run loop's generate_requests, bound by datagen.api
 
     def texts(self, column: str, idx: list[int]) -> list[str]:
         return [as_text(self.rows[i].get(column)) for i in idx]
@@ -161,5 +161,5 @@ def _select(ctx: _Context, rec: Recorder, spec, alive: list[int], seed: int) -> 
 def _student(ctx: _Context, spec, alive: list[int]) -> list[Verdict]:
     from curation.select.difficulty import student_verdicts
 
-    return student_verdicts(ctx.con, ctx.loaded, spec, [ctx.rows[i] for i in alive], ctx.log, ctx.generate)
+    return student_verdicts(ctx.con, ctx.loaded, spec, [ctx.rows[i] for i in alive], ctx.log, ctx.generate_requests)
 

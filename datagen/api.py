@@ -151,8 +151,8 @@ def run(spec: SpecLike, *, limit: int | None = None, verbose: bool = False, prog
             if loaded.spec.curation is not None:
                 from curation.run import run_curation
 
-                generate = _probe_generation(con, p, progress, log, max_usd, summary.steps)
-                summary.funnel = run_curation(con, loaded, p, log=log, generate=generate)
+                probe = _probe_generation(con, p, progress, log, max_usd, summary.steps)
+                summary.funnel = run_curation(con, loaded, p, log=log, generate_requests=probe)
         finally:
             con.close()
             if ray:
@@ -179,14 +179,14 @@ def _probe_generation(con, p: Plan, progress, log: Log, max_usd: float | None, s
     generate_requests, under the run's spend cap and progress; each call's summary joins `summaries`."""
     from datagen.pipeline.loop import generate_requests
 
-    def generate(what: str, teacher_name: str, teacher_spec, requests: list, sampling: dict):
+    def bound(what: str, teacher_name: str, teacher_spec, requests: list, sampling: dict):
         done = generate_requests(con, p, what, teacher_name, teacher_spec, requests, sampling, progress=progress,
                                  log=log, max_usd=max_usd)
         if summaries is not None:
             summaries.append(done)
         return done
 
-    return generate
+    return bound
 
 
 @_loop_safe
@@ -211,7 +211,8 @@ def curate(spec: SpecLike, *, verbose: bool = False, log: Log | None = None, pro
             log = log or _default_log
             if max_usd is None and loaded.spec.budget is not None:
                 max_usd = loaded.spec.budget.max_usd
-            return run_curation(con, loaded, p, log=log, generate=_probe_generation(con, p, progress, log, max_usd))
+            probe = _probe_generation(con, p, progress, log, max_usd)
+            return run_curation(con, loaded, p, log=log, generate_requests=probe)
         finally:
             con.close()
 

@@ -57,12 +57,12 @@ def open_engine(kind: str, path: str, seed: int = 0, max_model_len: int = 4096):
 def sample(teacher, tok, prompts: list[list[dict]], budget: ThinkingBudget, temperature: float = 0.0) -> list[Reply]:
     """Answer chat prompts with reasoning bounded as `budget` says (datagen/teachers/thinking.py)."""
     from datagen.reasoning import Markers
-    from datagen.teachers.base import GenOptions, GenRequest, Sampling, generate
+    from datagen.teachers.base import GenOptions, GenRequest, Sampling, generate_all
 
     check_thinking_budget(budget)
     options = GenOptions(Sampling(temperature=temperature, max_tokens=budget.max_tokens),
                          reasoning=Markers(budget.start, budget.end), thinking=budget)
-    results = generate(teacher, [GenRequest(m, [str(i)], [0]) for i, m in enumerate(prompts)], options)
+    results = generate_all(teacher, [GenRequest(m, [str(i)], [0]) for i, m in enumerate(prompts)], options)
     replies = []
     for chat, (s,) in zip(prompts, results):
         if s.error is not None:

@@ -114,7 +114,7 @@ def test_kd_and_dpo_scores_move_their_tensors_to_the_model_device(fake_device, t
 def test_sampling_moves_its_prompt_to_the_model_device(fake_device, truncated_student):
     """`datagen sample` and the transformers teacher generate through the same code (teachers/transformers_teacher.py):
     the same `model.device` rule."""
-    from datagen.teachers.base import GenOptions, GenRequest, Sampling, generate
+    from datagen.teachers.base import GenOptions, GenRequest, Sampling, generate_all
     from datagen.teachers.transformers_teacher import TransformersTeacher
 
     teacher = TransformersTeacher("t", "unused")
@@ -124,5 +124,5 @@ def test_sampling_moves_its_prompt_to_the_model_device(fake_device, truncated_st
         tok.pad_token = tok.eos_token
     teacher._model, teacher._tokenizer = OnFakeDevice(truncated_student[0]), tok
     ask = [GenRequest([{"role": "user", "content": "Hello"}], ["k"], [0])]
-    [[sample]] = generate(teacher, ask, GenOptions(Sampling(temperature=0, max_tokens=3)))
+    [[sample]] = generate_all(teacher, ask, GenOptions(Sampling(temperature=0, max_tokens=3)))
     assert sample.error is None and isinstance(sample.text, str) and teacher._model.checked >= 1

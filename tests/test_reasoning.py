@@ -20,7 +20,7 @@ from datagen.extra_body import keyed, masked, merge
 from datagen.reasoning import Markers, split
 from datagen.spec.curation_models import ReasoningFilter, VerifyMathFilter
 from datagen.spec.load import load_spec
-from datagen.teachers.base import GenOptions, GenRequest, Sampling, generate
+from datagen.teachers.base import GenOptions, GenRequest, Sampling, generate_all
 from datagen.teachers.openai_teacher import OpenAITeacher
 from tests.scripted_server import ScriptedServer
 
@@ -62,8 +62,8 @@ def test_http_teacher_captures_both_trace_shapes():
     with ScriptedServer(_reply) as server:
         teacher = OpenAITeacher("t", base_url=server.base_url, model="m", api_key=None, max_attempts=1)
         reqs = [GenRequest([{"role": "user", "content": q}], ["k"]) for q in ("field", "new-field", "inline", "cut")]
-        out = generate(teacher, reqs, GenOptions(Sampling(max_tokens=16), reasoning=Markers()))
-        plain = generate(teacher, reqs[2:], GenOptions(Sampling(max_tokens=16)))
+        out = generate_all(teacher, reqs, GenOptions(Sampling(max_tokens=16), reasoning=Markers()))
+        plain = generate_all(teacher, reqs[2:], GenOptions(Sampling(max_tokens=16)))
     (field,), (new,), (inline,), (cut,) = out
     assert (field.text, field.reasoning.text, field.reasoning.tokens) == ("#### 5", "2 + 3 = 5", 7)
     assert (new.text, new.reasoning.text, new.reasoning.tokens) == ("#### 6", "3 + 3", None)
@@ -83,7 +83,7 @@ def test_extra_body_is_sent_merged_and_secrets_never_leak():
         teacher = OpenAITeacher("t", base_url=server.base_url, model="m", api_key=None, max_attempts=1,
                                 extra_body=teacher_body)
         req = GenRequest([{"role": "user", "content": "echo"}], ["k"])
-        ((failed,),) = generate(teacher, [req], GenOptions(Sampling(max_tokens=4), extra_body=step_body))
+        ((failed,),) = generate_all(teacher, [req], GenOptions(Sampling(max_tokens=4), extra_body=step_body))
         sent = server.bodies[0]
     assert sent["chat_template_kwargs"] == {"enable_thinking": True, "x": 2} and sent["reasoning_effort"] == "low"
     assert sent["api_key"] == secret  # sent as is: the server needs it

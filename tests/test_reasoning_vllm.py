@@ -49,7 +49,7 @@ def test_budget_forcing_while_generating(tmp_path, bundled_model_path):
 
 def test_transformers_teacher_forces_the_budget(bundled_model_path):
     from datagen.reasoning import Markers
-    from datagen.teachers.base import GenOptions, GenRequest, Sampling, generate
+    from datagen.teachers.base import GenOptions, GenRequest, Sampling, generate_all
     from datagen.teachers.thinking import ThinkingBudget
     from datagen.teachers.transformers_teacher import TransformersTeacher
 
@@ -60,10 +60,10 @@ def test_transformers_teacher_forces_the_budget(bundled_model_path):
     try:
         capped = GenOptions(Sampling(temperature=0.0, max_tokens=6), reasoning=Markers(),
                             thinking=ThinkingBudget(max_thinking_tokens=8, max_tokens=6))
-        ((a,),) = generate(teacher, [GenRequest(long, ["k0"])], capped)
+        ((a,),) = generate_all(teacher, [GenRequest(long, ["k0"])], capped)
         waited = GenOptions(Sampling(temperature=0.0, max_tokens=6), reasoning=Markers(end="."),
                             thinking=ThinkingBudget(max_thinking_tokens=24, min_thinking_tokens=12, end=".", max_tokens=4))
-        ((c,),) = generate(teacher, [GenRequest(chat, ["k2"])], waited)
+        ((c,),) = generate_all(teacher, [GenRequest(chat, ["k2"])], waited)
     finally:
         teacher.close()
     assert a.error is None and a.reasoning.tokens == 8 == len(tok.encode(a.reasoning.text, add_special_tokens=False))

@@ -11,7 +11,7 @@ import threading
 from datagen.api import run
 from datagen.spec.load import load_spec, load_spec_text
 from datagen.teachers import teacher_identity
-from datagen.teachers.base import GenOptions, GenRequest, Sampling, generate
+from datagen.teachers.base import GenOptions, GenRequest, Sampling, generate_all
 from datagen.teachers.openai_teacher import OpenAITeacher
 from tests.scripted_server import ScriptedServer, echo_script
 from tests.test_run_scripted import store_rows
@@ -34,7 +34,7 @@ def test_a_failing_server_is_paused_and_every_sample_is_done():
         teacher = OpenAITeacher("t", base_url=[good.base_url, bad.base_url], model="scripted", api_key=None,
                                 max_concurrency=4, max_attempts=6, backoff_base_s=0.01, backoff_max_s=0.05)
         requests = [GenRequest([{"role": "user", "content": f"q{i}"}], [f"k{i}"], [0]) for i in range(60)]
-        out = generate(teacher, requests, GenOptions(Sampling(temperature=0, max_tokens=8)))
+        out = generate_all(teacher, requests, GenOptions(Sampling(temperature=0, max_tokens=8)))
     assert all(s.error is None for r in out for s in r), [s.error for r in out for s in r if s.error]
     assert [r[0].text for r in out] == [f"echo: {f'q{i}'[::-1]}" for i in range(60)]
     good_stats, bad_stats = teacher.servers.servers

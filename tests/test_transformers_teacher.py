@@ -7,7 +7,7 @@ import math
 import pytest
 
 from datagen.bundled import resolve_model
-from datagen.teachers.base import GenOptions, GenRequest, Sampling, generate
+from datagen.teachers.base import GenOptions, GenRequest, Sampling, generate_all
 from datagen.teachers.transformers_teacher import TransformersTeacher
 
 
@@ -24,7 +24,7 @@ def ask(text: str, n: int = 1) -> GenRequest:
 
 def test_samples_counts_and_logprobs(teacher):
     requests = [ask("What is 2+3?", n=2), ask("Name a fruit.")]
-    out = generate(teacher, requests, GenOptions(Sampling(temperature=0.7, max_tokens=8, seed=1), logprobs=3))
+    out = generate_all(teacher, requests, GenOptions(Sampling(temperature=0.7, max_tokens=8, seed=1), logprobs=3))
     assert [len(samples) for samples in out] == [2, 1]
     for sample in (s for samples in out for s in samples):
         assert sample.error is None and sample.text
@@ -41,7 +41,7 @@ def test_samples_counts_and_logprobs(teacher):
 
 def test_greedy_samples_agree_and_stop_strings_cut_the_text(teacher):
     options = GenOptions(Sampling(temperature=0, max_tokens=30, stop=["5"]))
-    (a, b), = generate(teacher, [ask("Count from 1 to 10, comma separated.", n=2)], options)
+    (a, b), = generate_all(teacher, [ask("Count from 1 to 10, comma separated.", n=2)], options)
     assert a.text == b.text
     assert "5" not in a.text and a.finish_reason == "stop"
     assert a.logprobs is None
@@ -49,7 +49,7 @@ def test_greedy_samples_agree_and_stop_strings_cut_the_text(teacher):
 
 def test_structured_output_is_refused(teacher):
     with pytest.raises(ValueError, match="structured output needs backend vllm or openai"):
-        generate(teacher, [ask("hi")], GenOptions(Sampling(), json_schema={"type": "object"}))
+        generate_all(teacher, [ask("hi")], GenOptions(Sampling(), json_schema={"type": "object"}))
 
 
 def test_processed_logprobs_are_the_sampled_distribution(teacher):
@@ -58,8 +58,8 @@ def test_processed_logprobs_are_the_sampled_distribution(teacher):
     nucleus, whose probabilities sum to 1."""
     sampling = Sampling(temperature=0.5, max_tokens=12, seed=3)
     req = [ask("Name three colours.")]
-    (raw,), = generate(teacher, req, GenOptions(sampling, logprobs=5))
-    (processed,), = generate(teacher, req, GenOptions(sampling, logprobs=5, logprobs_mode="processed"))
+    (raw,), = generate_all(teacher, req, GenOptions(sampling, logprobs=5))
+    (processed,), = generate_all(teacher, req, GenOptions(sampling, logprobs=5, logprobs_mode="processed"))
     assert raw.text == processed.text and len(raw.logprobs) == len(processed.logprobs) > 0
     for r, p in zip(raw.logprobs, processed.logprobs):
         assert r.top_ids == p.top_ids
@@ -68,7 +68,7 @@ def test_processed_logprobs_are_the_sampled_distribution(teacher):
             assert abs((p.top_logprobs[0] - p.top_logprobs[k]) - 2 * (r.top_logprobs[0] - r.top_logprobs[k])) < 1e-3
 
     nucleus = Sampling(temperature=1.0, top_p=0.5, max_tokens=12, seed=3)
-    (cut,), = generate(teacher, req, GenOptions(nucleus, logprobs=20, logprobs_mode="processed"))
+    (cut,), = generate_all(teacher, req, GenOptions(nucleus, logprobs=20, logprobs_mode="processed"))
     for pos in cut.logprobs:
         finite = [lp for lp in pos.top_logprobs if math.isfinite(lp)]
         assert 1 <= len(finite) < 20

@@ -2,7 +2,7 @@
 rows whose question it already answers correctly are dropped (there is little to learn from them).
 
 The student's answers are an ordinary generation of the run loop (`datagen.pipeline.loop.generate_requests`, handed
-in as `generate` by datagen.api, which sits above curation): requests and outputs of the store under the pseudo-step
+in as `generate_requests` by datagen.api, which sits above curation): requests and outputs of the store under the pseudo-step
 `_probe`, keyed by the student's identity, the prompt and the sampling, costed at the student's `price`, held under
 `max_usd` with the rest of the store's spend, with progress, and committed as answers arrive. So `datagen curate`
 re-runs reuse them and an interrupted probe resumes where it stopped. A failed probe is retried by the next run,
@@ -41,7 +41,7 @@ Generate = Callable[[str, str, object, list, dict], object]
 
 
 def student_verdicts(con, loaded, spec, rows: list[dict], log: Callable[[str], None],
-                     generate: Generate | None) -> list[Verdict]:
+                     generate_requests: Generate | None) -> list[Verdict]:
     """One verdict per row: dropped when the student's final answer equals the reference's."""
     from datagen.teachers import teacher_identity
 
@@ -50,7 +50,7 @@ def student_verdicts(con, loaded, spec, rows: list[dict], log: Callable[[str], N
     sampling = {"temperature": 0.0, "top_p": 1.0, "max_tokens": spec.max_tokens}
     messages = [[{"role": "user", "content": as_text(r.get(spec.question))}] for r in rows]
     keys = [probe_key(identity, m, sampling) for m in messages]
-    answers = _probe(con, name, teacher_spec, dict(zip(keys, messages)), sampling, log, generate)
+    answers = _probe(con, name, teacher_spec, dict(zip(keys, messages)), sampling, log, generate_requests)
     verdicts = []
     for row, key in zip(rows, keys):
         text, error = answers.get(key, (None, "no probe recorded"))
@@ -71,7 +71,7 @@ def student_verdicts(con, loaded, spec, rows: list[dict], log: Callable[[str], N
 
 
 def _probe(con, name: str, teacher_spec, wanted: dict[str, list[dict]], sampling: dict, log: Callable[[str], None],
-           generate: Generate | None) -> dict[str, tuple[str | None, str | None]]:
+           generate_requests: Generate | None) -> dict[str, tuple[str | None, str | None]]:
     """key -> (text, error) for every wanted prompt, generating and storing those not answered successfully yet."""
     from datagen.store.reads import request_results
     from datagen.strategies.base import PlannedRequest
@@ -80,9 +80,9 @@ def _probe(con, name: str, teacher_spec, wanted: dict[str, list[dict]], sampling
     todo = [k for k in wanted if k not in found or found[k][1] is not None]
     if not todo:
         return found
-    if generate is None:
-        raise TypeError("run_curation needs `generate` for a student probe (datagen.api passes the run loop's)")
+    if generate_requests is None:
+        raise TypeError("run_curation needs `generate_requests` for a student probe (datagen.api passes the run loop's)")
     log(f"curation: the student {name} answers {len(todo)} questions ({len(wanted) - len(todo)} stored)")
-    generate(PROBE_STEP, name, teacher_spec, [PlannedRequest(k, PROBE_STEP, None, 0, wanted[k], name) for k in todo],
+    generate_requests(PROBE_STEP, name, teacher_spec, [PlannedRequest(k, PROBE_STEP, None, 0, wanted[k], name) for k in todo],
              sampling)
     return request_results(con, list(wanted))

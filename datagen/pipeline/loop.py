@@ -23,7 +23,7 @@ from datagen.keys import canonical
 from datagen.spec.plan import Plan, PlannedStep, effective_sampling
 from datagen.store import batches, reads, runs, stats
 from datagen.store.writes import insert_pending
-from datagen.pipeline.stream import Counts, generate, options_for
+from datagen.pipeline.stream import Counts, options_for, stream_into_store
 from datagen.strategies import strategy_of
 from datagen.strategies.base import Job, Round, TeacherSetup
 from datagen.teachers.base import GenOptions, Sampling
@@ -152,7 +152,7 @@ def run_round(con, plan: Plan, job: Job, rnd: Round, teachers: Teachers, summary
             check_failure_rate(st.spec, summary)
 
         try:
-            generate(con, teacher, setup.name, mine, options, parse, counts, on_commit=committed,
+            stream_into_store(con, teacher, setup.name, mine, options, parse, counts, on_commit=committed,
                      rates=rates_of(plan.spec.teachers[setup.name]), cap=cap)
         finally:
             _add(summary, counts)
@@ -237,7 +237,7 @@ def generate_requests(con: duckdb.DuckDBPyConnection, plan: Plan, what: str, tea
         report()
 
     try:
-        generate(con, teachers.get(teacher_name, teacher_spec), teacher_name, todo, GenOptions(Sampling(**sampling)),
+        stream_into_store(con, teachers.get(teacher_name, teacher_spec), teacher_name, todo, GenOptions(Sampling(**sampling)),
                  lambda req, sample: ({}, None), counts, on_commit=committed, rates=rates_of(teacher_spec),
                  cap=cap)
     finally:

@@ -65,7 +65,7 @@ def group_by_prompt(requests: list) -> list[tuple[GenRequest, list]]:
     return [(GenRequest(rs[0].messages, [r.key for r in rs], [r.sample_index for r in rs]), rs) for rs in ordered]
 
 
-def generate(con: duckdb.DuckDBPyConnection, teacher, teacher_name: str, todo: list, options: GenOptions,
+def stream_into_store(con: duckdb.DuckDBPyConnection, teacher, teacher_name: str, todo: list, options: GenOptions,
              parse: Parse, counts: Counts, on_commit: Callable[[], None] | None = None, rates: Rates | None = None,
              cap: SpendCap | None = None) -> None:
     """Generate `todo` (planned requests of one teacher) and record every sample: a row, or a failed request with

@@ -111,7 +111,7 @@ def split_sample(sample: Sample, markers: Markers, count: Callable[[str], int] |
     sample.reasoning = reasoning
 
 
-def generate(teacher: Teacher, requests: list[GenRequest], options: GenOptions) -> list[list[Sample]]:
+def generate_all(teacher: Teacher, requests: list[GenRequest], options: GenOptions) -> list[list[Sample]]:
     """All of a stream at once: for each request, its samples (for callers that need no streaming)."""
     results: list[list[Sample] | None] = [None] * len(requests)
     for finished in teacher.stream(requests, options):
