@@ -19,7 +19,6 @@ from dataclasses import dataclass
 TRACE_SUFFIX = "_reasoning"
 TOKENS_COLUMN = "_reasoning_tokens"
 CLOSED_COLUMN = "_reasoning_closed"
-FORMS = ("inline", "field", "drop")  # how export and training write a trace (export.reasoning)
 
 
 @dataclass(frozen=True)

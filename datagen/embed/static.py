@@ -147,7 +147,7 @@ def _token_vectors(source: Path, batch_size: int, vocab: int | None = None) -> n
 def _pca(x: np.ndarray, dims: int) -> np.ndarray:
     """Project onto the top `dims` principal components (all of them when dims >= the width), signs fixed."""
     x = x.astype(np.float64) - x.mean(axis=0)
-    eigvals, eigvecs = np.linalg.eigh(x.T @ x / (len(x) - 1))
+    _, eigvecs = np.linalg.eigh(x.T @ x / (len(x) - 1))
     components = eigvecs[:, ::-1][:, : min(dims, x.shape[1])]
     scores = x @ components
     signs = np.sign(scores[np.argmax(np.abs(scores), axis=0), np.arange(scores.shape[1])])

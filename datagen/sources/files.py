@@ -14,9 +14,6 @@ from typing import Any
 
 from datagen.errors import UserError
 
-FILE_KINDS = (".jsonl", ".json", ".csv", ".parquet")
-
-
 def load_rows(name: str, path: Path | None, inline: list[dict] | None, limit: int | None) -> list[dict[str, Any]]:
     """Rows of a file or inline source, each with `_id` first, at most `limit` of them."""
     if inline is not None:
@@ -120,15 +117,6 @@ def _read_hf_folder(path: Path) -> list[dict[str, Any]]:
         split = "train" if "train" in ds else next(iter(ds))
         ds = ds[split]
     return ds.to_list()
-
-
-def file_columns(path: Path) -> list[str]:
-    """Column names without loading heavy libraries where the format allows (validate uses this)."""
-    if path.is_dir() and (path / "dataset_info.json").exists():
-        info = json.loads((path / "dataset_info.json").read_text())
-        return list((info.get("features") or {}).keys())
-    rows = read_file(path)
-    return columns_of(rows)
 
 
 def columns_of(rows: list[dict[str, Any]]) -> list[str]:

@@ -164,7 +164,6 @@ class ReasoningFilter(FilterBase):
         return self
 
 
-FILTER_TYPES = ("truncated", "length", "regex", "repetition", "score", "verify_math", "verify_code", "reasoning")
 # every filter the spec language knows, by `type`: the built-in ones, and any `curation.filters.add` registers
 # (CONTRIBUTING.md, "Adding a filter"); datagen.spec.models.spec_model() builds the spec's union from it
 FILTER_MODELS: dict[str, type[FilterBase]] = {

@@ -84,9 +84,6 @@ class Replica:
         self.error: str | None = None
         self.thread: threading.Thread | None = None
 
-    def pid(self) -> int:
-        return os.getpid()
-
     def start(self, options: GenOptions) -> str:
         """Begin streaming (one step's options) over what is in the inbox and what comes; returns this instance."""
         self._stop_loop()
@@ -208,11 +205,6 @@ class RayTeacher:
         self.actors = [actor.remote(k, self.kind, self.name, self.model_path, self.settings)
                        for k in range(self.count)]
         return self.actors
-
-    def pids(self) -> list[int]:
-        import ray
-
-        return ray.get([a.pid.remote() for a in self._start()])
 
     def stream(self, requests: list[GenRequest], options: GenOptions) -> Iterator[list[tuple[int, list[Sample]]]]:
         import ray
