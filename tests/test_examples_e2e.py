@@ -99,3 +99,28 @@ def test_math_curate_example(tmp_path, vllm_server):
     status = datagen("status", str(spec))
     assert status.returncode == 0 and "3 of 54 combinations requested" in status.stdout
     assert "difficulty: easy" in status.stdout and "persona: a baker" in status.stdout
+
+
+def test_multiturn_example(tmp_path, vllm_server):
+    """The bundled model in both roles: two exchanges per topic, roles alternating, every turn stored, and a re-run
+    sends nothing (the turns' keys are the conversation so far)."""
+    import json
+
+    def small(doc):
+        doc["teachers"]["t"]["sampling"]["max_tokens"] = 24
+        doc["sources"]["topics"]["inline"] = doc["sources"]["topics"]["inline"][:2]
+
+    spec = on_server("multiturn.yaml", tmp_path, vllm_server, small)
+    out = datagen("run", str(spec))
+    assert out.returncode == 0, out.stderr[-3000:]
+    talks = query_json(spec, "select topic, dialogue, dialogue_turns from talk")
+    turns = query_json(spec, "select count(*) as n, count(*) filter (where status = 'done') as done "
+                             "from requests where step = 'talk'")[0]
+    assert len(talks) == 2 and turns["n"] <= 2 * 4
+    for t in talks:
+        dialogue = json.loads(t["dialogue"]) if isinstance(t["dialogue"], str) else t["dialogue"]
+        roles = [m["role"] for m in dialogue]
+        assert roles == ["user", "assistant"] * (len(roles) // 2) and 1 <= t["dialogue_turns"] <= 2
+    again = datagen("run", str(spec))
+    assert again.returncode == 0 and query_json(spec, "select count(*) as n from requests where step = 'talk'")[0] \
+        == {"n": turns["n"]}

@@ -216,6 +216,11 @@ def _record(row: dict, inp: ExportInput, fmt: str, form: str) -> dict | None:
     if answer is None or (isinstance(answer, str) and not answer.strip()):
         return None
     prompt = [{"role": m["role"], "content": str(m["content"])} for m in json.loads(row[MESSAGES_COLUMN])]
+    if inp.step is not None and inp.step.output_is_conversation:  # the system prompt, then every turn
+        turns = json.loads(answer) if isinstance(answer, str) else answer
+        messages = [m for m in prompt if m["role"] == "system"] + [{"role": m["role"], "content": str(m["content"])}
+                                                                    for m in turns]
+        return {"messages": messages} if fmt == "messages" else {"prompt": messages[:-1], "completion": messages[-1:]}
     # structured output: the output column already holds the reply's JSON text
     answer = answer if isinstance(answer, str) else json.dumps(answer)
     markers = inp.markers

@@ -386,8 +386,19 @@ class SelfStep(StepBase):
         return self
 
 
+class ConversationStep(StepBase):
+    """`strategy: conversation` (datagen/strategies/conversation.py, specs/trajectories.md)."""
+
+    strategy: Literal["conversation"]
+    input: str
+    user_prompt: str  # instructs the simulated user (a template over the input row)
+    user_teacher: str | None = None  # default: `teacher`
+    prompt: str | None = None  # renders the first user message (else the simulated user writes it)
+    turns: int = Field(2, ge=1, le=50)  # exchanges: a user message and the assistant's reply
+
+
 StepSpec = Annotated[
-    LabelStep | ExpandStep | MetaStep | JudgeStep | SelfStep, Field(discriminator="strategy")
+    LabelStep | ExpandStep | MetaStep | JudgeStep | SelfStep | ConversationStep, Field(discriminator="strategy")
 ]
 
 # --- the registry of step models -------------------------------------------------------------------------------
@@ -397,7 +408,7 @@ StepSpec = Annotated[
 # unknown-strategy message lists `STEP_MODELS`.
 
 STEP_MODELS: dict[str, type[StepBase]] = {"label": LabelStep, "expand": ExpandStep, "meta": MetaStep,
-                                          "judge": JudgeStep, "self": SelfStep}
+                                          "judge": JudgeStep, "self": SelfStep, "conversation": ConversationStep}
 
 
 def register_step(model: type[StepBase]) -> None:

@@ -47,6 +47,7 @@ class PlannedStep:
     output_is_text: bool = True  # False when the output column is parsed from the reply (a judge's score)
     makes_pairs: bool = False  # the step builds preference pairs (the `pairs` table)
     score_scale: tuple[float, float] | None = None  # the output is a score on this scale (a judge's)
+    output_is_conversation: bool = False  # the output column holds a whole conversation, [{role, content}, ...]
     volume: Volume | None = None  # the most rows the step's view can hold, where the plan can tell (its strategy's)
 
     @property

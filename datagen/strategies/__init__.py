@@ -10,7 +10,7 @@ import typing
 from types import ModuleType
 
 from datagen.spec.models import register_step
-from datagen.strategies import expand, judge, label, meta, self_consistency
+from datagen.strategies import conversation, expand, judge, label, meta, self_consistency
 from datagen.strategies.base import INTERFACE, Strategy
 
 STRATEGIES: dict[str, Strategy] = {}
@@ -32,6 +32,7 @@ add(expand)
 add(meta)
 add(judge)
 add(self_consistency)
+add(conversation)
 
 
 def strategy_of(step) -> Strategy:
