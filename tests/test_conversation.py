@@ -145,3 +145,47 @@ def test_a_conversation_specs_mistakes_name_the_key(tmp_path):
         with pytest.raises(UserError) as err:
             datagen.validate(spec)
         assert message in str(err.value), str(err.value)
+
+
+def test_kill_9_mid_conversation_then_rerun_sends_no_finished_turn_again(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    topics = [f"topic{i}" for i in range(8)]
+
+    def slow(body):
+        time.sleep(0.05)
+        return script(body)
+
+    with ScriptedServer(slow) as server:
+        (tmp_path / "topics.jsonl").write_text("".join(json.dumps({"topic": t}) + "\n" for t in topics))
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(SPEC.format(base=server.base_url).replace("max_attempts: 1}", "max_attempts: 1, "
+                                                                   "max_concurrency: 2}"))
+        cmd = [sys.executable, "-m", "datagen.cli", "run", "-q", str(spec)]
+        proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while len(server.bodies) < 20 and time.monotonic() < deadline:  # in round 3 of 6
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        loaded = datagen.open_spec(spec)
+        con = duckdb.connect(str(loaded.store_path), read_only=True)
+        try:
+            done = [json.loads(m) for (m,) in con.execute("SELECT messages FROM requests WHERE status = 'done'")
+                    .fetchall()]
+        finally:
+            con.close()
+        assert 0 < len(done) < 8 * 6 and proc.returncode == -signal.SIGKILL
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        for messages in done:
+            assert server.counts[messages_key({"messages": messages})] == 1, "a finished turn was sent again"
+    got = rows(spec)
+    assert len(got) == 8 and all(r[2] == 3 for r in got)
+    for topic, dialogue, _ in got:
+        assert [m["content"] for m in json.loads(dialogue)] == [f"{kind} {k} about {topic}" for k in (1, 2, 3)
+                                                                for kind in ("question", "answer")]
