@@ -104,6 +104,9 @@ def test_turns_alternate_each_side_sees_the_other_and_a_user_can_end_it(tmp_path
     finally:
         con.close()
     assert dropped == 15 - 3  # every turn but each conversation's last assistant one
+    lines = datagen.status(spec)["steps"][0]["lines"]
+    assert lines == ["    3 conversations, 2.3 exchanges on average (at most 3 of 3); each is its last assistant "
+                     "turn's row, the earlier turns are in `decisions`"]
     assert chained == 15 - 3  # every turn but the first of each conversation names the one before
 
     import datasets

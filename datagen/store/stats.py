@@ -173,6 +173,15 @@ def output_lengths(con, step: str, output: str) -> list[tuple]:
         f"FROM {quote_ident(step)} v JOIN outputs o ON o._id = v._id JOIN requests r ON r.key = o.key").fetchall()
 
 
+def number_summary(con, name: str, column: str) -> tuple[int, float | None, float | None]:
+    """(rows, mean, max) of a number column of a relation (a step's view); (0, None, None) before it exists."""
+    if not has_relation(con, name):
+        return 0, None, None
+    n, mean, top = con.execute(f"SELECT count(*), avg({quote_ident(column)}), max({quote_ident(column)}) "
+                               f"FROM {quote_ident(name)}").fetchone()
+    return n, mean, top
+
+
 def columns_of(con, name: str) -> list[str]:
     return [r[0] for r in con.execute(f"DESCRIBE {quote_ident(name)}").fetchall()]
 

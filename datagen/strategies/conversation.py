@@ -22,7 +22,7 @@ from datagen.keys import logprobs_key, request_key
 from datagen.spec.models import ConversationStep
 from datagen.spec.plan import PlannedStep, check_clash, check_template, columns_of, step_teachers, step_view
 from datagen.store import reads
-from datagen.store.decisions import derived_counts, replace_decisions, step_owner
+from datagen.store.decisions import replace_decisions, step_owner
 from datagen.strategies.base import Job, PlannedRequest, Round, StepEstimate, Volume
 from datagen.strategies.label import public
 from datagen.verdict import Verdict
@@ -197,8 +197,13 @@ def finish(job: Job) -> None:
 
 
 def status_lines(con, st: PlannedStep) -> list[str]:
-    return [f"    {stage}: {kept} conversations, {dropped} earlier turns (each conversation is its last turn's row)"
-            for stage, kept, dropped in derived_counts(con, st.name)]
+    from datagen.store.stats import number_summary
+
+    n, mean, top = number_summary(con, st.name, f"{st.spec.output}_turns")
+    if not n:
+        return [f"    no conversation finished yet ({st.spec.turns} exchanges each at most)"]
+    return [f"    {n} conversations, {mean:.1f} exchanges on average (at most {top} of {st.spec.turns}); each is its "
+            "last assistant turn's row, the earlier turns are in `decisions`"]
 
 
 def card_notes(step: ConversationStep) -> list[str]:
