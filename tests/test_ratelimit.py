@@ -4,6 +4,7 @@ window ever holds more than the limit, sends are paced within the minute, and th
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from email.utils import format_datetime
 from datetime import datetime, timedelta, UTC
 
@@ -91,3 +92,73 @@ def test_retry_after_header_forms():
     when = datetime.now(UTC) + timedelta(seconds=30)
     assert 25 <= _retry_after(resp(format_datetime(when, usegmt=True))) <= 31
     assert _retry_after(resp("soon")) is None and _retry_after(resp(None)) is None
+
+
+class RateLimitedScript:
+    """A server that answers at most `per_second` chat completions in any second and the rest with 429 and
+    `Retry-After: 1`, as a provider's limit does."""
+
+    def __init__(self, per_second: int | None):
+        import threading
+
+        self.per_second, self.lock, self.times, self.limited = per_second, threading.Lock(), [], 0
+
+    def __call__(self, body: dict):
+        import time
+
+        with self.lock:
+            now = time.monotonic()
+            self.times = [t for t in self.times if t > now - 1.0]
+            if self.per_second is None or len(self.times) >= self.per_second:
+                self.limited += 1
+                return {"status": 429, "body": {"error": {"message": "rate limited"}}, "headers": {"retry-after": "1"}}
+            self.times.append(now)
+        return "answer to " + body["messages"][-1]["content"]
+
+
+def _limited_spec(tmp_path, base_url: str, n: int, extra: str = "") -> Path:
+    import json
+
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps({"q": f"question {i}"}) + "\n" for i in range(n)))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"""\
+name: limited
+teachers:
+  t: {{backend: openai, base_url: "{base_url}", model: scripted, max_attempts: 2, max_concurrency: 32{extra}}}
+sources:
+  q: {{path: q.jsonl}}
+steps:
+  - {{name: answer, strategy: label, teacher: t, input: q, prompt: "{{{{ q }}}}", max_failure_rate: 1}}
+""")
+    return spec
+
+
+def test_a_rate_limit_costs_time_never_a_row(tmp_path):
+    """120 requests at max_concurrency 32 against 20 a second: many 429s, and every request still becomes a row
+    (a 429 is not one of max_attempts)."""
+    from datagen.api import run
+    from tests.scripted_server import ScriptedServer
+
+    script = RateLimitedScript(20)
+    with ScriptedServer(script) as server:
+        summary = run(_limited_spec(tmp_path, server.base_url, 120), log=lambda m: None)
+    assert script.limited > 0  # the limit did bite
+    assert (summary.steps[0].generated, summary.steps[0].failed) == (120, 0)
+
+
+def test_a_rate_limit_that_never_lifts_fails_after_rate_limit_wait_s(tmp_path):
+    import duckdb
+
+    from datagen.api import run
+    from datagen.spec.load import load_spec
+    from tests.scripted_server import ScriptedServer
+
+    with ScriptedServer(RateLimitedScript(None)) as server:
+        spec = _limited_spec(tmp_path, server.base_url, 2, extra=", rate_limit_wait_s: 1.5")
+        summary = run(spec, log=lambda m: None)
+        calls = len(server.bodies)
+    assert summary.steps[0].failed == 2 and calls >= 4  # asked again past max_attempts (2), for 1.5 s
+    con = duckdb.connect(str(load_spec(spec).store_path), read_only=True)
+    errors = [e for (e,) in con.execute("SELECT error FROM requests").fetchall()]
+    con.close()
+    assert all(e.startswith("HTTP 429") and "still rate limited after 1.5 s (rate_limit_wait_s)" in e for e in errors)

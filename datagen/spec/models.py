@@ -109,7 +109,8 @@ class OpenAITeacherSpec(Model):
     requests_per_minute: int | None = Field(None, ge=1)
     tokens_per_minute: int | None = Field(None, ge=1)
     timeout_s: float = Field(120, gt=0)
-    max_attempts: int = Field(4, ge=1, le=20)
+    max_attempts: int = Field(4, ge=1, le=20)  # tries per request for faults other than a rate limit
+    rate_limit_wait_s: float = Field(600, gt=0)  # how long a request rate-limited (429) keeps waiting and asking
     sampling: SamplingSpec = SamplingSpec()
     price: PriceSpec | None = None
     batch_discount: float = Field(0.5, ge=0, le=1)  # the share of the price a batch job saves

@@ -1,8 +1,10 @@
 """Any OpenAI-compatible `/v1/chat/completions` server over HTTP (vLLM's server, llama.cpp, hosted APIs).
 
 One HTTP request per sample (not every server supports `n`), bounded concurrency, retries with exponential backoff
-and jitter on 429, 5xx, timeouts and dropped connections, `Retry-After` honoured. A sample that still fails after
-`max_attempts` comes back with its last error; it never raises, so the run goes on. `timeout_s` bounds each attempt
+and jitter on 429, 5xx, timeouts and dropped connections, `Retry-After` honoured. A 429 does not count as an attempt:
+a rate-limited request waits and asks again for up to `rate_limit_wait_s`, so a rate limit costs time, not rows. A
+sample that still fails after `max_attempts` other faults comes back with its last error; it never raises, so the run
+goes on. `timeout_s` bounds each attempt
 as a whole (a server that trickles bytes cannot hold a request forever). Error texts never contain the API key, even
 when a server echoes it back.
 
@@ -45,6 +47,7 @@ class OpenAITeacher:
     def __init__(self, name: str, *, base_url: str | list[str], model: str, api_key: str | None, max_concurrency: int = 16,
                  timeout_s: float = 120, max_attempts: int = 4, requests_per_minute: int | None = None,
                  tokens_per_minute: int | None = None, backoff_base_s: float = 0.5, backoff_max_s: float = 30,
+                 rate_limit_wait_s: float = 600,
                  extra_body: dict | None = None):
         self.name = name
         self.servers = ServerPool(base_url if isinstance(base_url, list) else [base_url])
@@ -54,6 +57,7 @@ class OpenAITeacher:
         self.max_concurrency = max_concurrency
         self.timeout_s = timeout_s
         self.max_attempts = max_attempts
+        self.rate_limit_wait_s = rate_limit_wait_s
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.limiter = RateLimiter(requests_per_minute, tokens_per_minute)
@@ -133,9 +137,14 @@ class OpenAITeacher:
         estimate = options.sampling.max_tokens + sum(len(m["content"]) for m in req.messages) // 4
         start = time.monotonic()
         last_error = "not attempted"
-        for attempt in range(1, self.max_attempts + 1):
+        # A 429 is the server asking to slow down, not the request's fault: it does not use up one of max_attempts,
+        # and the request waits (Retry-After, else back-off) for up to rate_limit_wait_s before it counts as failed.
+        failures = calls = limited_in_a_row = 0
+        while True:
+            calls += 1
             await self.limiter.acquire(estimate)
             retry_after: float | None = None
+            limited = False
             server = await self.servers.acquire()
             server_ok = False
             try:
@@ -160,14 +169,25 @@ class OpenAITeacher:
                     last_error = f"HTTP {resp.status_code}: {resp.text[:200]}"
                     if resp.status_code not in RETRY_STATUS:
                         break
+                    limited = resp.status_code == 429
                     retry_after = _retry_after(resp)
                     if retry_after is not None:
                         self.limiter.pause(min(retry_after, self.backoff_max_s * 4))
             finally:
                 self.servers.release(server, server_ok)
-            if attempt < self.max_attempts:
-                await asyncio.sleep(self._backoff(attempt, retry_after))
-        error = f"{last_error} (after {attempt} attempt{'s' if attempt > 1 else ''})"
+            if limited:
+                limited_in_a_row += 1
+                if time.monotonic() - start >= self.rate_limit_wait_s:
+                    last_error += f"; still rate limited after {self.rate_limit_wait_s:g} s (rate_limit_wait_s)"
+                    break
+                await asyncio.sleep(self._backoff(min(limited_in_a_row, 6), retry_after))
+                continue
+            limited_in_a_row = 0
+            failures += 1
+            if failures >= self.max_attempts:
+                break
+            await asyncio.sleep(self._backoff(failures, retry_after))
+        error = f"{last_error} (after {calls} attempt{'s' if calls > 1 else ''})"
         return Sample(text=None, error=self.redact(error, options.extra_body), seconds=time.monotonic() - start)
 
     def redact(self, text: str, step_body: dict | None = None) -> str:
