@@ -137,8 +137,7 @@ def run(spec: SpecLike, *, limit: int | None = None, verbose: bool = False, prog
     p = checked or plan(spec, limit)
     loaded = p.loaded
     _check_replicas(loaded, ray)
-    if max_usd is None and loaded.spec.budget is not None:
-        max_usd = loaded.spec.budget.max_usd
+    max_usd = _cap(loaded, max_usd)
     with console.quiet(loaded.log_path, verbose):
         if ray:
             from datagen.teachers.replicas import connect
@@ -172,6 +171,11 @@ def _check_replicas(loaded: LoadedSpec, ray: str | None) -> None:
                                                                "cluster: run with `datagen run SPEC --ray ADDRESS` "
                                                                "(`--ray local` starts one on this machine), or set "
                                                                "replicas: 1")
+
+
+def _cap(loaded: LoadedSpec, max_usd: float | None) -> float | None:
+    """The spend cap: `max_usd` as given, else the spec's `budget.max_usd`."""
+    return max_usd if max_usd is not None or loaded.spec.budget is None else loaded.spec.budget.max_usd
 
 
 def _probe_generation(con, p: Plan, progress, log: Log, max_usd: float | None, summaries: list | None = None):
@@ -209,9 +213,7 @@ def curate(spec: SpecLike, *, verbose: bool = False, log: Log | None = None, pro
         try:
             sync_views(con, p.source_tables, p.views)
             log = log or _default_log
-            if max_usd is None and loaded.spec.budget is not None:
-                max_usd = loaded.spec.budget.max_usd
-            probe = _probe_generation(con, p, progress, log, max_usd)
+            probe = _probe_generation(con, p, progress, log, _cap(loaded, max_usd))
             return run_curation(con, loaded, p, log=log, generate_requests=probe)
         finally:
             con.close()

@@ -77,5 +77,4 @@ def add(model, fn: Callable[..., list[Verdict]]) -> None:
     `type: Literal["name"]`) joins the spec language, and `fn(spec, rows, spec_dir)` gives one Verdict per row."""
     from datagen.spec.curation_models import register_filter
 
-    register_filter(model)
-    _FILTERS[model.model_fields["type"].annotation.__args__[0]] = fn
+    _FILTERS[register_filter(model)] = fn

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import time
-from types import SimpleNamespace
 from dataclasses import dataclass, field
 from datetime import datetime, UTC
 from collections.abc import Callable
@@ -132,7 +131,7 @@ def run_round(con, plan: Plan, job: Job, rnd: Round, teachers: Teachers, summary
     todo = [r for r in rnd.requests if r.key not in finished]
     summary.planned += len(rnd.requests)
     summary.cached += len(rnd.requests) - len(todo)
-    report = _reporter(st, summary, progress)
+    report = _reporter(summary, progress)
     report()
     strategy = strategy_of(st.spec)
     for setup in job.teachers:
@@ -165,10 +164,10 @@ def _add(summary: StepSummary, counts: Counts) -> None:
         setattr(counts, name, type(getattr(counts, name))())
 
 
-def _reporter(st: PlannedStep, summary: StepSummary, progress: Progress | None):
+def _reporter(summary: StepSummary, progress: Progress | None):
     def report() -> None:
         if progress:
-            progress(st.name, summary.cached + summary.generated + summary.failed, summary.planned,
+            progress(summary.step, summary.cached + summary.generated + summary.failed, summary.planned,
                      summary.completion_tokens)
     return report
 
@@ -226,7 +225,7 @@ def generate_requests(con: duckdb.DuckDBPyConnection, plan: Plan, what: str, tea
     if not todo:
         return summary
     insert_pending(con, what, todo, None)
-    report = _reporter(SimpleNamespace(name=what), summary, progress)
+    report = _reporter(summary, progress)
     report()
     cap = SpendCap(max_usd, stats.spent(con)) if max_usd is not None else None
     teachers = Teachers(con, plan, False, log)

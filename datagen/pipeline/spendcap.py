@@ -39,9 +39,8 @@ class SpendCap:
         self.spent += actual
 
     def exhausted(self, step: str, left: int, left_worst: float) -> BudgetExhausted:
-        what = "curation's student probe (`_probe`)" if step.startswith("_") else f"step {step}"
         return BudgetExhausted(
-            f"budget: {usd(self.spent)} spent of the {usd(self.max_usd)} cap; {what} has {left} requests left "
+            f"budget: {usd(self.spent)} spent of the {usd(self.max_usd)} cap; step {step} has {left} requests left "
             f"undone (worst case {usd(left_worst)}) and what comes after it did not start. Finished work is kept; to "
             f"continue, raise `budget.max_usd` in the spec or run `datagen run SPEC --max-usd AMOUNT` (at least "
             f"{usd(self.spent + left_worst)} to finish this step at its worst case): nothing is sent twice")

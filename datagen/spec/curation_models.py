@@ -11,10 +11,11 @@ what a block says on its own.
 from __future__ import annotations
 
 import re
-import typing
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from datagen.spec.registry import register
 
 SMOLLM2 = "bundled:smollm2-135m-instruct"
 MINILM = "bundled:all-minilm-l6-v2"
@@ -173,16 +174,9 @@ FILTER_MODELS: dict[str, type[FilterBase]] = {
 }
 
 
-def register_filter(model: type[FilterBase]) -> None:
-    """Make `model` a filter of the spec language, under its `type: Literal["name"]`."""
-    field = model.model_fields.get("type") if isinstance(model, type) and issubclass(model, FilterBase) else None
-    names = typing.get_args(field.annotation) if field is not None else ()
-    if not names:
-        raise TypeError(f"{model!r} is not a filter model: subclass FilterBase and give it a "
-                        "`type: Literal[\"name\"]` field")
-    if FILTER_MODELS.get(names[0], model) is not model:
-        raise TypeError(f"filter `{names[0]}` is already registered by {FILTER_MODELS[names[0]].__name__}")
-    FILTER_MODELS[names[0]] = model
+def register_filter(model: type[FilterBase]) -> str:
+    """Make `model` a filter of the spec language (spec/registry.py); returns its type name."""
+    return register(FILTER_MODELS, model, FilterBase, "type")
 
 
 FilterSpec = Annotated[

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from datagen.spec.cost_models import BatchSpec, BudgetSpec, PriceSpec
 from datagen.spec.reasoning_models import ExtraBody, ReasoningSpec, ThinkingSpec
+from datagen.spec.registry import register
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Names the store itself uses; a step or source with one of these names would shadow a store table.
@@ -412,17 +413,9 @@ STEP_MODELS: dict[str, type[StepBase]] = {"label": LabelStep, "expand": ExpandSt
                                           "judge": JudgeStep, "self": SelfStep, "conversation": ConversationStep}
 
 
-def register_step(model: type[StepBase]) -> None:
-    """Make `model` a step of the spec language, under the first value of its `strategy: Literal[...]` (later
-    values are old spellings it also accepts)."""
-    field = model.model_fields.get("strategy") if isinstance(model, type) and issubclass(model, StepBase) else None
-    names = typing.get_args(field.annotation) if field is not None else ()
-    if not names:
-        raise TypeError(f"{model!r} is not a step model: subclass spec.models.StepBase and give it a "
-                        "`strategy: Literal[\"name\"]` field")
-    if STEP_MODELS.get(names[0], model) is not model:
-        raise TypeError(f"strategy `{names[0]}` is already registered by {STEP_MODELS[names[0]].__name__}")
-    STEP_MODELS[names[0]] = model
+def register_step(model: type[StepBase]) -> str:
+    """Make `model` a step of the spec language (spec/registry.py); returns its strategy name."""
+    return register(STEP_MODELS, model, StepBase, "strategy")
 
 
 

@@ -6,7 +6,6 @@ A new strategy is its own module and one `add(...)` line here (CONTRIBUTING.md, 
 
 from __future__ import annotations
 
-import typing
 from types import ModuleType
 
 from datagen.spec.models import register_step
@@ -22,9 +21,7 @@ def add(module: ModuleType) -> None:
     if missing:
         raise TypeError(f"strategy module {module.__name__} lacks {', '.join(missing)} (strategies/base.py, "
                         "class Strategy, says what each does)")
-    register_step(module.STEP)
-    name = typing.get_args(module.STEP.model_fields["strategy"].annotation)[0]
-    STRATEGIES[name] = module  # type: ignore[assignment]
+    STRATEGIES[register_step(module.STEP)] = module  # type: ignore[assignment]
 
 
 add(label)

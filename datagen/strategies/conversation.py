@@ -79,9 +79,8 @@ def plan(loaded, plan, shape, i: int, step: ConversationStep) -> PlannedStep:
         if getattr(step, key):
             check_template(loaded, loc + (key,), getattr(step, key), set(cols), step.input)
     view = step_view(step, step.input, cols, produced, output_is_text=False, decisions=step.name, kept_only=True)
-    planned = PlannedStep(step, i, step.input, cols, produced, names, view, output_is_text=False)
-    planned.output_is_conversation = True
-    return planned
+    return PlannedStep(step, i, step.input, cols, produced, names, view, output_is_text=False,
+                       output_is_conversation=True)
 
 
 def plan_line(st: PlannedStep) -> str:
@@ -89,10 +88,6 @@ def plan_line(st: PlannedStep) -> str:
 
 
 # --- requests -------------------------------------------------------------------------------------------------
-
-
-def user_teacher(step: ConversationStep) -> str:
-    return step.user_teacher or (step.teacher if isinstance(step.teacher, str) else step.teacher[0])
 
 
 def assistant_messages(step: ConversationStep, row: dict, conversation: list[dict]) -> list[dict]:
@@ -120,42 +115,15 @@ class _Conversation:
 def rounds(job: Job):
     step: ConversationStep = job.step
     setups = {t.name: t for t in job.teachers}
-    assistant = setups[step.teacher if isinstance(step.teacher, str) else step.teacher[0]]
-    simulator = setups[user_teacher(step)]
+    assistant, simulator = setups[step.teacher], setups[step.user_teacher or step.teacher]  # plan: one teacher
     talks = [_Conversation(row, k) for row in reads.rows(job.con, step.input) for k in range(step.n)]
     for turn in range(1, step.turns + 1):
         if turn == 1 and step.prompt:
             for c in talks:
                 c.turns.append({"role": "user", "content": templates.render(step.prompt, public(c.row))})
         else:
-            asked = [(c, _request(job, step, c, simulator, "user", turn, user_messages(step, c.row, c.turns)))
-                     for c in talks if c.open]
-            yield Round([r for _, r in asked])
-            replies = reads.outputs_of(job.con, [r.key for _, r in asked])
-            for c, r in asked:
-                got = replies.get(r.key)
-                if got is None or STOP in (got["text"] or ""):
-                    c.open = False
-                    if got is not None:
-                        c.ids.append(got["_id"])
-                    continue
-                c.turns.append({"role": "user", "content": got["text"]})
-                c.ids.append(got["_id"])
-                c.last_id = got["_id"]
-        asked = [(c, _request(job, step, c, assistant, "assistant", turn, assistant_messages(step, c.row, c.turns)))
-                 for c in talks if c.open]
-        if not asked:
-            break
-        yield Round([r for _, r in asked])
-        replies = reads.outputs_of(job.con, [r.key for _, r in asked])
-        for c, r in asked:
-            got = replies.get(r.key)
-            if got is None:
-                c.open = False
-                continue
-            c.turns.append({"role": "assistant", "content": got["text"]})
-            c.ids.append(got["_id"])
-            c.last_id = c.last_assistant_id = got["_id"]
+            yield from _turn(job, talks, simulator, "user", turn, user_messages)
+        yield from _turn(job, talks, assistant, "assistant", turn, assistant_messages)
     verdicts = []
     for c in talks:
         for rid in c.ids:
@@ -163,6 +131,29 @@ def rounds(job: Job):
             verdicts.append((step.name, rid, Verdict(True, None, len(c.turns)) if last else
                              Verdict(False, "an earlier turn: the conversation's last assistant turn holds it whole")))
     replace_decisions(job.con, step_owner(step.name), verdicts)
+
+
+def _turn(job: Job, talks: list[_Conversation], setup, role: str, turn: int, messages_of):
+    """One round: the next `role` message of every open conversation; the replies, once committed, join them (a
+    failed one, or a simulated user's STOP, ends its conversation)."""
+    step = job.step
+    asked = [(c, _request(job, step, c, setup, role, turn, messages_of(step, c.row, c.turns)))
+             for c in talks if c.open]
+    if not asked:
+        return
+    yield Round([r for _, r in asked])
+    replies = reads.outputs_of(job.con, [r.key for _, r in asked])
+    for c, r in asked:
+        got = replies.get(r.key)
+        if got is not None:
+            c.ids.append(got["_id"])
+        if got is None or (role == "user" and STOP in (got["text"] or "")):
+            c.open = False
+            continue
+        c.turns.append({"role": role, "content": got["text"]})
+        c.last_id = got["_id"]
+        if role == "assistant":
+            c.last_assistant_id = got["_id"]
 
 
 def _request(job: Job, step: ConversationStep, c: _Conversation, setup, role: str, turn: int,
