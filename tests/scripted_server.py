@@ -3,7 +3,7 @@
 The script is a function from the request body to a reply: a string (the assistant text), a dict with any of
 `text` (None sends `content: null`), `finish_reason`, `reasoning_content` / `reasoning` (a trace in the message's own
 field, as DeepSeek's API and vLLM's reasoning parsers send it), `reasoning_tokens` (usage's
-`completion_tokens_details`), `status`, `body`, `headers`, `delay`, `drop`, `echo_auth` (a 401 whose body repeats the
+`completion_tokens_details`), `tool_calls` (OpenAI-shape, as a tool-calling server sends them), `status`, `body`, `headers`, `delay`, `drop`, `echo_auth` (a 401 whose body repeats the
 request's Authorization header, as careless servers do), or an exception. Every request is counted, so tests can
 prove what was (and was not) sent.
 """
@@ -26,7 +26,7 @@ def messages_key(body: dict) -> str:
 
 def echo_script(body: dict) -> str:
     """Default: answer with the last user message reversed, so content is known and differs per prompt."""
-    return "echo: " + body["messages"][-1]["content"][::-1]
+    return "echo: " + (body["messages"][-1].get("content") or "")[::-1]
 
 
 class _Server(ThreadingHTTPServer):
@@ -121,9 +121,9 @@ class ScriptedServer:
 
 def completion(body: dict, text: str | None, finish_reason: str = "stop", reply: dict | None = None) -> dict:
     reply = reply or {}
-    prompt_tokens = sum(len(m["content"].split()) for m in body.get("messages", []))
+    prompt_tokens = sum(len((m.get("content") or "").split()) for m in body.get("messages", []))
     message = {"role": "assistant", "content": text}
-    message.update({k: reply[k] for k in ("reasoning_content", "reasoning") if k in reply})
+    message.update({k: reply[k] for k in ("reasoning_content", "reasoning", "tool_calls") if k in reply})
     words = len((text or "").split()) + sum(len(str(message.get(k) or "").split())
                                              for k in ("reasoning_content", "reasoning"))
     out: dict = {

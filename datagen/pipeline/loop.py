@@ -139,7 +139,7 @@ def run_round(con, plan: Plan, job: Job, rnd: Round, teachers: Teachers, summary
         if not mine:
             continue
         teacher = teachers.get(setup.name)
-        options = options_for(st.spec, setup.sampling, strategy.json_schema(st.spec))
+        options = options_for(st.spec, setup.sampling, strategy.json_schema(st.spec), st.tools)
         counts = Counts()
 
         def parse(req, sample):

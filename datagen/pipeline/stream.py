@@ -37,7 +37,7 @@ class Counts:
     cost_usd: float = 0.0
 
 
-def options_for(step, sampling: dict, json_schema: dict | None) -> GenOptions:
+def options_for(step, sampling: dict, json_schema: dict | None, tools: list[dict] | None = None) -> GenOptions:
     """What a step asks of its teacher besides the prompts: sampling, logprobs, schema, the trace markers and
     thinking budget (specs/reasoning.md) and the step's extra_body (merged over the teacher's by the teacher)."""
     from datagen.reasoning import Markers
@@ -53,7 +53,7 @@ def options_for(step, sampling: dict, json_schema: dict | None) -> GenOptions:
     return GenOptions(Sampling(**sampling), logprobs=step.logprobs, logprobs_mode=step.logprobs_mode,
                       json_schema=json_schema,
                       reasoning=Markers(markers.start, markers.end) if markers else None, thinking=forcing,
-                      extra_body=step.extra_body)
+                      extra_body=step.extra_body, tools=tools or None)
 
 
 def group_by_prompt(requests: list) -> list[tuple[GenRequest, list]]:

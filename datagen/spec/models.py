@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from datagen.spec.cost_models import BatchSpec, BudgetSpec, PriceSpec
 from datagen.spec.reasoning_models import ExtraBody, ReasoningSpec, ThinkingSpec
 from datagen.spec.registry import register
+from datagen.spec.tool_models import ToolSpec
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Names the store itself uses; a step or source with one of these names would shadow a store table.
@@ -30,7 +31,7 @@ SQL_RESERVED = set(
 )
 RESERVED_NAMES = {"requests", "lineage", "decisions", "curated", "train_runs", "outputs", "token_logprobs", "pairs",
                   "decontaminate",  # a curation stage's name in `decisions`
-                  "batches", "batch_requests"}
+                  "batches", "batch_requests", "tool_calls"}
 
 
 class Model(BaseModel):
@@ -399,8 +400,19 @@ class ConversationStep(StepBase):
     turns: int = Field(2, ge=1, le=50)  # exchanges: a user message and the assistant's reply
 
 
+class AgentStep(StepBase):
+    """`strategy: agent` (datagen/strategies/agent.py, specs/trajectories.md)."""
+
+    strategy: Literal["agent"]
+    input: str
+    prompt: str
+    tools: list[str] = Field(min_length=1)  # names under the spec's top-level `tools:`
+    max_tool_calls: int = Field(4, ge=0, le=100)  # calls per trajectory; then the model must answer
+
+
 StepSpec = Annotated[
-    LabelStep | ExpandStep | MetaStep | JudgeStep | SelfStep | ConversationStep, Field(discriminator="strategy")
+    LabelStep | ExpandStep | MetaStep | JudgeStep | SelfStep | ConversationStep | AgentStep,
+    Field(discriminator="strategy")
 ]
 
 # --- the registry of step models -------------------------------------------------------------------------------
@@ -410,7 +422,8 @@ StepSpec = Annotated[
 # unknown-strategy message lists `STEP_MODELS`.
 
 STEP_MODELS: dict[str, type[StepBase]] = {"label": LabelStep, "expand": ExpandStep, "meta": MetaStep,
-                                          "judge": JudgeStep, "self": SelfStep, "conversation": ConversationStep}
+                                          "judge": JudgeStep, "self": SelfStep, "conversation": ConversationStep,
+                                          "agent": AgentStep}
 
 
 def register_step(model: type[StepBase]) -> str:
@@ -548,6 +561,7 @@ class Spec(Model):
     store: str | None = None
     teachers: dict[str, TeacherSpec] = {}
     sources: dict[str, SourceSpec] = {}
+    tools: dict[str, ToolSpec] = {}  # what agent steps may call (specs/trajectories.md)
     steps: list[StepSpec] = []
     curation: CurationSpec | None = None
     export: ExportSpec | None = None

@@ -49,6 +49,7 @@ class PlannedStep:
     score_scale: tuple[float, float] | None = None  # the output is a score on this scale (a judge's)
     output_is_conversation: bool = False  # the output column holds a whole conversation, [{role, content}, ...]
     volume: Volume | None = None  # the most rows the step's view can hold, where the plan can tell (its strategy's)
+    tools: list[dict] | None = None  # OpenAI-shape schemas of the tools the teacher may call (an agent step's)
 
     @property
     def name(self) -> str:

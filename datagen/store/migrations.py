@@ -242,6 +242,27 @@ def m010_worker(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE requests ADD COLUMN worker VARCHAR")
 
 
+def m011_tool_calls(con: duckdb.DuckDBPyConnection) -> None:
+    # Every tool call an agent step's teacher made (datagen/store/tool_calls.py): written once, after the call ran
+    # and before the next turn is asked, so a re-run reuses the result instead of calling the tool again.
+    con.execute(
+        """
+        CREATE TABLE tool_calls (
+            output_id VARCHAR NOT NULL,    -- the assistant turn (outputs._id) that made the call
+            call_index INTEGER NOT NULL,   -- its place among that turn's calls
+            step VARCHAR NOT NULL,
+            tool VARCHAR,                  -- the name the model called (NULL when the call did not parse)
+            arguments VARCHAR,             -- JSON text as the model wrote it
+            result VARCHAR,                -- what the model was given back (the error message, for a failed call)
+            error VARCHAR,                 -- why the call failed; NULL when it ran
+            seconds DOUBLE,
+            created_at TIMESTAMP DEFAULT current_timestamp,
+            PRIMARY KEY (output_id, call_index)
+        )
+        """
+    )
+
+
 MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("001_core", m001_core),
     ("002_curation", m002_curation),
@@ -251,6 +272,7 @@ MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("006_owners_and_probes", m006_owners_and_probes),
     ("007_cost_and_batches", m007_cost_and_batches),
     ("010_worker", m010_worker),  # named ahead: 007-009 were taken by work in progress elsewhere
+    ("011_tool_calls", m011_tool_calls),
 ]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from datagen.spec.models import register_step
-from datagen.strategies import conversation, expand, judge, label, meta, self_consistency
+from datagen.strategies import agent, conversation, expand, judge, label, meta, self_consistency
 from datagen.strategies.base import INTERFACE, Strategy
 
 STRATEGIES: dict[str, Strategy] = {}
@@ -30,6 +30,7 @@ add(meta)
 add(judge)
 add(self_consistency)
 add(conversation)
+add(agent)
 
 
 def strategy_of(step) -> Strategy:

@@ -78,6 +78,7 @@ class GenOptions:
     reasoning: Markers | None = None  # split a leading trace off the text (Sample.reasoning)
     thinking: Any = None  # a thinking.ThinkingBudget: budget forcing of the trace (in-process engines; with `reasoning`)
     extra_body: dict[str, Any] | None = None  # HTTP only: merged into every request body as is
+    tools: list[dict[str, Any]] | None = None  # OpenAI-shape tool definitions the model may call (toolcalls.py)
 
 
 WAIT = object()  # what a request feed answers when it has nothing yet but more may come (an engine replica's inbox)

@@ -37,6 +37,7 @@ from datagen.reasoning import from_field
 from datagen.teachers.base import GenOptions, GenRequest, Sample, TokenLogprobs, split_sample
 from datagen.teachers.ratelimit import RateLimiter
 from datagen.teachers.servers import ServerPool
+from datagen.teachers.toolcalls import calls_as_text
 from datetime import UTC
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -129,12 +130,14 @@ class OpenAITeacher:
         if options.json_schema is not None:
             body["response_format"] = {"type": "json_schema",
                                        "json_schema": {"name": "output", "schema": options.json_schema}}
+        if options.tools:
+            body["tools"] = options.tools
         body.update(bodies.merge(self.extra_body, options.extra_body) or {})
         return body
 
     async def _sample(self, client: httpx.AsyncClient, req: GenRequest, index: int, options: GenOptions) -> Sample:
         body = self.payload(req, index, options)
-        estimate = options.sampling.max_tokens + sum(len(m["content"]) for m in req.messages) // 4
+        estimate = options.sampling.max_tokens + sum(len(m.get("content") or "") for m in req.messages) // 4
         start = time.monotonic()
         last_error = "not attempted"
         # A 429 is the server asking to slow down, not the request's fault: it does not use up one of max_attempts,
@@ -308,6 +311,8 @@ def parse_completion(data, raw: str, reasoning: bool = False) -> Sample:
         return Sample(text=None, error=f"malformed reply ({type(exc).__name__}): {raw[:200]!r}")
     # DeepSeek's API and older vLLM servers name the trace `reasoning_content`, newer vLLM servers `reasoning`
     trace = message.get("reasoning_content") or message.get("reasoning")
+    if message.get("tool_calls"):  # stored in the text, in the one form every backend's calls take
+        text = calls_as_text(text, message["tool_calls"])
     if text is None and not (trace and reasoning):
         return Sample(text=None, error="reply has no message content")
     usage = data.get("usage") or {}

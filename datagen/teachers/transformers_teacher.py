@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 from datagen.teachers.base import GenOptions, GenRequest, Sample, Sampling, TokenLogprobs, split_sample
 from datagen.teachers.thinking import Forcing, Phase
+from datagen.teachers.toolcalls import template_messages
 
 BATCH_SIZE = 16  # sequences per `generate` call (prompts x samples per prompt)
 
@@ -87,7 +88,8 @@ class TransformersTeacher:
         out = []
         for _ in range(n):
             try:
-                head = tok.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
+                messages, extra = template_messages(request.messages, options.tools, tok)
+                head = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **extra)
                 f = Forcing(options.thinking, head, tok, options.sampling.stop)
                 f.prompt_tokens = len(tok.encode(f.head, add_special_tokens=False))
                 while (phase := f.next()) is not None:
@@ -129,7 +131,8 @@ class TransformersTeacher:
         import torch
 
         model, tok = self._load()
-        prompts = [tok.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False) for r in requests]
+        prompts = [tok.apply_chat_template(*_chat(r, options, tok), add_generation_prompt=True, tokenize=False)
+                   for r in requests]
         # The chat template already holds the special tokens it wants.
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         s = options.sampling
@@ -234,3 +237,8 @@ def _token_logprobs(tok, ids: list[int], logprobs, k: int) -> list[TokenLogprobs
             )
         )
     return result
+
+
+def _chat(request: GenRequest, options: GenOptions, tok) -> tuple:
+    messages, extra = template_messages(request.messages, options.tools, tok)
+    return (messages, extra.get("tools"))

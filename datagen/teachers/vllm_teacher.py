@@ -27,6 +27,7 @@ from collections.abc import Iterator
 
 from datagen.teachers.base import WAIT, GenOptions, GenRequest, Sample, Sampling, TokenLogprobs, split_sample
 from datagen.teachers.thinking import Forcing, Phase
+from datagen.teachers.toolcalls import template_messages
 
 ENGINE_DEFAULTS: dict[str, Any] = {
     "enforce_eager": True,  # torch.compile triples the start time on CPU for ~15% more tokens/s
@@ -185,7 +186,7 @@ class VLLMTeacher:
         number of sequences added."""
         if not request.keys:
             raise ValueError("no samples wanted")
-        ids = self._prompt_ids(request)
+        ids = self._prompt_ids(request, options)
         greedy = options.sampling.temperature == 0
         counts = [1] * len(request.keys) if greedy else [len(request.keys)]
         params = [_sampling_params(n, options) for n in counts]  # a bad parameter fails before anything is added
@@ -200,7 +201,7 @@ class VLLMTeacher:
         """Add the first phase of each sample of one request (every sample forces its own trace)."""
         if not request.keys:
             raise ValueError("no samples wanted")
-        head = self._chat_text(request)
+        head = self._chat_text(request, options)
         tok = self._start().get_tokenizer()
         for j in range(len(request.keys)):
             f = Forcing(options.thinking, head, tok, options.sampling.stop)
@@ -247,18 +248,21 @@ class VLLMTeacher:
                 split_sample(sample, options.reasoning, lambda t: len(tok.encode(t, add_special_tokens=False)))
         return samples
 
-    def _chat_text(self, request: GenRequest) -> str:
+    def _chat_text(self, request: GenRequest, options: GenOptions) -> str:
         tok = self._start().get_tokenizer()
+        messages, extra = template_messages(request.messages, options.tools, tok)
         try:
-            return tok.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
+            return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **extra)
         except Exception as exc:  # a template that rejects these messages (e.g. roles out of order)
             raise ValueError(f"chat template failed: {type(exc).__name__}: {exc}") from None
 
-    def _prompt_ids(self, request: GenRequest) -> list[int]:
-        """The chat template applied to the messages; vLLM rejects an over-long prompt, so it fails here, alone."""
+    def _prompt_ids(self, request: GenRequest, options: GenOptions) -> list[int]:
+        """The chat template applied to the messages (and tools: toolcalls.py); vLLM rejects an over-long prompt,
+        so it fails here, alone."""
         tok = self._start().get_tokenizer()
+        messages, extra = template_messages(request.messages, options.tools, tok)
         try:
-            ids = tok.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=True)
+            ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **extra)
         except Exception as exc:  # a template that rejects these messages (e.g. roles out of order)
             raise ValueError(f"chat template failed: {type(exc).__name__}: {exc}") from None
         if hasattr(ids, "keys"):  # newer tokenizers return a BatchEncoding

@@ -1,0 +1,197 @@
+"""`strategy: agent` against a scripted OpenAI-compatible teacher on 127.0.0.1 that emits `tool_calls` and reads
+`tool` messages: the tool really runs in its sandbox and its result reaches the next request, a hanging tool times out
+into the trajectory, a tool sees no secret and no home, a bad call is an error the model sees, and a re-run (after a
+clean finish or `kill -9`) sends no finished turn again and runs no recorded call again."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import duckdb
+import pytest
+
+import datagen
+from tests.scripted_server import ScriptedServer, messages_key
+
+HERE = Path(__file__).parent
+
+SPEC = """\
+name: agent
+teachers:
+  t: {{backend: openai, base_url: "{base}", model: scripted, max_attempts: 1}}
+sources:
+  problems: {{path: problems.jsonl}}
+tools:
+  calculator: {{python: "agent_tools.py:calculator"}}
+  sleepy: {{python: "agent_tools.py:sleepy", timeout_s: 1}}
+  peek: {{python: "agent_tools.py:peek"}}
+  hog: {{python: "agent_tools.py:hog", memory_mb: 200}}
+steps:
+  - name: solve
+    strategy: agent
+    teacher: t
+    input: problems
+    system: "Use the tools."
+    prompt: "{{{{ question }}}}"
+    tools: [calculator, sleepy, peek, hog]
+    max_tool_calls: 2
+    max_failure_rate: 1
+    output: trajectory
+"""
+
+
+def call(name: str, arguments, k: int = 0) -> dict:
+    raw = arguments if isinstance(arguments, str) else json.dumps(arguments)
+    return {"id": f"srv_{k}", "type": "function", "function": {"name": name, "arguments": raw}}
+
+
+def script(body: dict) -> str | dict:
+    """`compute E`: calculator(E), then "the answer is R". `hang`: sleepy(30). `peek`: peek(). `bad`: a call to an
+    unknown tool, then one with bad arguments. `loop`: calls the calculator for ever. `hog`: 2 GB. Each answers
+    with the last tool result."""
+    msgs = body["messages"]
+    question = next(m["content"] for m in msgs if m["role"] == "user")
+    results = [m["content"] for m in msgs if m["role"] == "tool"]
+    if question == "loop":
+        return {"text": None, "tool_calls": [call("calculator", {"expression": "1 + 1"})]}
+    if question == "bad" and len(results) < 2:
+        bad = [call("nosuch", {"x": 1}), call("calculator", {"expr": "1"})][len(results)]
+        return {"text": None, "tool_calls": [bad]}
+    if results:
+        return f"the answer is {results[-1]}"
+    if question.startswith("compute "):
+        return {"text": "Let me compute.", "tool_calls": [call("calculator", {"expression": question[8:]})]}
+    if question == "hang":
+        return {"text": None, "tool_calls": [call("sleepy", {"seconds": 30})]}
+    if question == "hog":
+        return {"text": None, "tool_calls": [call("hog", {"megabytes": 2048})]}
+    return {"text": None, "tool_calls": [call("peek", {})]}
+
+
+def write(tmp_path: Path, base: str, questions: list[str]) -> Path:
+    shutil.copy(HERE / "agent_tools.py", tmp_path / "agent_tools.py")
+    (tmp_path / "problems.jsonl").write_text("".join(json.dumps({"question": q}) + "\n" for q in questions))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.format(base=base))
+    return spec
+
+
+def query(spec, sql: str) -> list[tuple]:
+    con = duckdb.connect(str(datagen.open_spec(spec).store_path), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def test_the_tool_runs_and_its_result_reaches_the_next_request(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))  # a tool that inherited HOME would see this .ssh
+    monkeypatch.setenv("DATAGEN_TEST_SECRET", "s3cret-value")
+    questions = ["compute (2 + 3) * 4", "hang", "peek", "bad", "loop", "hog"]
+    with ScriptedServer(script) as server:
+        spec = write(tmp_path, server.base_url, questions)
+        summary = datagen.run(spec, log=lambda m: None)
+        bodies = list(server.bodies)
+        assert all(b["tools"] and {t["function"]["name"] for t in b["tools"]} == {"calculator", "sleepy", "peek",
+                                                                                   "hog"} for b in bodies)
+        calc = next(t["function"] for t in bodies[0]["tools"] if t["function"]["name"] == "calculator")
+        assert calc["description"] == "Evaluate an arithmetic expression."
+        assert calc["parameters"]["properties"]["expression"]["type"] == "string"
+        assert calc["parameters"]["required"] == ["expression"]
+        ran = (tmp_path / "calls.log").read_text().splitlines()
+        datagen.run(spec, log=lambda m: None)
+        assert len(server.bodies) == len(bodies)  # a finished spec re-runs without sending a turn
+        assert (tmp_path / "calls.log").read_text().splitlines() == ran  # ... or running a tool
+    assert summary.steps[0].failed == 0
+    second = next(b for b in bodies if b["messages"][1]["content"] == "compute (2 + 3) * 4" and len(b["messages"]) == 4)
+    assert second["messages"][2]["tool_calls"][0]["function"] == {"name": "calculator",
+                                                                   "arguments": '{"expression": "(2 + 3) * 4"}'}
+    assert second["messages"][2]["content"] == "Let me compute."
+    assert second["messages"][3] == {"role": "tool", "tool_call_id": "call_1_0", "name": "calculator",
+                                     "content": "20"}
+    got = {q: (json.loads(t), a, calls, errors, invalid) for q, t, a, calls, errors, invalid in query(
+        spec, "SELECT question, trajectory, trajectory_answer, trajectory_tool_calls, trajectory_tool_errors, "
+              "trajectory_invalid_calls FROM solve")}
+    assert set(got) == {"compute (2 + 3) * 4", "hang", "peek", "bad", "hog"}  # `loop` never answered
+    trajectory, answer, calls, errors, invalid = got["compute (2 + 3) * 4"]
+    assert answer == "the answer is 20" and (calls, errors, invalid) == (1, 0, 0)
+    assert [m["role"] for m in trajectory] == ["user", "assistant", "tool", "assistant"]
+    assert got["hang"][1] == "the answer is error: the tool timed out after 1 s" and got["hang"][2:4] == (1, 1)
+    seen = json.loads(got["peek"][1].removeprefix("the answer is "))
+    assert seen["ssh"] is False and seen["secret"] is None
+    assert not [k for k in seen["env"] if k not in ("PATH", "HOME", "TMPDIR", "LANG", "PYTHONDONTWRITEBYTECODE", "LC_CTYPE")]
+    assert got["bad"][2:] == (2, 2, 2)
+    assert got["hog"][1].startswith("the answer is error: MemoryError") and got["hog"][2:4] == (1, 1)
+    errors = dict(query(spec, "SELECT arguments, error FROM tool_calls WHERE tool IN ('nosuch', 'calculator') "
+                              "AND error IS NOT NULL"))
+    assert errors['{"x": 1}'].startswith("there is no tool `nosuch`; the tools are: calculator, sleepy, peek, hog")
+    assert errors['{"expr": "1"}'].startswith("bad arguments for `calculator`")
+    ended = query(spec, "SELECT reason FROM decisions WHERE stage = 'solve' AND NOT kept AND reason LIKE 'no final%'")
+    assert ended == [("no final answer: still calling tools after max_tool_calls (2)",)]
+    # the loop's third call was over the budget: the model was told so and not run
+    over = query(spec, "SELECT count(*) FROM tool_calls WHERE error LIKE 'max_tool_calls (2) reached%'")
+    assert over == [(1,)]
+    lines = datagen.status(spec)["steps"][0]["lines"]
+    assert lines[0] == "    5 trajectories with a final answer, 1.2 tool calls on average (at most 2)"
+    assert lines[1] == ("    9 tool calls, 5 failed (56%): calculator 5 (2 failed), hog 1 (1 failed), nosuch 1 (1 failed), "
+                        "peek 1, sleepy 1 (1 failed)")
+
+
+def test_an_agent_specs_mistakes_name_the_key(tmp_path):
+    from datagen.errors import UserError
+
+    cases = [("tools: [calculator, sleepy, peek, hog]", "tools: [calculator, nope]", "steps.0.tools.1: no tool named `nope`"),
+             ('"agent_tools.py:calculator"', '"agent_tools.py:calc"', "tools.calculator: agent_tools.py defines no "
+                                                                       "top-level function `calc`"),
+             ('"agent_tools.py:calculator"', '"missing.py:calc"', "tools.calculator: no file"),
+             ('{python: "agent_tools.py:peek"}', '{python: "agent_tools.py:peek", mcp: {command: [x]}}',
+              "tools.peek: a tool is `python: FILE.py:FUNCTION` or `mcp:"),
+             ("max_tool_calls: 2", "max_tool_calls: -1", "steps.0.max_tool_calls: Input should be greater")]
+    for old, new, message in cases:
+        spec = write(tmp_path, "http://127.0.0.1:9/v1", ["compute 1 + 1"])
+        assert old in spec.read_text()
+        spec.write_text(spec.read_text().replace(old, new))
+        with pytest.raises(UserError) as err:
+            datagen.validate(spec)
+        assert message in str(err.value), str(err.value)
+
+
+def test_kill_9_mid_run_then_rerun_sends_no_finished_turn_and_runs_no_recorded_call_again(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    questions = [f"compute {i} + {i}" for i in range(12)]
+
+    def slow(body):
+        time.sleep(0.05)
+        return script(body)
+
+    with ScriptedServer(slow) as server:
+        spec = write(tmp_path, server.base_url, questions)
+        spec.write_text(spec.read_text().replace("max_attempts: 1}", "max_attempts: 1, max_concurrency: 2}"))
+        cmd = [sys.executable, "-m", "datagen.cli", "run", "-q", str(spec)]
+        proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while len(server.bodies) < 16 and time.monotonic() < deadline:  # into the second turn
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        done = [json.loads(m) for (m,) in query(spec, "SELECT messages FROM requests WHERE status = 'done'")]
+        recorded = query(spec, "SELECT count(*) FROM tool_calls")[0][0]
+        assert 12 <= len(done) < 24 and proc.returncode == -signal.SIGKILL and recorded == 12
+        ran_before = len((tmp_path / "calls.log").read_text().splitlines())
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        for messages in done:
+            assert server.counts[messages_key({"messages": messages})] == 1, "a finished turn was sent again"
+    assert len((tmp_path / "calls.log").read_text().splitlines()) == ran_before  # every call was recorded
+    got = query(spec, "SELECT question, trajectory_answer FROM solve ORDER BY question")
+    assert sorted(got) == sorted((q, f"the answer is {2 * int(q.split()[1])}") for q in questions)
+    assert query(spec, "SELECT count(*), count(DISTINCT output_id) FROM tool_calls") == [(12, 12)]
