@@ -195,3 +195,66 @@ def test_kill_9_mid_run_then_rerun_sends_no_finished_turn_and_runs_no_recorded_c
     got = query(spec, "SELECT question, trajectory_answer FROM solve ORDER BY question")
     assert sorted(got) == sorted((q, f"the answer is {2 * int(q.split()[1])}") for q in questions)
     assert query(spec, "SELECT count(*), count(DISTINCT output_id) FROM tool_calls") == [(12, 12)]
+
+
+MCP_SPEC = """\
+name: glossary
+teachers:
+  t: {{backend: openai, base_url: "{base}", model: scripted, max_attempts: 1}}
+sources:
+  words: {{inline: [{{word: tide}}, {{word: bee}}, {{word: zebra}}, {{word: secret}}]}}
+tools:
+  glossary: {{mcp: {{command: ["{python}", agent_mcp_server.py], env: {{GLOSSARY_KEY: "${{GLOSSARY_KEY_SOURCE}}"}}}},
+             timeout_s: 20}}
+steps:
+  - {{name: define, strategy: agent, teacher: t, input: words, prompt: "{{{{ word }}}}", tools: [glossary],
+     output: trajectory}}
+"""
+
+
+def glossary_script(body: dict) -> str | dict:
+    msgs = body["messages"]
+    word = msgs[0]["content"]
+    results = [m["content"] for m in msgs if m["role"] == "tool"]
+    if results:
+        return f"{word}: {results[-1]}"
+    if word == "secret":
+        return {"text": None, "tool_calls": [call("secret", {})]}
+    return {"text": None, "tool_calls": [call("define", {"word": word})]}
+
+
+def test_an_mcp_servers_tools_are_listed_called_and_the_server_sees_only_what_the_spec_hands_it(tmp_path,
+                                                                                                monkeypatch):
+    import sys
+
+    monkeypatch.setenv("GLOSSARY_KEY_SOURCE", "handed-over")
+    monkeypatch.setenv("DATAGEN_TEST_SECRET", "s3cret-value")
+    shutil.copy(HERE / "agent_mcp_server.py", tmp_path / "agent_mcp_server.py")
+    with ScriptedServer(glossary_script) as server:
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(MCP_SPEC.format(base=server.base_url, python=sys.executable))
+        datagen.run(spec, log=lambda m: None)
+        tools = server.bodies[0]["tools"]
+        sent = len(server.bodies)
+        datagen.run(spec, log=lambda m: None)  # the server starts again (its tools are part of the keys) ...
+        assert len(server.bodies) == sent  # ... and nothing is sent again
+    assert [t["function"]["name"] for t in tools] == ["define", "secret"]
+    assert tools[0]["function"]["description"] == "Look a word up in the glossary."
+    got = dict(query(spec, "SELECT word, trajectory_answer FROM define"))
+    assert got["tide"] == "tide: the rise and fall of the sea"
+    assert got["zebra"].startswith("zebra: error: ")  # the tool raised: the model got an error, the run went on
+    assert got["secret"] == "secret: handed-over / none"  # its env entry, and no other secret
+    assert query(spec, "SELECT tool, error IS NULL FROM tool_calls ORDER BY tool, arguments") == [
+        ("define", True), ("define", True), ("define", False), ("secret", True)]
+
+
+def test_an_mcp_server_that_does_not_start_is_the_specs_error_at_its_tool(tmp_path):
+    from datagen.errors import UserError
+
+    with ScriptedServer(glossary_script) as server:
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(MCP_SPEC.format(base=server.base_url, python="/no/such/python"))
+        with pytest.raises(UserError) as err:
+            datagen.run(spec, log=lambda m: None)
+        assert not server.bodies
+    assert "tools.glossary: MCP server `glossary` (/no/such/python agent_mcp_server.py) failed to start" in str(err.value)

@@ -29,6 +29,7 @@ from datagen.store.decisions import replace_decisions, step_owner
 from datagen.strategies.base import Job, PlannedRequest, Round, StepEstimate, Volume
 from datagen.strategies.label import public
 from datagen.teachers.toolcalls import parse_calls
+from datagen.tools import ToolError, Toolbox, needs_server
 from datagen.verdict import Verdict
 
 STEP = AgentStep
@@ -71,7 +72,7 @@ def row_prompt(step) -> None:
 
 
 def plan(loaded, plan, shape, i: int, step: AgentStep) -> PlannedStep:
-    from datagen.tools import ToolError, describe
+    from datagen.tools import describe
 
     loc = ("steps", i)
     names = step_teachers(loaded, loc, step)
@@ -82,7 +83,7 @@ def plan(loaded, plan, shape, i: int, step: AgentStep) -> PlannedStep:
     try:
         schemas = describe(loaded.spec.tools, loaded.dir, step.tools)
     except ToolError as exc:
-        bad = next((t for t in step.tools if t in str(exc)), step.tools[0])
+        bad = next((t for t in step.tools if f"`{t}`" in str(exc) or t in str(exc)), step.tools[0])
         raise loaded.error(("tools", bad), str(exc)) from None
     cols = columns_of(shape, step.input)
     produced = columns(step.output)
@@ -96,8 +97,7 @@ def plan(loaded, plan, shape, i: int, step: AgentStep) -> PlannedStep:
 
 
 def plan_line(st: PlannedStep) -> str:
-    names = ", ".join(t["function"]["name"] for t in st.tools or [])
-    return f"{st.input}, tools {names}, at most {st.spec.max_tool_calls} calls"
+    return f"{st.input}, tools {', '.join(st.spec.tools)}, at most {st.spec.max_tool_calls} calls"
 
 
 # --- requests -------------------------------------------------------------------------------------------------
@@ -120,6 +120,9 @@ def rounds(job: Job):
     setup = job.teachers[0]
     spec = job.plan.spec
     toolbox = None
+    if needs_server(spec.tools, step.tools):  # an MCP server's tools are known once it runs: they join the keys
+        toolbox = _open(job)
+        job.st.tools = list(toolbox.schemas.values())
     trajectories = [_Trajectory(row, k, _opening(step, row)) for row in reads.rows(job.con, step.input)
                     for k in range(step.n)]
     try:
@@ -166,6 +169,16 @@ def rounds(job: Job):
     replace_decisions(job.con, step_owner(step.name), verdicts)
 
 
+def _open(job: Job) -> Toolbox:
+    """The step's tools for this run; a server that does not start is the spec's error, at its tool."""
+    step: AgentStep = job.step
+    try:
+        return Toolbox(job.plan.spec.tools, job.plan.loaded.dir, step.tools)
+    except ToolError as exc:
+        bad = next((t for t in step.tools if f"`{t}`" in str(exc)), step.tools[0])
+        raise job.plan.loaded.error(("tools", bad), str(exc)) from None
+
+
 def _opening(step: AgentStep, row: dict) -> list[dict]:
     system = [{"role": "system", "content": templates.render(step.system, public(row))}] if step.system else []
     return system + [{"role": "user", "content": templates.render(step.prompt, public(row))}]
@@ -198,9 +211,7 @@ def _run_calls(job: Job, pending: list, toolbox, spec, turn: int):
             todo.append((t, oid, j, call))
     if todo:
         if toolbox is None:
-            from datagen.tools import Toolbox
-
-            toolbox = Toolbox(spec.tools, job.plan.loaded.dir, step.tools)
+            toolbox = _open(job)
         with ThreadPoolExecutor(PARALLEL_CALLS) as pool:
             ran = list(pool.map(lambda item: _one(toolbox, item[3]), todo))
         for (_, oid, j, _), row in zip(todo, ran):

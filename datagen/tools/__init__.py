@@ -18,12 +18,12 @@ from datagen.tools.sandbox import CallResult, call_python
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what OpenAI-compatible servers accept as a function name
 
-__all__ = ["CallResult", "ToolError", "Toolbox", "describe"]
+__all__ = ["CallResult", "ToolError", "Toolbox", "describe", "needs_server"]
 
 
 def describe(tools: dict, spec_dir: Path, names: list[str]) -> list[dict]:
-    """The OpenAI-shape schemas of the named tools (an MCP entry: its server's tools, which needs the server, so
-    it is asked only here, at plan time, and again when the run opens its Toolbox)."""
+    """The OpenAI-shape schemas of the named Python tools, read without running anything (plan time). An MCP
+    entry's tools are known only from its server, so they are listed when a run opens its Toolbox."""
     out = []
     for name in names:
         spec = tools[name]
@@ -31,14 +31,12 @@ def describe(tools: dict, spec_dir: Path, names: list[str]) -> list[dict]:
             if not NAME_RE.match(name):
                 raise ToolError(f"tool name {name!r}: use letters, digits, _ and - (at most 64)")
             path, func = locate(spec_dir, spec.python)
-            out.append(function_schema(name, path, func, spec.description,
-                                       spec.schema_ if spec.schema_ is not None else None))
-        else:
-            from datagen.tools.mcp_server import McpServer
-
-            with McpServer(name, spec.mcp, spec.timeout_s) as server:
-                out += server.schemas()
+            out.append(function_schema(name, path, func, spec.description, spec.schema_))
     return out
+
+
+def needs_server(tools: dict, names: list[str]) -> bool:
+    return any(tools[name].mcp is not None for name in names)
 
 
 class Toolbox:
@@ -61,11 +59,15 @@ class Toolbox:
                 else:
                     from datagen.tools.mcp_server import McpServer
 
-                    server = McpServer(name, spec.mcp, spec.timeout_s).open()
+                    server = McpServer(name, spec.mcp, spec.timeout_s, spec_dir).open()
                     self.servers.append(server)
                     for schema in server.schemas():
-                        self.schemas[schema["function"]["name"]] = schema
-                        self.mcp_tools[schema["function"]["name"]] = server
+                        tool = schema["function"]["name"]
+                        if tool in self.schemas:
+                            raise ToolError(f"MCP server `{name}` has a tool `{tool}`, a name another tool of the "
+                                            "step has; list the server's others under `mcp.tools`")
+                        self.schemas[tool] = schema
+                        self.mcp_tools[tool] = server
         except BaseException:
             self.close()
             raise
@@ -92,7 +94,7 @@ class Toolbox:
             jsonschema.validate(arguments, self.schemas[name]["function"].get("parameters") or {})
         except jsonschema.ValidationError as exc:
             where = "/".join(str(p) for p in exc.absolute_path)
-            return f"bad arguments for `{name}`" + (f" at {where}" if where else "") + f": {exc.message}"[:500]
+            return (f"bad arguments for `{name}`" + (f" at {where}" if where else "") + f": {exc.message}")[:500]
         except jsonschema.SchemaError as exc:
             return f"the schema of `{name}` is invalid: {exc.message}"[:500]
         return None
