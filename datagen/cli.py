@@ -252,7 +252,7 @@ def query(target: Path = typer.Argument(..., help="a spec file (its store) or a 
 def export(spec: Path = typer.Argument(..., help="the spec file"),
            out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder to write (default: export.path)"),
            format: Optional[str] = typer.Option(None, "--format", "-f",
-                                                help="messages | prompt_completion | preference"),
+                                                help="messages | prompt_completion | preference | sharegpt"),
            eval_split: Optional[float] = typer.Option(None, "--eval-split",
                                                       help="share of inputs held out as a test split")):
     """Write the export rows as Parquet shards plus a dataset card, loadable with datasets.load_dataset."""

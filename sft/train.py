@@ -146,11 +146,18 @@ def sft_trainer(loaded, plan, settings, model, tok, rows, args: dict):
 
     from sft.model import lora_config
 
-    data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows.train])
+    notes = []
+    if plan.step(rows.step).output_is_conversation:  # every assistant turn has the loss (sft/trajectories.py)
+        from sft.trajectories import tokenize_rows
+
+        data = Dataset.from_list(tokenize_rows(rows.train, tok, settings))
+        notes.append("multi-turn rows: the loss is on every assistant turn, user and tool turns masked")
+    else:
+        data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows.train])
     config = SFTConfig(**args, max_length=settings.max_length, completion_only_loss=True)
     trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tok,
                          peft_config=lora_config(settings.lora))
-    return trainer, []
+    return trainer, notes
 
 
 def kd_trainer(loaded, plan, settings, model, tok, rows, args: dict):

@@ -258,3 +258,66 @@ def test_an_mcp_server_that_does_not_start_is_the_specs_error_at_its_tool(tmp_pa
             datagen.run(spec, log=lambda m: None)
         assert not server.bodies
     assert "tools.glossary: MCP server `glossary` (/no/such/python agent_mcp_server.py) failed to start" in str(err.value)
+
+
+def test_trajectories_export_for_trl_and_sharegpt_and_one_sft_step_puts_the_loss_on_assistant_turns(tmp_path):
+    import datasets
+
+    from datagen.errors import UserError
+
+    with ScriptedServer(script) as server:
+        spec = write(tmp_path, server.base_url, ["compute 2 + 3", "compute 4 * 5", "compute 7 - 1"])
+        spec.write_text(spec.read_text() + "export: {format: messages}\n"
+                        "train: {student: bundled:smollm2-135m-instruct, max_steps: 1, batch_size: 2, "
+                        "max_length: 512, output: out/student}\n")
+        datagen.run(spec, log=lambda m: None)
+    train = datasets.load_dataset(str(datagen.export(spec).path))["train"]
+    row = next(r for r in train if r["messages"][1]["content"] == "compute 2 + 3")
+    assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant", "tool", "assistant"]
+    call_turn, result = row["messages"][2], row["messages"][3]
+    assert call_turn["content"] == "Let me compute." and call_turn["tool_calls"][0]["id"] == "call_1_0"
+    assert json.loads(call_turn["tool_calls"][0]["function"]["arguments"]) == {"expression": "2 + 3"}
+    assert (result["tool_call_id"], result["name"], result["content"]) == ("call_1_0", "calculator", "5")
+    assert row["messages"][4]["content"] == "the answer is 5"
+    assert [t["function"]["name"] for t in json.loads(row["tools"])] == ["calculator", "sleepy", "peek", "hog"]
+
+    share = datasets.load_dataset(str(datagen.export(spec, out=tmp_path / "sg", format="sharegpt").path))["train"]
+    first = next(r for r in share if r["conversations"][0]["value"] == "compute 2 + 3")
+    assert [t["from"] for t in first["conversations"]] == ["human", "function_call", "observation", "gpt"]
+    assert json.loads(first["conversations"][1]["value"]) == {"name": "calculator",
+                                                               "arguments": {"expression": "2 + 3"}}
+    assert first["system"] == "Use the tools." and first["conversations"][2]["value"] == "5"
+
+    with pytest.raises(UserError) as err:  # SmolLM2's template never reads `tools`
+        datagen.train(spec, log=lambda m: None)
+    assert "cannot render tools" in str(err.value) and "tools_in_prompt: true" in str(err.value)
+
+    spec.write_text(spec.read_text().replace("output: out/student}", "output: out/student, tools_in_prompt: true}"))
+    from sft.rows import load_rows
+    from sft.model import load_student
+    from sft.trajectories import tokenize
+
+    loaded = datagen.open_spec(spec)
+    rows = load_rows(loaded, datagen.plan(spec), None, None)
+    _, tok = load_student(loaded.spec.train, loaded.dir)
+    rec = next(r for r in rows.train if r["prompt"][1]["content"] == "compute 2 + 3")
+    out = tokenize(rec["prompt"] + rec["completion"], json.loads(rec["tools"]), tok, loaded.spec.train)
+    learned = tok.decode([t for t, m in zip(out["input_ids"], out["assistant_masks"]) if m])
+    assert learned.count("<|im_end|>") == 2  # both assistant turns, each to its end ...
+    assert "Let me compute." in learned and '<tool_call>{"name": "calculator"' in learned
+    assert "the answer is 5" in learned
+    assert "compute 2 + 3<" not in learned and "<tool_response>" not in learned  # ... and no user or tool turn
+    assert "<tool_response>\n5\n</tool_response>" in tok.decode(out["input_ids"])
+
+    from sft.train import sft_trainer, training_args
+
+    model, tok = load_student(loaded.spec.train, loaded.dir)
+    trainer, _ = sft_trainer(loaded, datagen.plan(spec), loaded.spec.train, model, tok, rows,
+                             training_args(loaded.spec.train, 0, str(tmp_path / "work")))
+    taught = [tok.decode([t for t, label in zip(r["input_ids"], r["labels"]) if label != -100])
+              for r in trainer.train_dataset]
+    assert learned in taught  # TRL's labels are the masks: the loss falls on the assistant turns alone
+
+    result = datagen.train(spec, log=lambda m: None)
+    assert result.steps == 1 and result.train_rows == 3
+    assert "multi-turn rows: the loss is on every assistant turn, user and tool turns masked" in result.notes

@@ -33,6 +33,8 @@ FORMAT_TEXT = {
     "prompt_completion": "`prompt` (the messages before the answer) and `completion` (the teacher's answer as an "
                          "assistant message); TRL's `SFTTrainer` reads it as is and puts the loss on the completion.",
     "preference": "`prompt`, `chosen` and `rejected` (conversational); TRL's `DPOTrainer` reads it as is.",
+    "sharegpt": "`conversations` ({from, value} turns: human, gpt, function_call, observation), `system` and "
+                "`tools` (JSON text), as LLaMA-Factory reads ShareGPT.",
     "columns": "the source's columns as they are: these rows come from a source, not from a teacher, so they have no "
                "chat turns.",
 }

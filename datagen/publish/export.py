@@ -7,12 +7,16 @@ A training row is built the way its request was: the rendered request messages s
 - `prompt_completion`: `prompt` (the messages before the answer) and `completion` (the assistant message), so TRL
   puts the loss on the completion only;
 - `preference`: `prompt`, `chosen`, `rejected`, from the pairs a judge step builds;
+- `sharegpt`: `conversations` of {from, value}, `system` and `tools`, as LLaMA-Factory reads ShareGPT;
 - `columns`: rows whose input is a source have no request, so their columns are exported as they are.
 
 A step with `reasoning: true` has its answer in the output column and its trace beside it; `export.reasoning`
 says how the assistant turn carries the trace (datagen/reasoning.py): `inline` (`<think>\n{trace}\n</think>\n\n
 {answer}`, the default), `field` (a `reasoning_content` key on the assistant message) or `drop`. `datagen train`
 trains on the same rows.
+
+Conversation and agent steps export every turn; an agent's rows carry assistant `tool_calls`, `tool` turns and a
+`tools` column (the tools' JSON schemas, as text), which TRL's SFTTrainer passes to the chat template.
 
 The folder loads with `datasets.load_dataset(path)`: the card's `configs` names the split files.
 """
@@ -36,7 +40,7 @@ from datagen.store import reads
 from datagen.store.connection import open_store
 from datagen.store.reads import MESSAGES_COLUMN
 
-FORMATS = ("messages", "prompt_completion", "preference")
+FORMATS = ("messages", "prompt_completion", "preference", "sharegpt")
 SHARD_RE = re.compile(r"^(train|test)-\d{5}-of-\d{5}\.parquet$")
 
 
@@ -218,9 +222,13 @@ def _record(row: dict, inp: ExportInput, fmt: str, form: str) -> dict | None:
     prompt = [{"role": m["role"], "content": str(m["content"])} for m in json.loads(row[MESSAGES_COLUMN])]
     if inp.step is not None and inp.step.output_is_conversation:  # the system prompt, then every turn
         turns = json.loads(answer) if isinstance(answer, str) else answer
-        messages = [m for m in prompt if m["role"] == "system"] + [{"role": m["role"], "content": str(m["content"])}
-                                                                    for m in turns]
-        return {"messages": messages} if fmt == "messages" else {"prompt": messages[:-1], "completion": messages[-1:]}
+        messages = [m for m in prompt if m["role"] == "system"] + [chat_message(m) for m in turns]
+        tools = row.get(f"{inp.output}_tools")  # an agent step's: the tools the model was offered
+        tools = json.dumps(tools) if tools is not None and not isinstance(tools, str) else tools
+        if fmt == "sharegpt":
+            return sharegpt_record(messages, tools)
+        rec = {"messages": messages} if fmt == "messages" else {"prompt": messages[:-1], "completion": messages[-1:]}
+        return {**rec, "tools": tools} if tools is not None else rec
     # structured output: the output column already holds the reply's JSON text
     answer = answer if isinstance(answer, str) else json.dumps(answer)
     markers = inp.markers
@@ -228,7 +236,54 @@ def _record(row: dict, inp: ExportInput, fmt: str, form: str) -> dict | None:
     completion = [reasoning.assistant_message(answer, trace, form, markers or reasoning.Markers())]
     if fmt == "messages":
         return {"messages": prompt + completion}
+    if fmt == "sharegpt":
+        return sharegpt_record(prompt + completion, None)
     return {"prompt": prompt, "completion": completion}
+
+
+TOOL_KEYS = ("tool_calls", "tool_call_id", "name")  # what a trajectory's turns carry besides role and content
+
+
+def chat_message(m: dict) -> dict:
+    """A stored turn as an exported one: role and content, and an agent's tool calls and results as OpenAI and
+    TRL read them (assistant `tool_calls` with JSON-text arguments; `tool` turns with `tool_call_id` and `name`)."""
+    out = {"role": m["role"], "content": str(m.get("content") or "")}
+    out.update({k: m[k] for k in TOOL_KEYS if m.get(k) is not None})
+    return out
+
+
+SHAREGPT_FROM = {"system": "system", "user": "human", "assistant": "gpt", "tool": "observation"}
+
+
+def sharegpt_record(messages: list[dict], tools: str | None) -> dict:
+    """ShareGPT as LLaMA-Factory reads it: `conversations` of {from, value} (human, gpt, function_call,
+    observation), the system prompt in `system`, the tools as JSON text in `tools`. An assistant turn that calls
+    tools is one `function_call` turn (its calls as JSON; the format has no place for the words before them), and
+    the results that follow it one `observation` (a JSON list when there are several)."""
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    turns: list[dict] = []
+    for m in messages:
+        if m["role"] == "system":
+            continue
+        if m.get("tool_calls"):
+            calls = [{"name": c["function"]["name"], "arguments": _json_or_text(c["function"]["arguments"])}
+                     for c in m["tool_calls"]]
+            turns.append({"from": "function_call", "value": json.dumps(calls[0] if len(calls) == 1 else calls)})
+        elif m["role"] == "tool" and turns and turns[-1]["from"] == "observation":
+            before = turns[-1].get("_results", [turns[-1]["value"]])
+            turns[-1] = {"from": "observation", "value": json.dumps(before + [m["content"]]),
+                         "_results": before + [m["content"]]}
+        else:
+            turns.append({"from": SHAREGPT_FROM[m["role"]], "value": m["content"]})
+    return {"conversations": [{"from": t["from"], "value": t["value"]} for t in turns], "system": system,
+            "tools": tools or ""}
+
+
+def _json_or_text(text):
+    try:
+        return json.loads(text) if isinstance(text, str) else text
+    except json.JSONDecodeError:
+        return text
 
 
 PREFERENCE_NEEDS = ("the preference format exports the pairs a judge step builds: set `input` to a judge step with "
@@ -283,15 +338,26 @@ def split_records(records: list[dict], rows: list[dict], test_split: float | Non
             "test": [r for i, r in enumerate(records) if i in test]}
 
 
-def arrow_schema_for(fmt: str, sample: dict, trace_field: bool = False):
+def arrow_schema_for(fmt: str, sample: dict, trace_field: bool = False, tool_turns: bool = False):
     import pyarrow as pa
 
+    if fmt == "sharegpt":
+        return {"conversations": pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))}
     fields = [("role", pa.string()), ("content", pa.string())]
+    if tool_turns:  # every turn gets the keys (null where unused), one schema for every row
+        function = pa.struct([("name", pa.string()), ("arguments", pa.string())])
+        call = pa.struct([("id", pa.string()), ("type", pa.string()), ("function", function)])
+        fields += [("tool_calls", pa.list_(call)), ("tool_call_id", pa.string()), ("name", pa.string())]
     # every turn gets the key (null where there is no trace), as chat templates read it from assistant turns
     turn = pa.struct(fields + [("reasoning_content", pa.string())] if trace_field else fields)
     fixed = {"messages": ["messages"], "prompt_completion": ["prompt", "completion"],
              "preference": ["prompt", "chosen", "rejected"]}.get(fmt, [])
     return {name: pa.list_(turn) for name in fixed if name in sample}
+
+
+def has_tool_turns(records: list[dict]) -> bool:
+    return any(set(m) & set(TOOL_KEYS) for r in records for name in ("messages", "prompt", "completion")
+               for m in r.get(name) or [] if isinstance(m, dict))
 
 
 def write_splits(path: Path, splits: dict[str, list], shard_rows: int, fmt: str, trace_field: bool = False
@@ -305,7 +371,7 @@ def write_splits(path: Path, splits: dict[str, list], shard_rows: int, fmt: str,
     data.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for split, records in splits.items():
-        fixed = arrow_schema_for(fmt, records[0], trace_field)
+        fixed = arrow_schema_for(fmt, records[0], trace_field, has_tool_turns(records))
         columns = {}
         for name in records[0]:
             values = [r[name] for r in records]

@@ -445,7 +445,7 @@ class HubSpec(Model):
 
 class ExportSpec(Model):
     input: str | None = None
-    format: Literal["messages", "prompt_completion", "preference"] = "messages"
+    format: Literal["messages", "prompt_completion", "preference", "sharegpt"] = "messages"
     path: str = "out/{name}"
     hub: HubSpec | None = None
     columns: list[str] = []
@@ -537,6 +537,9 @@ class TrainSpec(Model):
     lora: LoraSpec | None = None
     eval: EvalSpec | None = None
     chat_template: str | None = None  # a Jinja file that replaces the student's chat template
+    # agent rows for a student whose template cannot render tools: the tools in the system prompt, the calls and
+    # results in the turns, as in-process teachers see them (sft/trajectories.py)
+    tools_in_prompt: bool = False
 
     @model_validator(mode="after")
     def _layers(self) -> TrainSpec:

@@ -40,7 +40,7 @@ def columns(output: str) -> dict[str, str]:
     """The columns an agent step produces besides its trajectory."""
     return {output: "JSON", f"{output}_answer": "VARCHAR", f"{output}_turns": "INTEGER",
             f"{output}_tool_calls": "INTEGER", f"{output}_tool_errors": "INTEGER",
-            f"{output}_invalid_calls": "INTEGER"}
+            f"{output}_invalid_calls": "INTEGER", f"{output}_tools": "JSON"}
 
 
 # --- what it reads, how many rows it makes, its templates -------------------------------------------------------
@@ -263,7 +263,7 @@ def _request(step: AgentStep, t: _Trajectory, setup, tools: list[dict] | None, t
     out = step.output
     return PlannedRequest(key, step.name, t.row["_id"], t.index, messages, setup.name, lineage,
                           {f"{out}_tool_calls": t.calls, f"{out}_tool_errors": t.errors,
-                           f"{out}_invalid_calls": t.invalid})
+                           f"{out}_invalid_calls": t.invalid, f"{out}_tools": tools})
 
 
 # --- replies --------------------------------------------------------------------------------------------------
