@@ -42,6 +42,12 @@ def check_curation(loaded, plan) -> None:
             check.model(loc + ("tokenizer",), f.tokenizer)
         if f.type == "reasoning":
             _check_reasoning(loaded, loc, cur.input, columns, f.column)
+        if f.type == "trajectory":
+            missing = [c for c in f.count_columns() if c not in columns]
+            if missing:
+                raise loaded.error(loc + ("column",), f"`{cur.input}` has no {', '.join(missing)}: the trajectory "
+                                                      "filter reads the counts a conversation step (`_turns`) or an "
+                                                      "agent step (also the tool counts) writes beside its output")
     if cur.decontaminate is not None:
         _check_decontaminate(loaded, plan, check, cur)
     for i, d in enumerate(cur.dedup):

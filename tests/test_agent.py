@@ -321,3 +321,38 @@ def test_trajectories_export_for_trl_and_sharegpt_and_one_sft_step_puts_the_loss
     result = datagen.train(spec, log=lambda m: None)
     assert result.steps == 1 and result.train_rows == 3
     assert "multi-turn rows: the loss is on every assistant turn, user and tool turns masked" in result.notes
+
+
+def test_curation_over_trajectories_drops_invalid_calls_tool_errors_and_repeats_with_reasons(tmp_path):
+    questions = ["compute 1 + 1", "compute 1 + 1", "compute 2 + 2", "bad", "hang", "peek"]
+    with ScriptedServer(script) as server:
+        spec = write(tmp_path, server.base_url, questions)
+        spec.write_text(spec.read_text() + """\
+curation:
+  input: solve
+  filters:
+    - {type: trajectory, column: trajectory, valid_tool_calls: true}
+    - {type: trajectory, name: no_errors, column: trajectory, max_tool_errors: 0}
+    - {type: regex, column: trajectory_answer, must_match: "answer is"}
+  dedup:
+    - {type: exact, column: trajectory_first_user}
+""")
+        datagen.run(spec, log=lambda m: None)
+    reasons = dict(query(spec, "SELECT s.question, d.reason FROM decisions d JOIN solve s ON s._id = d.row_id "
+                               "WHERE d.stage LIKE 'filter:%' AND NOT d.kept"))
+    assert reasons["bad"].startswith("2 invalid tool calls")
+    assert reasons["hang"] == "1 failed tool calls > max_tool_errors 0"
+    assert query(spec, "SELECT count(*) FROM decisions WHERE stage LIKE 'dedup%' AND NOT kept") == [(1,)]
+    assert sorted(q for (q,) in query(spec, "SELECT question FROM curated")) == ["compute 1 + 1", "compute 2 + 2",
+                                                                                 "peek"]
+
+
+def test_a_trajectory_filter_on_a_column_without_counts_names_the_fix(tmp_path):
+    from datagen.errors import UserError
+
+    spec = write(tmp_path, "http://127.0.0.1:9/v1", ["compute 1 + 1"])
+    spec.write_text(spec.read_text() + "curation:\n  input: solve\n  filters:\n"
+                    "    - {type: trajectory, column: question, max_tool_calls: 1}\n")
+    with pytest.raises(UserError) as err:
+        datagen.validate(spec)
+    assert "curation.filters.0.column: `solve` has no question_tool_calls" in str(err.value)

@@ -66,9 +66,15 @@ def _reasoning(spec, rows, spec_dir):
     return reasoning_filter(spec, rows)
 
 
+def _trajectory(spec, rows, spec_dir):
+    from curation.filters.trajectory import trajectory_filter
+
+    return trajectory_filter(spec, rows)
+
+
 _FILTERS: dict[str, Callable[..., list[Verdict]]] = {
     "length": _length, "regex": _regex, "truncated": _truncated, "score": _score, "repetition": _repetition,
-    "verify_math": _verify_math, "verify_code": _verify_code, "reasoning": _reasoning,
+    "verify_math": _verify_math, "verify_code": _verify_code, "reasoning": _reasoning, "trajectory": _trajectory,
 }
 
 

@@ -165,12 +165,53 @@ class ReasoningFilter(FilterBase):
         return self
 
 
+class TrajectoryFilter(FilterBase):
+    """Limits on a conversation's or an agent trajectory's shape, read from the counts its step writes beside
+    `column`: `<column>_turns` (turns: a conversation's exchanges, an agent's assistant turns), `_tool_calls`,
+    `_tool_errors` and `_invalid_calls` (calls to no tool, or with arguments that do not parse or match the
+    schema; an agent step's)."""
+
+    type: Literal["trajectory"]
+    column: str
+    min_turns: int | None = Field(None, ge=0)
+    max_turns: int | None = Field(None, ge=0)
+    min_tool_calls: int | None = Field(None, ge=0)
+    max_tool_calls: int | None = Field(None, ge=0)
+    max_tool_errors: int | None = Field(None, ge=0)
+    valid_tool_calls: bool = False  # drop a trajectory with any invalid call
+
+    @model_validator(mode="after")
+    def _some(self) -> TrajectoryFilter:
+        limits = (self.min_turns, self.max_turns, self.min_tool_calls, self.max_tool_calls, self.max_tool_errors)
+        if all(v is None for v in limits) and not self.valid_tool_calls:
+            raise ValueError("a trajectory filter needs a limit: min_turns, max_turns, min_tool_calls, max_tool_calls, "
+                             "max_tool_errors or valid_tool_calls: true")
+        for low, high in (("min_turns", "max_turns"), ("min_tool_calls", "max_tool_calls")):
+            a, b = getattr(self, low), getattr(self, high)
+            if a is not None and b is not None and a > b:
+                raise ValueError(f"{low} ({a}) must not exceed {high} ({b})")
+        return self
+
+    def count_columns(self) -> list[str]:
+        """The count columns its limits read."""
+        out = []
+        if self.min_turns is not None or self.max_turns is not None:
+            out.append(f"{self.column}_turns")
+        if self.min_tool_calls is not None or self.max_tool_calls is not None:
+            out.append(f"{self.column}_tool_calls")
+        if self.max_tool_errors is not None:
+            out.append(f"{self.column}_tool_errors")
+        if self.valid_tool_calls:
+            out.append(f"{self.column}_invalid_calls")
+        return out
+
+
 # every filter the spec language knows, by `type`: the built-in ones, and any `curation.filters.add` registers
 # (CONTRIBUTING.md, "Adding a filter"); datagen.spec.models.spec_model() builds the spec's union from it
 FILTER_MODELS: dict[str, type[FilterBase]] = {
     "truncated": TruncatedFilter, "length": LengthFilter, "regex": RegexFilter, "repetition": RepetitionFilter,
     "score": ScoreFilter, "verify_math": VerifyMathFilter, "verify_code": VerifyCodeFilter,
-    "reasoning": ReasoningFilter,
+    "reasoning": ReasoningFilter, "trajectory": TrajectoryFilter,
 }
 
 
@@ -180,7 +221,8 @@ def register_filter(model: type[FilterBase]) -> str:
 
 
 FilterSpec = Annotated[
-    TruncatedFilter | LengthFilter | RegexFilter | RepetitionFilter | ScoreFilter | VerifyMathFilter | VerifyCodeFilter | ReasoningFilter,
+    TruncatedFilter | LengthFilter | RegexFilter | RepetitionFilter | ScoreFilter | VerifyMathFilter | VerifyCodeFilter | ReasoningFilter
+    | TrajectoryFilter,
     Field(discriminator="type"),
 ]
 

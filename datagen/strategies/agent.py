@@ -38,7 +38,8 @@ PARALLEL_CALLS = 8  # tool processes at once
 
 def columns(output: str) -> dict[str, str]:
     """The columns an agent step produces besides its trajectory."""
-    return {output: "JSON", f"{output}_answer": "VARCHAR", f"{output}_turns": "INTEGER",
+    return {output: "JSON", f"{output}_answer": "VARCHAR", f"{output}_first_user": "VARCHAR",
+            f"{output}_turns": "INTEGER",
             f"{output}_tool_calls": "INTEGER", f"{output}_tool_errors": "INTEGER",
             f"{output}_invalid_calls": "INTEGER", f"{output}_tools": "JSON"}
 
@@ -283,7 +284,7 @@ def parse(step: AgentStep, text: str, req: PlannedRequest, sample=None) -> tuple
         return {}, None
     trajectory = [m for m in req.messages if m["role"] != "system"] + [{"role": "assistant", "content": content}]
     out = step.output
-    return {out: trajectory, f"{out}_answer": content,
+    return {out: trajectory, f"{out}_answer": content, f"{out}_first_user": trajectory[0]["content"],
             f"{out}_turns": sum(m["role"] == "assistant" for m in trajectory)}, None
 
 

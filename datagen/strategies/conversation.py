@@ -11,7 +11,8 @@ same turn of every other conversation: the loop commits a round before the next 
 so a killed run resumes at the turn it reached and never sends a finished turn again. A failed turn ends its
 conversation for this run (a re-run asks it again and goes on). Every turn is a row of `outputs` (lineage: the
 input, and the turn before it as `previous_turn`); the step's view holds one row per conversation, its last
-assistant turn, whose `output` column is the whole conversation as a list of `{role, content}`; the other turns are
+assistant turn, whose `output` column is the whole conversation as a list of `{role, content}` (its first user
+message also in `<output>_first_user`, for dedup); the other turns are
 in `decisions` (stage: the step's name) as not the conversation's last.
 """
 
@@ -73,7 +74,7 @@ def plan(loaded, plan, shape, i: int, step: ConversationStep) -> PlannedStep:
     if step.user_teacher is not None and step.user_teacher not in names:
         names.append(step.user_teacher)
     cols = columns_of(shape, step.input)
-    produced = {step.output: "JSON", f"{step.output}_turns": "INTEGER"}
+    produced = {step.output: "JSON", f"{step.output}_turns": "INTEGER", f"{step.output}_first_user": "VARCHAR"}
     check_clash(loaded, loc, produced, cols, step.input)
     for key in ("system", "prompt", "user_prompt"):
         if getattr(step, key):
@@ -180,7 +181,8 @@ def parse(step: ConversationStep, text: str, req: PlannedRequest, sample=None) -
     if req.fields.get("_role") != "assistant":
         return {}, None
     conversation = [m for m in req.messages if m["role"] != "system"] + [{"role": "assistant", "content": text}]
-    return {step.output: conversation, f"{step.output}_turns": sum(m["role"] == "user" for m in conversation)}, None
+    return {step.output: conversation, f"{step.output}_turns": sum(m["role"] == "user" for m in conversation),
+            f"{step.output}_first_user": conversation[0]["content"]}, None
 
 
 def finish(job: Job) -> None:
