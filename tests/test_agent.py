@@ -139,6 +139,11 @@ def test_the_tool_runs_and_its_result_reaches_the_next_request(tmp_path, monkeyp
     assert lines[0] == "    5 trajectories with a final answer, 1.2 tool calls on average (at most 2)"
     assert lines[1] == ("    9 tool calls, 5 failed (56%): calculator 5 (2 failed), hog 1 (1 failed), nosuch 1 (1 failed), "
                         "peek 1, sleepy 1 (1 failed)")
+    from datagen.api import report
+
+    page = report(spec).read_text()  # the report says the same under the steps table
+    assert "solve: 5 trajectories with a final answer, 1.2 tool calls on average (at most 2)" in page
+    assert "solve: 9 tool calls, 5 failed (56%): calculator 5 (2 failed)" in page
 
 
 def test_an_agent_specs_mistakes_name_the_key(tmp_path):
@@ -356,3 +361,63 @@ def test_a_trajectory_filter_on_a_column_without_counts_names_the_fix(tmp_path):
     with pytest.raises(UserError) as err:
         datagen.validate(spec)
     assert "curation.filters.0.column: `solve` has no question_tool_calls" in str(err.value)
+
+
+def test_the_tool_agent_example_against_a_scripted_tool_calling_server(tmp_path):
+    """specs/tool_agent.yaml as shipped, its teacher pointed at a scripted server that computes each problem's
+    reference answer with the calculator (one problem it gets wrong): curation keeps the verified trajectories."""
+    import yaml
+
+    specs = HERE.parent / "specs"
+    problems = [json.loads(line) for line in (specs / "data" / "gsm8k_train_500.jsonl").read_text().splitlines()[:4]]
+    answers = {p["question"]: p["answer"].split("####")[-1].strip() for p in problems}
+    wrong = problems[3]["question"]
+
+    def teacher(body):
+        msgs = body["messages"]
+        question = next(m["content"] for m in msgs if m["role"] == "user")
+        results = [m["content"] for m in msgs if m["role"] == "tool"]
+        if results:
+            return f"I used the calculator.\n{results[-1]}"
+        expression = f"{answers[question]} + {1 if question == wrong else 0}"
+        return {"text": None, "tool_calls": [call("calculator", {"expression": expression})]}
+
+    doc = yaml.safe_load((specs / "tool_agent.yaml").read_text())
+    doc["sources"]["problems"].update(path=str(specs / "data" / "gsm8k_train_500.jsonl"), limit=4)
+    shutil.copy(specs / "tools.py", tmp_path / "tools.py")
+    with ScriptedServer(teacher) as server:
+        doc["teachers"]["t"]["base_url"] = server.base_url
+        spec = tmp_path / "tool_agent.yaml"
+        spec.write_text(yaml.safe_dump(doc, sort_keys=False))
+        datagen.run(spec, log=lambda m: None)
+    got = dict(query(spec, "SELECT question, trajectory_answer FROM solve"))
+    assert len(got) == 4 and got[wrong].endswith(str(int(answers[wrong]) + 1))
+    curated = [q for (q,) in query(spec, "SELECT question FROM curated")]
+    assert sorted(curated) == sorted(q for q in answers if q != wrong)
+    assert query(spec, "SELECT count(*), count(error) FROM tool_calls") == [(4, 0)]
+
+
+def test_an_in_process_model_without_tools_in_its_template_gets_the_fallback(bundled_model_path):
+    from transformers import AutoTokenizer
+
+    from datagen.teachers.toolcalls import calls_as_text, parse_calls, template_messages
+
+    tok = AutoTokenizer.from_pretrained(bundled_model_path)
+    tools = [{"type": "function", "function": {"name": "calculator", "description": "Evaluate.",
+                                               "parameters": {"type": "object", "properties": {}}}}]
+    messages = [{"role": "system", "content": "Use the tools."}, {"role": "user", "content": "2 + 3?"},
+                {"role": "assistant", "content": "", "tool_calls": [call("calculator", {"expression": "2 + 3"})]},
+                {"role": "tool", "tool_call_id": "srv_0", "name": "calculator", "content": "5"},
+                {"role": "tool", "tool_call_id": "srv_1", "name": "calculator", "content": "6"}]
+    rendered, extra = template_messages(messages, tools, tok)
+    assert extra == {} and [m["role"] for m in rendered] == ["system", "user", "assistant", "user"]
+    assert rendered[0]["content"].startswith("Use the tools.\n\nYou can call these tools.")
+    assert '"name": "calculator"' in rendered[0]["content"] and "<tool_call>" in rendered[0]["content"]
+    assert rendered[2]["content"] == '<tool_call>{"name": "calculator", "arguments": {"expression": "2 + 3"}}</tool_call>'
+    assert rendered[3]["content"] == "<tool_response>\n5\n</tool_response>\n<tool_response>\n6\n</tool_response>"
+    text = tok.apply_chat_template(rendered, add_generation_prompt=True, tokenize=False, **extra)
+    assert text.endswith("<|im_start|>assistant\n")
+    # what an in-process model writes reads back as the calls an HTTP teacher's tool_calls become
+    content, calls = parse_calls("Let me see.\n" + calls_as_text(None, [call("calculator", {"expression": "1"})]))
+    assert content == "Let me see." and calls[0]["name"] == "calculator" and calls[0]["arguments"] == {"expression": "1"}
+    assert parse_calls("<tool_call>{oops</tool_call>")[1][0]["problem"].startswith("the tool call is not JSON")

@@ -63,7 +63,20 @@ steps:
     response_format:
       json_schema: {type: object, properties: {rating: {type: integer}}, required: [rating]}
     output: verdict
+  - name: tooled
+    strategy: agent
+    teacher: small
+    input: problems
+    sampling: {temperature: 0.8, max_tokens: 48}
+    prompt: "{{ question }} Use the calculator."
+    tools: [calculator]
+    max_tool_calls: 1
+    max_failure_rate: 1
+    output: trajectory
+tools:
+  calculator: {python: "tools.py:calculator"}
 """)
+    (tmp_path / "tools.py").write_text((ROOT / "specs" / "tools.py").read_text())
     first = datagen("run", str(spec))
     assert first.returncode == 0, first.stderr[-3000:]
     assert "starting vLLM engine for teacher small (bundled:smollm2-135m-instruct) ..." in first.stderr
@@ -89,10 +102,23 @@ steps:
     assert all(isinstance(g["rating"], int) and json.loads(g["verdict"])["rating"] == g["rating"] for g in graded)
     lineage = query_json(spec, "select role, count(*) as n from lineage group by role order by role")
     assert {r["role"]: r["n"] for r in lineage}["demo"] == 8
+    # the agent on the in-process engine (its template cannot render tools: the fallback, toolcalls.py): every
+    # trajectory ends, with an answer (a row) or why not (a decision), and its turns chain
+    asked = query_json(spec, "select count(*) as n, count(*) filter (where status = 'failed') as failed from "
+                             "requests where step = 'tooled'")[0]
+    answered = query_json(spec, "select trajectory, trajectory_tool_calls as calls from tooled")
+    ended = query_json(spec, "select count(*) as n from decisions where stage = 'tooled' and reason like 'no final%'")
+    assert 4 <= asked["n"] <= 8 and len(answered) + ended[0]["n"] + asked["failed"] == 4
+    for row in answered:
+        trajectory = json.loads(row["trajectory"]) if isinstance(row["trajectory"], str) else row["trajectory"]
+        assert trajectory[0]["role"] == "user" and trajectory[-1]["role"] == "assistant"
+        assert row["calls"] == sum(m["role"] == "tool" for m in trajectory)
     # a finished spec re-runs without loading the model
     again = datagen("run", str(spec))
     assert again.returncode == 0 and "starting vLLM engine" not in again.stderr
-    assert query_json(spec, "select count(*) as n from outputs")[0]["n"] == 8 + len(graded)
+    total = query_json(spec, "select count(*) as n from outputs where step in ('solve', 'grade')")[0]["n"]
+    assert total == 8 + len(graded) and query_json(spec, "select count(*) as n from requests where step = "
+                                                         "'tooled'")[0]["n"] == asked["n"]
 
 
 def test_openai_backend_against_vllm_server(tmp_path, vllm_server):

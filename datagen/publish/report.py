@@ -116,6 +116,10 @@ def funnel(plan: Plan, con) -> str:
            _table(["step", "strategy", "input", "requests", "done", "failed", "rows"],
                   [[c["step"], c["strategy"], c["input"], c["requests"], c["done"], c["failed"], c["rows"]]
                    for c in counts])]
+    from datagen.strategies import strategy_of
+
+    for st in plan.steps:  # what `datagen status` says under each step (turns, tool calls and errors, votes...)
+        out += [_note(f"{st.name}: {line.strip()}") for line in strategy_of(st.spec).status_lines(con, st)]
     if stages:
         out.append(_table(["curation stage", "rows in", "kept", "dropped", "commonest reasons for dropping"],
                           [[s.name, s.rows_in, s.kept, s.dropped, "; ".join(f"{r} ({n})" for r, n in s.reasons)]

@@ -26,7 +26,7 @@ from datagen.spec.models import AgentStep
 from datagen.spec.plan import PlannedStep, check_clash, check_template, columns_of, step_teachers, step_view
 from datagen.store import reads, tool_calls
 from datagen.store.decisions import replace_decisions, step_owner
-from datagen.strategies.base import Job, PlannedRequest, Round, StepEstimate, Volume
+from datagen.strategies.base import Job, PlannedRequest, Round, StepEstimate, Volume, spread
 from datagen.strategies.label import public
 from datagen.teachers.toolcalls import parse_calls
 from datagen.tools import ToolError, Toolbox, needs_server
@@ -312,6 +312,8 @@ def card_notes(step: AgentStep) -> list[str]:
 
 
 def estimate(job: Job, volume_of) -> StepEstimate:
-    """At most max_tool_calls + 1 requests per trajectory (a trajectory answering at once sends one)."""
+    """At most max_tool_calls + 1 requests per trajectory (a trajectory answering at once sends one); its first
+    prompts where its input is known before the run (later turns are longer: they carry the calls and results)."""
     step: AgentStep = job.step
-    return StepEstimate(volume_of(step.input).rows * step.n * (step.max_tool_calls + 1), [])
+    return StepEstimate(volume_of(step.input).rows * step.n * (step.max_tool_calls + 1),
+                        [_opening(step, row) for row in spread(reads.rows(job.con, step.input))])
