@@ -124,3 +124,54 @@ def test_multiturn_example(tmp_path, vllm_server):
     again = datagen("run", str(spec))
     assert again.returncode == 0 and query_json(spec, "select count(*) as n from requests where step = 'talk'")[0] \
         == {"n": turns["n"]}
+
+
+def served(server: str) -> int:
+    """Requests the vLLM server has finished so far (its Prometheus counter, over every finish reason)."""
+    import httpx
+
+    text = httpx.get(server.removesuffix("/v1") + "/metrics", timeout=10).text
+    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("vllm:request_success_total")))
+
+
+def test_multiturn_kill_9_then_rerun_sends_only_what_was_not_done(tmp_path, vllm_server):
+    """The bundled model on the real server: a run killed with -9 mid-conversation, re-run, asks the server only
+    for the turns not committed (counted by the server itself) and finishes every conversation, roles alternating."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def many(doc):
+        doc["teachers"]["t"]["sampling"]["max_tokens"] = 16
+        doc["teachers"]["t"]["max_concurrency"] = 2
+        doc["sources"]["topics"]["inline"] = [{"topic": f"topic number {i}", "persona": "a student"}
+                                              for i in range(10)]
+
+    spec = on_server("multiturn.yaml", tmp_path, vllm_server, many)
+    start = served(vllm_server)
+    proc = subprocess.Popen([sys.executable, "-m", "datagen.cli", "run", "-q", str(spec)], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while served(vllm_server) - start < 14 and time.monotonic() < deadline:  # into the second of four rounds
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(1)  # what the killed run had in flight is aborted by the server
+    left = query_json(spec, "select count(*) filter (where status <> 'done') as todo, count(*) as n "
+                            "from requests where step = 'talk'")[0]
+    assert proc.returncode == -signal.SIGKILL and left["n"] < 10 * 4  # it stopped part way
+    before = served(vllm_server)
+    out = datagen("run", "-q", str(spec))
+    assert out.returncode == 0, out.stderr[-3000:]
+    total = query_json(spec, "select count(*) as n from requests where step = 'talk'")[0]["n"]
+    sent = served(vllm_server) - before
+    assert sent == left["todo"] + (total - left["n"])  # the unfinished turns and the new ones, nothing done again
+    talks = query_json(spec, "select dialogue from talk")
+    assert len(talks) == 10
+    for t in talks:
+        dialogue = json.loads(t["dialogue"]) if isinstance(t["dialogue"], str) else t["dialogue"]
+        assert [m["role"] for m in dialogue] == ["user", "assistant"] * (len(dialogue) // 2)
