@@ -9,6 +9,7 @@ from email.utils import format_datetime
 from datetime import datetime, timedelta, UTC
 
 import httpx
+import pytest
 
 from datagen.teachers.openai_teacher import _retry_after
 from datagen.teachers.ratelimit import RateLimiter
@@ -141,9 +142,66 @@ def test_a_rate_limit_costs_time_never_a_row(tmp_path):
 
     script = RateLimitedScript(20)
     with ScriptedServer(script) as server:
-        summary = run(_limited_spec(tmp_path, server.base_url, 120), log=lambda m: None)
+        said: list[str] = []
+        summary = run(_limited_spec(tmp_path, server.base_url, 120), log=said.append)
+        calls = len(server.bodies)
     assert script.limited > 0  # the limit did bite
     assert (summary.steps[0].generated, summary.steps[0].failed) == (120, 0)
+    assert script.limited / calls < 0.15  # the pace was learned: a few 429s, not half the calls (static: 54%)
+    pace = summary.steps[0].pace
+    assert "requests/s, learned from the server's 429s" in pace and f"teacher t: {pace}" in "\n".join(said)
+    learned = float(pace.split("paced at ")[1].split()[0])
+    assert 10 <= learned <= 26  # near the server's 20 a second
+
+
+def test_the_learned_pace_stays_under_the_limit_and_recovers_from_a_low_first_guess():
+    from datagen.teachers.ratelimit import AdaptiveRate
+
+    rate, now, limit = AdaptiveRate(), 0.0, 20.0
+    assert rate.wait_time(now) == 0  # nothing is held back before the first 429
+    for _ in range(3):
+        rate.success(now)
+    rate.limited(now)  # the first 429 after only 3 successes: a low guess
+    assert rate.rate == pytest.approx(3 * AdaptiveRate.START)
+    sent, refused = [], 0
+    while now < 60:
+        now += rate.wait_time(now) or 1e-3
+        rate.take(now)
+        window = [t for t in sent if t > now - 1]
+        if len(window) >= limit:
+            refused += 1
+            rate.limited(now)
+        else:
+            sent.append(now)
+            rate.success(now)
+    late = [t for t in sent if t > 30]
+    assert len(late) / 30 >= 0.8 * limit  # recovered to near the limit
+    assert refused / (len(sent) + refused) < 0.05
+
+
+def test_the_window_starts_low_doubles_then_halves_on_congestion_and_latency():
+    from datagen.teachers.ratelimit import ConcurrencyWindow
+
+    clock = Clock()
+    w = ConcurrencyWindow(32, clock=clock)
+    assert w.allowed == 4
+    for _ in range(12):
+        w.success(0.1, 10)
+    assert w.allowed == 16  # one more per success while slow-starting
+    w.congested()
+    assert w.allowed == 8 and not w.slow_start
+    w.congested()  # a burst is one signal
+    assert w.allowed == 8
+    for _ in range(80):
+        w.success(0.1, 10)
+    assert 8 < w.allowed < 32  # then slowly
+    clock.now += 2
+    before = w.allowed
+    for _ in range(20):
+        w.success(1.0, 10)  # ten times slower per token: the server saturates
+    assert w.cuts == 2 and w.allowed <= before / 2 + 3  # halved, then a little regrowth
+    w2 = ConcurrencyWindow(2, clock=clock)
+    assert w2.allowed == 2  # never over the ceiling
 
 
 def test_a_rate_limit_that_never_lifts_fails_after_rate_limit_wait_s(tmp_path):

@@ -42,6 +42,7 @@ class StepSummary:
     completion_tokens: int = 0
     seconds: float = 0.0
     cost_usd: float = 0.0
+    pace: str | None = None  # an adaptive HTTP teacher's concurrency and learned rate, where it had to adapt
 
 
 @dataclass
@@ -155,6 +156,10 @@ def run_round(con, plan: Plan, job: Job, rnd: Round, teachers: Teachers, summary
                      rates=rates_of(plan.spec.teachers[setup.name]), cap=cap)
         finally:
             _add(summary, counts)
+        pace = getattr(teacher, "pace", lambda: None)()
+        if pace and pace != summary.pace:
+            summary.pace = pace
+            log(f"step {st.name}: teacher {setup.name}: {pace}")
 
 
 def _add(summary: StepSummary, counts: Counts) -> None:

@@ -3,6 +3,7 @@
 One HTTP request per sample (not every server supports `n`), bounded concurrency, retries with exponential backoff
 and jitter on 429, 5xx, timeouts and dropped connections, `Retry-After` honoured. A 429 does not count as an attempt:
 a rate-limited request waits and asks again for up to `rate_limit_wait_s`, so a rate limit costs time, not rows. A
+server's limit is learned from its 429s and requests are paced under it (ratelimit.AdaptiveRate; `adaptive_rate`). A
 sample that still fails after `max_attempts` other faults comes back with its last error; it never raises, so the run
 goes on. `timeout_s` bounds each attempt
 as a whole (a server that trickles bytes cannot hold a request forever). Error texts never contain the API key, even
@@ -35,7 +36,7 @@ from datagen import extra_body as bodies
 from datagen.errors import Terminated
 from datagen.reasoning import from_field
 from datagen.teachers.base import GenOptions, GenRequest, Sample, TokenLogprobs, split_sample
-from datagen.teachers.ratelimit import RateLimiter
+from datagen.teachers.ratelimit import ConcurrencyWindow, RateLimiter
 from datagen.teachers.servers import ServerPool
 from datagen.teachers.toolcalls import calls_as_text
 from datetime import UTC
@@ -48,7 +49,7 @@ class OpenAITeacher:
     def __init__(self, name: str, *, base_url: str | list[str], model: str, api_key: str | None, max_concurrency: int = 16,
                  timeout_s: float = 120, max_attempts: int = 4, requests_per_minute: int | None = None,
                  tokens_per_minute: int | None = None, backoff_base_s: float = 0.5, backoff_max_s: float = 30,
-                 rate_limit_wait_s: float = 600,
+                 rate_limit_wait_s: float = 600, adaptive_rate: bool = True,
                  extra_body: dict | None = None):
         self.name = name
         self.servers = ServerPool(base_url if isinstance(base_url, list) else [base_url])
@@ -61,7 +62,9 @@ class OpenAITeacher:
         self.rate_limit_wait_s = rate_limit_wait_s
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
-        self.limiter = RateLimiter(requests_per_minute, tokens_per_minute)
+        self.limiter = RateLimiter(requests_per_minute, tokens_per_minute, adaptive=adaptive_rate)
+        self.adaptive = adaptive_rate
+        self.window = ConcurrencyWindow(max_concurrency)
         self.extra_body = extra_body or None
 
     def stream(self, requests: list[GenRequest], options: GenOptions):
@@ -81,7 +84,8 @@ class OpenAITeacher:
             for i, _ in ready:
                 got.pop(i)
             while True:
-                for i, j, index in _take(jobs, self.max_concurrency - len(inflight)):
+                room = (self.window.allowed if self.adaptive else self.max_concurrency) - len(inflight)
+                for i, j, index in _take(jobs, room):
                     task = loop.create_task(self._sample(client, requests[i], index, options))
                     inflight[task] = (i, j)
                 if not inflight:
@@ -106,6 +110,19 @@ class OpenAITeacher:
 
     def start(self) -> bool:
         return False  # nothing to load: each stream opens its own client
+
+    def pace(self) -> str | None:
+        """What the adaptive client settled on, where it had to adapt (the run's log and summary say it)."""
+        if not self.adaptive:
+            return None
+        w, rate = self.window, self.limiter.learned_rate
+        if not w.cuts and rate is None:
+            return None
+        parts = [f"concurrency {w.allowed} now (at most {int(w.peak)} of max_concurrency {w.ceiling}, cut {w.cuts} "
+                 f"times)"]
+        if rate is not None:
+            parts.append(f"paced at {rate:.1f} requests/s, learned from the server's 429s")
+        return "; ".join(parts)
 
     def close(self) -> None:
         pass  # each stream opens and closes its own client
@@ -150,17 +167,23 @@ class OpenAITeacher:
             limited = False
             server = await self.servers.acquire()
             server_ok = False
+            attempt_start = time.monotonic()
             try:
                 resp = await asyncio.wait_for(client.post(server.url, json=body), self.timeout_s)
             except TimeoutError:
                 last_error = f"timed out after {self.timeout_s:g} s"
+                self.window.congested()
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                if isinstance(exc, httpx.TimeoutException):
+                    self.window.congested()
             else:
                 # a 4xx other than a rate limit is the request's fault, not the server's
                 server_ok = resp.status_code == 200 or resp.status_code not in RETRY_STATUS
                 if resp.status_code == 200:
+                    self.limiter.success()
                     sample = _parse_response(resp, options.reasoning is not None)
+                    self.window.success(time.monotonic() - attempt_start, sample.completion_tokens)
                     if sample.error is None:
                         sample.seconds = time.monotonic() - start
                         sample.worker = server.label
@@ -173,8 +196,13 @@ class OpenAITeacher:
                     if resp.status_code not in RETRY_STATUS:
                         break
                     limited = resp.status_code == 429
+                    if limited:
+                        self.limiter.limited()
+                        self.window.congested()
                     retry_after = _retry_after(resp)
-                    if retry_after is not None:
+                    # Retry-After holds every request of the teacher, except a 429's once the pace is learned:
+                    # then the pacing slows them all and only the refused request waits it out
+                    if retry_after is not None and not (limited and self.limiter.learned_rate is not None):
                         self.limiter.pause(min(retry_after, self.backoff_max_s * 4))
             finally:
                 self.servers.release(server, server_ok)
