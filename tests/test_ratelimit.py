@@ -220,3 +220,47 @@ def test_a_rate_limit_that_never_lifts_fails_after_rate_limit_wait_s(tmp_path):
     errors = [e for (e,) in con.execute("SELECT error FROM requests").fetchall()]
     con.close()
     assert all(e.startswith("HTTP 429") and "still rate limited after 1.5 s (rate_limit_wait_s)" in e for e in errors)
+
+
+def test_a_server_down_in_the_middle_of_a_run_costs_no_row(tmp_path):
+    """The only server stops listening for 4 s mid-run (connections refused), then comes back on the same port:
+    every request still becomes a row, and a short max_attempts never runs out (unreachable is not an attempt)."""
+    import threading
+    import time
+
+    from datagen.api import run
+    from tests.scripted_server import ScriptedServer, echo_script
+
+    down = threading.Event()
+
+    def slow(body):
+        time.sleep(0.02)
+        return {"drop": True} if down.is_set() else echo_script(body)  # kept-alive connections die too
+
+    first = ScriptedServer(slow).__enter__()
+    port = first.port
+    spec = _limited_spec(tmp_path, first.base_url, 150)
+    spec.write_text(spec.read_text().replace("max_attempts: 2, max_concurrency: 32", "max_attempts: 1, "
+                                             "max_concurrency: 4, down_limit_s: 60"))
+    later: list = []
+
+    def outage():
+        deadline = time.monotonic() + 60
+        while len(first.bodies) < 40 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        down.set()
+        first.__exit__(None, None, None)  # down: nothing listens on the port
+        time.sleep(4)
+        down.clear()
+        later.append(ScriptedServer(slow, port=port).__enter__())
+
+    thread = threading.Thread(target=outage)
+    thread.start()
+    try:
+        summary = run(spec, log=lambda m: None)
+    finally:
+        thread.join()
+        for server in later:
+            server.__exit__(None, None, None)
+    assert (summary.steps[0].generated, summary.steps[0].failed) == (150, 0)
+    assert len(first.bodies) >= 40 and len(later[0].bodies) >= 150 - len(first.bodies)  # both sides served

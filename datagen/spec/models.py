@@ -114,6 +114,8 @@ class OpenAITeacherSpec(Model):
     max_attempts: int = Field(4, ge=1, le=20)  # tries per request for faults other than a rate limit
     rate_limit_wait_s: float = Field(600, gt=0)  # how long a request rate-limited (429) keeps waiting and asking
     adaptive_rate: bool = True  # learn the server's limit from its 429s and pace requests under it (AIMD)
+    down_limit_s: float = Field(300, gt=0)  # how long a request waits for an unreachable server (no connection,
+    # timeouts, 502/503/504) before it counts as failed; such attempts are not max_attempts
     sampling: SamplingSpec = SamplingSpec()
     price: PriceSpec | None = None
     batch_discount: float = Field(0.5, ge=0, le=1)  # the share of the price a batch job saves

@@ -72,7 +72,8 @@ def make_teacher(name: str, spec, spec_dir, seed: int, journal=None, ray: bool =
                              max_concurrency=spec.max_concurrency, timeout_s=spec.timeout_s,
                              max_attempts=spec.max_attempts, requests_per_minute=spec.requests_per_minute,
                              tokens_per_minute=spec.tokens_per_minute, rate_limit_wait_s=spec.rate_limit_wait_s,
-                             adaptive_rate=spec.adaptive_rate, extra_body=spec.extra_body)
+                             adaptive_rate=spec.adaptive_rate, down_limit_s=spec.down_limit_s,
+                             extra_body=spec.extra_body)
     from datagen.bundled import resolve_model
 
     path = resolve_model(spec.model, spec_dir)

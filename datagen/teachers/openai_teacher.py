@@ -4,7 +4,10 @@ One HTTP request per sample (not every server supports `n`), bounded concurrency
 and jitter on 429, 5xx, timeouts and dropped connections, `Retry-After` honoured. A 429 does not count as an attempt:
 a rate-limited request waits and asks again for up to `rate_limit_wait_s`, so a rate limit costs time, not rows. A
 server's limit is learned from its 429s and requests are paced under it (ratelimit.AdaptiveRate; `adaptive_rate`). A
-sample that still fails after `max_attempts` other faults comes back with its last error; it never raises, so the run
+server that cannot be reached (no connection, timeouts, 502/503/504) does not use up attempts either: the server
+pool's circuit breaker pauses it, probes it and resumes (servers.py), and a request waits for it up to
+`down_limit_s`, so an outage costs time, not rows. A sample that still fails after `max_attempts` other faults (a
+500, a garbled reply) comes back with its last error; it never raises, so the run
 goes on. `timeout_s` bounds each attempt
 as a whole (a server that trickles bytes cannot hold a request forever). Error texts never contain the API key, even
 when a server echoes it back.
@@ -42,6 +45,7 @@ from datagen.teachers.toolcalls import calls_as_text
 from datetime import UTC
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+UNAVAILABLE_STATUS = {502, 503, 504}  # the server (or the proxy before it) cannot take requests now
 HEARTBEAT_SECONDS = 1.0  # the stream yields at least this often, even with nothing finished, so the caller can commit
 
 
@@ -49,7 +53,7 @@ class OpenAITeacher:
     def __init__(self, name: str, *, base_url: str | list[str], model: str, api_key: str | None, max_concurrency: int = 16,
                  timeout_s: float = 120, max_attempts: int = 4, requests_per_minute: int | None = None,
                  tokens_per_minute: int | None = None, backoff_base_s: float = 0.5, backoff_max_s: float = 30,
-                 rate_limit_wait_s: float = 600, adaptive_rate: bool = True,
+                 rate_limit_wait_s: float = 600, adaptive_rate: bool = True, down_limit_s: float = 300,
                  extra_body: dict | None = None):
         self.name = name
         self.servers = ServerPool(base_url if isinstance(base_url, list) else [base_url])
@@ -60,6 +64,7 @@ class OpenAITeacher:
         self.timeout_s = timeout_s
         self.max_attempts = max_attempts
         self.rate_limit_wait_s = rate_limit_wait_s
+        self.down_limit_s = down_limit_s
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.limiter = RateLimiter(requests_per_minute, tokens_per_minute, adaptive=adaptive_rate)
@@ -159,13 +164,17 @@ class OpenAITeacher:
         last_error = "not attempted"
         # A 429 is the server asking to slow down, not the request's fault: it does not use up one of max_attempts,
         # and the request waits (Retry-After, else back-off) for up to rate_limit_wait_s before it counts as failed.
-        failures = calls = limited_in_a_row = 0
+        # A server that cannot be reached (no connection, a timeout, 502/503/504) is not the request's fault either:
+        # such attempts do not count while the server has been unreachable for under down_limit_s (the server pool's
+        # breaker paces them: pause, probe, resume).
+        failures = calls = limited_in_a_row = down_in_a_row = 0
+        down_since: float | None = None
         while True:
             calls += 1
             await self.limiter.acquire(estimate)
             retry_after: float | None = None
-            limited = False
-            server = await self.servers.acquire()
+            limited = unreachable = False
+            server, probe = await self.servers.acquire()
             server_ok = False
             attempt_start = time.monotonic()
             try:
@@ -173,10 +182,12 @@ class OpenAITeacher:
             except TimeoutError:
                 last_error = f"timed out after {self.timeout_s:g} s"
                 self.window.congested()
+                unreachable = True
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 if isinstance(exc, httpx.TimeoutException):
                     self.window.congested()
+                unreachable = True
             else:
                 # a 4xx other than a rate limit is the request's fault, not the server's
                 server_ok = resp.status_code == 200 or resp.status_code not in RETRY_STATUS
@@ -196,6 +207,7 @@ class OpenAITeacher:
                     if resp.status_code not in RETRY_STATUS:
                         break
                     limited = resp.status_code == 429
+                    unreachable = resp.status_code in UNAVAILABLE_STATUS
                     if limited:
                         self.limiter.limited()
                         self.window.congested()
@@ -205,7 +217,16 @@ class OpenAITeacher:
                     if retry_after is not None and not (limited and self.limiter.learned_rate is not None):
                         self.limiter.pause(min(retry_after, self.backoff_max_s * 4))
             finally:
-                self.servers.release(server, server_ok)
+                self.servers.release(server, server_ok, probe)
+            if unreachable:
+                down_since = down_since if down_since is not None else attempt_start
+                if time.monotonic() - down_since < self.down_limit_s:
+                    down_in_a_row += 1
+                    await asyncio.sleep(self._backoff(min(down_in_a_row, 4), retry_after))
+                    continue
+                last_error += f"; unreachable for {self.down_limit_s:g} s (down_limit_s)"
+                break
+            down_since, down_in_a_row = None, 0
             if limited:
                 limited_in_a_row += 1
                 if time.monotonic() - start >= self.rate_limit_wait_s:
