@@ -6,7 +6,9 @@ adaptive one (the default), side by side. Run: .venv/bin/python tests/bench/rate
    server's floor (400 / 20 s).
 2. A server that saturates without ever saying 429 (it works on 4 requests at a time in 0.1 s; more in flight only
    wait, so their latency climbs): 200 requests at max_concurrency 32: throughput, and the latency a request sees
-   inside the server (median and 95th percentile)."""
+   inside the server (median and 95th percentile).
+3. A server that goes down for 30 s in the middle of a run (connections refused, then back on the same port): 300
+   requests at 20 a second of work: rows made and failed at `max_attempts: 1`."""
 
 from __future__ import annotations
 
@@ -67,6 +69,42 @@ def measure_saturating(adaptive: bool, n: int = 200) -> tuple[int, float, float,
     return summary.steps[0].generated, seconds, lat[len(lat) // 2], lat[int(len(lat) * 0.95)]
 
 
+def measure_outage(n: int = 300, down_s: float = 30) -> tuple[int, int, float]:
+    import threading
+
+    down = threading.Event()
+
+    def work(body):
+        time.sleep(0.05)
+        return {"drop": True} if down.is_set() else "answer to " + body["messages"][-1]["content"]
+
+    first = ScriptedServer(work).__enter__()
+    later = []
+
+    def outage():
+        while len(first.bodies) < 100:
+            time.sleep(0.01)
+        down.set()
+        first.__exit__(None, None, None)
+        time.sleep(down_s)
+        down.clear()
+        later.append(ScriptedServer(work, port=first.port).__enter__())
+
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = _limited_spec(Path(tmp), first.base_url, n)
+        spec.write_text(spec.read_text().replace("max_attempts: 2, max_concurrency: 32", "max_attempts: 1, "
+                                                 "max_concurrency: 4"))
+        thread = threading.Thread(target=outage)
+        thread.start()
+        start = time.monotonic()
+        summary = run(spec, log=lambda m: None)
+        seconds = time.monotonic() - start
+        thread.join()
+    for server in later:
+        server.__exit__(None, None, None)
+    return summary.steps[0].generated, summary.steps[0].failed, seconds
+
+
 if __name__ == "__main__":
     floor = N / PER_SECOND
     print(f"{N} requests, max_concurrency 32, a server allowing {PER_SECOND}/s (floor {floor:.0f} s)")
@@ -83,3 +121,7 @@ if __name__ == "__main__":
     for name, adaptive in (("static", False), ("adaptive", True)):
         rows, seconds, p50, p95 = measure_saturating(adaptive)
         print(f"{name:<10} {rows:>5} {seconds:>8.1f} {seconds / floor:>8.2f} {p50:>11.2f}s {p95:>11.2f}s")
+    print()
+    print("300 requests, the only server down for 30 s after the first 100 (connections refused), max_attempts 1")
+    rows, failed, seconds = measure_outage()
+    print(f"rows {rows} of 300, failed {failed}, {seconds:.1f} s")
