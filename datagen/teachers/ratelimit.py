@@ -170,8 +170,9 @@ class RateLimiter:
 class ConcurrencyWindow:
     """How many requests an HTTP teacher keeps in flight, at most `ceiling` (its `max_concurrency`): AIMD.
 
-    It starts at `START` and doubles each round trip while replies are healthy (one more per success), then, after
-    the first congestion signal, grows by one per window's worth of successes. A 429 or a timeout halves it; so does
+    It starts at `START` and, until the first congestion signal, doubles each round trip while replies are healthy
+    (one more per success) and each second in any case (so long generations are not held back for minutes: it
+    reaches the ceiling within seconds); after the first signal it grows by one per window's worth of successes. A 429 or a timeout halves it; so does
     a climb in latency (seconds per output token, smoothed, over `LATENCY_CUT` times the best seen), the sign of a
     server that saturates without ever saying 429. At most one cut a second; never below 1.
     """
@@ -185,6 +186,7 @@ class ConcurrencyWindow:
         self.ceiling = ceiling
         self.limit = float(min(ceiling, self.START))
         self.clock = clock
+        self.started = clock()
         self.slow_start = True
         self.cut_at = float("-inf")
         self.best: float | None = None
@@ -195,6 +197,10 @@ class ConcurrencyWindow:
 
     @property
     def allowed(self) -> int:
+        if self.slow_start:
+            doubled = self.START * 2 ** min(16.0, self.clock() - self.started)
+            self.limit = min(float(self.ceiling), max(self.limit, doubled))
+            self.peak = max(self.peak, self.limit)
         return max(1, int(self.limit))
 
     def success(self, seconds: float | None = None, tokens: int | None = None) -> None:
