@@ -117,14 +117,17 @@ def validate(spec: SpecLike) -> Plan:
 
 @_loop_safe
 def run(spec: SpecLike, *, limit: int | None = None, verbose: bool = False, progress=None, log: Log | None = None,
-        checked: Plan | None = None, max_usd: float | None = None, ray: str | None = None):
+        checked: Plan | None = None, max_usd: float | None = None, ray: str | None = None,
+        retry_failed: bool = False):
     """Generate every step (resuming finished work), then run the `curation:` block. Returns the RunSummary.
 
     `limit`: the first N input rows of every step fed by a source, in a store of their own. Engine and library
     output goes to the log file beside the store unless `verbose`. `progress(step, done, total, output_tokens)` is
     called as samples are committed. `max_usd` (else the spec's `budget.max_usd`) caps what the store spends in all
     (specs/cost.md). `ray`: a Ray cluster's address (`auto`, `host:port`, or `local` to start one for the run);
-    in-process teachers then run as `replicas` actors on it (specs/scale.md)."""
+    in-process teachers then run as `replicas` actors on it (specs/scale.md). `retry_failed`: ask again the
+    requests that failed by their own fault on an earlier run (a 400, a reply that did not parse, a refusal); those
+    that failed by the provider's (rate limits, 5xx, timeouts, an outage) are asked again in any case."""
     from datagen import console
     from datagen.pipeline.loop import run_steps
     from datagen.store.connection import open_store
@@ -146,7 +149,8 @@ def run(spec: SpecLike, *, limit: int | None = None, verbose: bool = False, prog
         con = open_store(loaded.store_path)
         try:
             sync_views(con, p.source_tables, p.views)
-            summary = run_steps(con, p, progress=progress, log=log, max_usd=max_usd, ray=bool(ray))
+            summary = run_steps(con, p, progress=progress, log=log, max_usd=max_usd, ray=bool(ray),
+                                retry_failed=retry_failed)
             if loaded.spec.curation is not None:
                 from curation.run import run_curation
 

@@ -114,7 +114,10 @@ def run(spec: Path = typer.Argument(..., help="the spec file"),
         cancel_batches: bool = typer.Option(False, "--cancel-batches", help="cancel the open provider batches and "
                                             "stop; the next run collects what they finished"),
         ray: Optional[str] = typer.Option(None, "--ray", help="run in-process teachers as `replicas` on a Ray cluster: "
-                                                              "auto, host:port, or local")):
+                                                              "auto, host:port, or local"),
+        retry_failed: bool = typer.Option(False, "--retry-failed", help="also ask again the requests that failed by "
+                                          "their own fault (a 400, a reply that did not parse, a refusal); those "
+                                          "the provider failed are asked again in any case")):
     """Generate every step (resuming finished work), storing rows and lineage in the spec's DuckDB store.
 
     Engine and library messages go to runs/<name>.log beside the store unless --verbose."""
@@ -131,7 +134,7 @@ def run(spec: Path = typer.Argument(..., help="the spec file"),
         print(api.describe(plan, max_usd), flush=True)
     with console.quiet(plan.loaded.log_path, verbose), ProgressReporter(enabled=not quiet) as reporter:
         summary = api.run(plan.loaded, progress=reporter.update, log=reporter.log, checked=plan, verbose=verbose,
-                          max_usd=max_usd, ray=ray)
+                          max_usd=max_usd, ray=ray, retry_failed=retry_failed)
     _print_summary(summary)
 
 
@@ -200,8 +203,13 @@ def status(spec: Path = typer.Argument(..., help="the spec file"),
         cost = f", {usd(r['cost_usd'])}" if r["cost_usd"] is not None else ""
         print(f"{r['step']}: {r['done']} done, {r['failed']} failed, {r['pending']} pending "
               f"of {total}; {r['completion_tokens']} completion tokens{cost}")
-        for error, n in r["top_errors"]:
-            print(f"    {n} x {error[:150]}")
+        for kind, why in (("request", "their own fault, kept failed: `datagen run --retry-failed` asks again"),
+                          ("provider", "the provider's fault: the next `datagen run` asks again")):
+            got = r["faults"].get(kind)
+            if got:
+                print(f"  {got['count']} failed by {why}")
+                for error, n in got["top_errors"]:
+                    print(f"    {n} x {error[:150]}")
         for line in r["lines"]:  # what the strategy adds: accepted items, coverage, pairs built, samples kept
             print(line)
     if result["cost_usd"] is not None:

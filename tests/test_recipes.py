@@ -87,7 +87,10 @@ def test_a_strategy_and_a_filter_added_by_the_recipe_run_end_to_end(tmp_path, re
         summary = datagen.run(spec)
         assert (summary.steps[0].generated, summary.steps[0].failed) == (6, 2)  # the empty rewrites fail
         assert len(server.bodies) == 8
-        datagen.run(spec)  # a re-run sends only the failed requests again: the keys are the strategy's own
+        datagen.run(spec)  # the empty rewrites are the replies' own fault: a re-run leaves them failed ...
+        assert len(server.bodies) == 8
+        # ... and with retry_failed sends only them again: the keys are the strategy's own
+        datagen.run(spec, retry_failed=True)
         assert len(server.bodies) == 10 and {b["messages"][-1]["content"] for b in server.bodies[8:]} == \
             {"Say this in other words: Cats purr"}
 

@@ -43,6 +43,7 @@ class StepSummary:
     seconds: float = 0.0
     cost_usd: float = 0.0
     pace: str | None = None  # an adaptive HTTP teacher's concurrency and learned rate, where it had to adapt
+    kept_failed: int = 0  # requests that failed by their own fault on an earlier run, left failed (no --retry-failed)
 
 
 @dataclass
@@ -58,10 +59,12 @@ Progress = Callable[[str, int, int, int], None]  # (step, samples done, samples 
 
 
 def run_steps(con: duckdb.DuckDBPyConnection, plan: Plan, progress: Progress | None = None,
-              log: Callable[[str], None] = print, max_usd: float | None = None, ray: bool = False) -> RunSummary:
+              log: Callable[[str], None] = print, max_usd: float | None = None, ray: bool = False,
+              retry_failed: bool = False) -> RunSummary:
     """Generate every step of the plan into the store (its views already synced), spending at most `max_usd` in all
     (what the store has spent included); with `ray`, in-process teachers run as replicas on the Ray cluster this
-    process has joined."""
+    process has joined. A request that failed by its own fault on an earlier run (a request fault) is asked again
+    only with `retry_failed`; one that failed by the provider's is asked again in any case."""
     start = time.monotonic()
     cap = SpendCap(max_usd, stats.spent(con)) if max_usd is not None else None
     summary = RunSummary(store=str(plan.loaded.store_path))
@@ -71,7 +74,7 @@ def run_steps(con: duckdb.DuckDBPyConnection, plan: Plan, progress: Progress | N
     status = "failed"
     try:
         for st in plan.steps:
-            summary.steps.append(run_step(con, plan, st, teachers, progress, log, cap))
+            summary.steps.append(run_step(con, plan, st, teachers, progress, log, cap, retry_failed))
         batches.close_unplanned(con)
         status = "done"
     except BaseException as exc:
@@ -104,7 +107,8 @@ def teacher_setups(plan: Plan, st: PlannedStep) -> list[TeacherSetup]:
 
 
 def run_step(con: duckdb.DuckDBPyConnection, plan: Plan, st: PlannedStep, teachers: Teachers,
-             progress: Progress | None, log: Callable[[str], None], cap: SpendCap | None = None) -> StepSummary:
+             progress: Progress | None, log: Callable[[str], None], cap: SpendCap | None = None,
+             retry_failed: bool = False) -> StepSummary:
     strategy = strategy_of(st.spec)
     job = Job(con, plan, st, teacher_setups(plan, st), log)
     summary = StepSummary(st.name)
@@ -114,21 +118,30 @@ def run_step(con: duckdb.DuckDBPyConnection, plan: Plan, st: PlannedStep, teache
         for rnd in rounds:
             keys += [r.key for r in rnd.requests]
             insert_pending(con, st.name, rnd.requests, keys)
-            run_round(con, plan, job, rnd, teachers, summary, progress, log, cap)
+            run_round(con, plan, job, rnd, teachers, summary, progress, log, cap, retry_failed)
     except TemplateFailed as exc:
         raise plan.loaded.error(("steps", st.index), str(exc)) from None
     finally:
         rounds.close()
-    if summary.generated or summary.failed:
+    if summary.kept_failed:
+        log(f"step {st.name}: {summary.kept_failed} requests failed by their own fault on an earlier run (a 400, a "
+            "reply that did not parse, a refusal) and were not asked again; `datagen run --retry-failed` asks again")
+    if summary.generated or summary.failed or summary.kept_failed:
         check_failure_rate(st.spec, summary, final=True)
     strategy.finish(job)
     return summary
 
 
 def run_round(con, plan: Plan, job: Job, rnd: Round, teachers: Teachers, summary: StepSummary,
-              progress: Progress | None, log: Callable[[str], None], cap: SpendCap | None = None) -> None:
+              progress: Progress | None, log: Callable[[str], None], cap: SpendCap | None = None,
+              retry_failed: bool = False) -> None:
     st = job.st
-    finished = reads.finished_keys(con, [r.key for r in rnd.requests], failed_too=not rnd.retry_failed)
+    keys = [r.key for r in rnd.requests]
+    # a round whose failures are final (an expansion's) never asks again; else a provider fault is asked again, and
+    # a request fault (it would fail the same way) only under --retry-failed
+    finished = reads.finished_keys(con, keys, failed_too=not rnd.retry_failed, request_faults_too=not retry_failed)
+    if rnd.retry_failed and not retry_failed:
+        summary.kept_failed += len(finished - reads.finished_keys(con, keys, failed_too=False))
     todo = [r for r in rnd.requests if r.key not in finished]
     summary.planned += len(rnd.requests)
     summary.cached += len(rnd.requests) - len(todo)
@@ -267,16 +280,22 @@ def cancel_batches(con: duckdb.DuckDBPyConnection, plan: Plan, log: Callable[[st
 
 def check_failure_rate(step, summary: StepSummary, final: bool = False) -> None:
     """Stop early once enough samples show the failure rate is over the step's `max_failure_rate`; at the step's
-    end, always check."""
-    attempted = summary.generated + summary.failed
+    end, always check, counting the request faults an earlier run left failed (over every finished request then,
+    so a re-run of a step that failed does not pass by not asking again)."""
+    failed, attempted = summary.failed, summary.generated + summary.failed
+    if final and summary.kept_failed:
+        failed, attempted = failed + summary.kept_failed, attempted + summary.cached
     if attempted == 0 or (attempted < MIN_SAMPLES_FOR_RATE and not final):
         return
-    rate = summary.failed / attempted
+    rate = failed / attempted
     if rate > step.max_failure_rate:
+        kept = (f" ({summary.kept_failed} failed by their own fault on an earlier run: fix the cause, then "
+                "`datagen run --retry-failed`)") if final and summary.kept_failed else ""
         raise RunFailed(
-            f"step {step.name}: {summary.failed} of {attempted} samples failed ({rate:.0%}), over its "
-            f"max_failure_rate of {step.max_failure_rate:.0%}; see `datagen query SPEC \"select error, count(*) "
-            f"from requests where status = 'failed' group by 1\"`, fix the cause and re-run (finished work is kept)"
+            f"step {step.name}: {failed} of {attempted} samples failed ({rate:.0%}){kept}, over its "
+            f"max_failure_rate of {step.max_failure_rate:.0%}; see `datagen status SPEC` or `datagen query SPEC "
+            f"\"select error, count(*) from requests where status = 'failed' group by 1\"`, fix the cause and re-run "
+            "(finished work is kept)"
         )
 
 

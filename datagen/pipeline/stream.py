@@ -19,7 +19,7 @@ from datagen.pipeline.spendcap import SpendCap
 from datagen.pipeline.cost import Rates, max_request_cost
 from datagen.keys import canonical
 from datagen.store.writes import BatchResult, write_batch
-from datagen.teachers.base import GenOptions, GenRequest, Sample, Sampling
+from datagen.teachers.base import PROVIDER, REQUEST, GenOptions, GenRequest, Sample, Sampling
 
 COMMIT_SECONDS = 2.0
 
@@ -137,12 +137,12 @@ def _record(result: BatchResult, req, sample: Sample, teacher_name: str, parse: 
     counts.cost_usd += cost or 0.0
     if sample.error is not None:
         counts.failed += 1
-        result.add_failure(req.key, sample.error, sample, cost)
+        result.add_failure(req.key, sample.error, sample, cost, sample.error_kind or PROVIDER)
         return cost or 0.0
     fields, error = parse(req, sample)
-    if error is not None:
+    if error is not None:  # the reply came, and does not parse: asked again, it would most likely fail again
         counts.failed += 1
-        result.add_failure(req.key, error, sample, cost)
+        result.add_failure(req.key, error, sample, cost, REQUEST)
         return cost or 0.0
     counts.generated += 1
     result.add_row(req, sample, {**req.fields, **fields}, teacher_name, cost)

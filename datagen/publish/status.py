@@ -13,8 +13,9 @@ from datagen.strategies import strategy_of
 
 
 def status(plan: Plan, store: Path | None = None) -> dict:
-    """{"steps": [{step, done, failed, pending, completion_tokens, cost_usd, top_errors, lines}], "funnel": [...],
-    "cost_usd": the steps' total, "batches": the open provider batches}"""
+    """{"steps": [{step, done, failed, pending, completion_tokens, cost_usd, top_errors, faults, lines}],
+    "funnel": [...], "cost_usd": the steps' total, "batches": the open provider batches}; `faults` splits the failed
+    requests by whose fault (stats.faults)."""
     con = open_readonly(store or plan.loaded.store_path)
     try:
         steps = []

@@ -263,6 +263,13 @@ def m011_tool_calls(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def m012_error_kind(con: duckdb.DuckDBPyConnection) -> None:
+    # why a failed request failed, by whose fault: 'request' (a 400, a reply that does not parse, a refusal: the same
+    # request would fail again, so a re-run skips it unless --retry-failed) or 'provider' (rate limits, 5xx, timeouts,
+    # an outage past down_limit_s: a re-run asks again). NULL on rows from before: treated as 'provider', as before.
+    con.execute("ALTER TABLE requests ADD COLUMN error_kind VARCHAR")
+
+
 MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("001_core", m001_core),
     ("002_curation", m002_curation),
@@ -273,6 +280,7 @@ MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("007_cost_and_batches", m007_cost_and_batches),
     ("010_worker", m010_worker),  # named ahead: 007-009 were taken by work in progress elsewhere
     ("011_tool_calls", m011_tool_calls),
+    ("012_error_kind", m012_error_kind),
 ]
 
 

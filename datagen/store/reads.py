@@ -69,11 +69,13 @@ def _for_keys(con: duckdb.DuckDBPyConnection, keys: list[str], sql: str, params:
         con.unregister("_wanted_keys")
 
 
-def finished_keys(con: duckdb.DuckDBPyConnection, keys: list[str], failed_too: bool) -> set[str]:
-    """The keys among `keys` that have a reply (and, with `failed_too`, those that failed for good)."""
-    statuses = ["done", "failed"] if failed_too else ["done"]
+def finished_keys(con: duckdb.DuckDBPyConnection, keys: list[str], failed_too: bool,
+                  request_faults_too: bool = False) -> set[str]:
+    """The keys among `keys` that have a reply; with `failed_too`, every failed one too; with `request_faults_too`,
+    those that failed by their own fault (`error_kind` 'request': asked again, they would fail the same way)."""
     got = _for_keys(con, keys, "SELECT r.key FROM requests r JOIN _wanted_keys w ON w.key = r.key "
-                               "WHERE r.status IN (SELECT unnest(?))", [statuses])
+                               "WHERE r.status = 'done' OR (r.status = 'failed' AND (? OR (? AND r.error_kind = "
+                               "'request')))", [failed_too, request_faults_too])
     return {k for (k,) in got}
 
 

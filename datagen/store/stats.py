@@ -79,7 +79,31 @@ def step_status(con, step: str) -> dict[str, Any]:
         WHERE p.step = ? AND r.status = 'failed' GROUP BY 1 ORDER BY n DESC LIMIT 3
         """, [step]).fetchall()
     return {"step": step, "done": row[0], "failed": row[1], "pending": row[2], "completion_tokens": row[3],
-            "cost_usd": row[4], "top_errors": errors}
+            "cost_usd": row[4], "top_errors": errors, "faults": faults(con, step)}
+
+
+def faults(con, step: str) -> dict[str, dict[str, Any]]:
+    """A step's failed requests by whose fault: {"request" | "provider": {"count", "top_errors": [(error, n)]}}.
+    Rows from before the class was recorded (NULL, or a store opened read-only before its migration) count as
+    provider faults: a re-run asks them again, as it always did."""
+    kind = "coalesce(r.error_kind, 'provider')" if has_column(con, "requests", "error_kind") else "'provider'"
+    rows = con.execute(
+        f"""
+        SELECT {kind} AS kind, r.error, count(*) AS n FROM _plan p JOIN requests r USING (key)
+        WHERE p.step = ? AND r.status = 'failed' GROUP BY 1, 2 ORDER BY n DESC, 2
+        """, [step]).fetchall()
+    out: dict[str, dict[str, Any]] = {}
+    for k, error, n in rows:
+        entry = out.setdefault(k, {"count": 0, "top_errors": []})
+        entry["count"] += n
+        if len(entry["top_errors"]) < 3:
+            entry["top_errors"].append((error, n))
+    return out
+
+
+def has_column(con, table: str, column: str) -> bool:
+    return con.execute("SELECT count(*) FROM duckdb_columns() WHERE table_name = ? AND column_name = ?",
+                       [table, column]).fetchall()[0][0] > 0
 
 
 def cost_sum(con) -> str:

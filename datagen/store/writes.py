@@ -23,8 +23,11 @@ class BatchResult:
     lineage: list[dict[str, Any]] = field(default_factory=list)
     logprobs: list[dict[str, Any]] = field(default_factory=list)
 
-    def add_failure(self, key: str, error: str, sample, cost_usd: float | None = None) -> None:
-        self.requests.append(_request_row(key, "failed", error, sample, cost_usd))
+    def add_failure(self, key: str, error: str, sample, cost_usd: float | None = None,
+                    error_kind: str = "provider") -> None:
+        """`error_kind`: 'request' (the request's own fault: not asked again on a re-run unless --retry-failed) or
+        'provider' (asked again)."""
+        self.requests.append({**_request_row(key, "failed", error, sample, cost_usd), "error_kind": error_kind})
 
     def add_row(self, req, sample, fields: dict[str, Any], teacher: str, cost_usd: float | None = None) -> str:
         rid = row_id(req.key)
@@ -53,7 +56,7 @@ class BatchResult:
 def _request_row(key: str, status: str, error: str | None, sample, cost_usd: float | None) -> dict[str, Any]:
     return {"key": key, "status": status, "error": error, "prompt_tokens": sample.prompt_tokens,
             "completion_tokens": sample.completion_tokens, "seconds": sample.seconds,
-            "worker": getattr(sample, "worker", None), "cost_usd": cost_usd}
+            "worker": getattr(sample, "worker", None), "cost_usd": cost_usd, "error_kind": None}
 
 
 def insert_pending(con: duckdb.DuckDBPyConnection, step: str, requests: list, keys_now: list[str] | None) -> None:
@@ -90,14 +93,14 @@ def write_batch(con: duckdb.DuckDBPyConnection, result: BatchResult) -> None:
     reqs = pa.Table.from_pylist(result.requests, schema=pa.schema([
         ("key", pa.string()), ("status", pa.string()), ("error", pa.string()), ("prompt_tokens", pa.int64()),
         ("completion_tokens", pa.int64()), ("seconds", pa.float64()), ("worker", pa.string()),
-        ("cost_usd", pa.float64())]))
+        ("cost_usd", pa.float64()), ("error_kind", pa.string())]))
     with transaction(con):
         con.register("_req_batch", reqs)
         con.execute(
             """
             UPDATE requests SET status = b.status, error = b.error, prompt_tokens = b.prompt_tokens,
                 completion_tokens = b.completion_tokens, seconds = b.seconds, worker = b.worker,
-                attempts = requests.attempts + 1,
+                error_kind = b.error_kind, attempts = requests.attempts + 1,
                 -- money spent on a key adds up: a failed request that is sent again was paid for both times
                 cost_usd = CASE WHEN b.cost_usd IS NULL THEN requests.cost_usd
                                 ELSE coalesce(requests.cost_usd, 0) + b.cost_usd END,

@@ -35,6 +35,7 @@ class Sample:
     completion_tokens: int | None = None
     logprobs: list[TokenLogprobs] | None = None
     error: str | None = None  # set when the sample failed; then text is None
+    error_kind: str | None = None  # with `error`: REQUEST or PROVIDER (fault_of_status); None counts as PROVIDER
     seconds: float | None = None
     worker: str | None = None  # which server or engine replica made it
     # the trace, when the server returned one in its own field or GenOptions.reasoning asked to split it off (then
@@ -79,6 +80,22 @@ class GenOptions:
     thinking: Any = None  # a thinking.ThinkingBudget: budget forcing of the trace (in-process engines; with `reasoning`)
     extra_body: dict[str, Any] | None = None  # HTTP only: merged into every request body as is
     tools: list[dict[str, Any]] | None = None  # OpenAI-shape tool definitions the model may call (toolcalls.py)
+
+
+# Whose fault a failed sample is. A request fault (a 400, a reply that does not parse, a refusal) would fail the same
+# way if asked again, so a re-run leaves it failed unless `--retry-failed`. A provider fault (a rate limit past
+# rate_limit_wait_s, 5xx, timeouts, dropped connections, a truncated body, a server down past down_limit_s, an expired
+# batch) says nothing about the request: a re-run asks again.
+REQUEST = "request"
+PROVIDER = "provider"
+# 4xx statuses that are not the request's fault: credentials, access, an unknown model or endpoint (fixed outside
+# the request, then a re-run should ask again), and the ones that mean "try again later"
+PROVIDER_4XX = {401, 402, 403, 404, 408, 409, 425, 429}
+
+
+def fault_of_status(status: int) -> str:
+    """REQUEST for an HTTP status that refuses the request itself (400, 413, 422, ...), else PROVIDER."""
+    return REQUEST if 400 <= status < 500 and status not in PROVIDER_4XX else PROVIDER
 
 
 WAIT = object()  # what a request feed answers when it has nothing yet but more may come (an engine replica's inbox)

@@ -38,25 +38,29 @@ import httpx
 from datagen import extra_body as bodies
 from datagen.errors import Terminated
 from datagen.reasoning import from_field
-from datagen.teachers.base import GenOptions, GenRequest, Sample, TokenLogprobs, split_sample
+from datagen.teachers.base import (PROVIDER, REQUEST, GenOptions, GenRequest, Sample, TokenLogprobs,
+                                   fault_of_status, split_sample)
 from datagen.teachers.ratelimit import ConcurrencyWindow, RateLimiter
 from datagen.teachers.servers import ServerPool
 from datagen.teachers.toolcalls import calls_as_text
 from datetime import UTC
 
-RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
-UNAVAILABLE_STATUS = {502, 503, 504}  # the server (or the proxy before it) cannot take requests now
+RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 529}
+# the server (or the proxy before it) cannot take requests now; 529: Anthropic's "overloaded"
+UNAVAILABLE_STATUS = {502, 503, 504, 529}
 HEARTBEAT_SECONDS = 1.0  # the stream yields at least this often, even with nothing finished, so the caller can commit
 
 
 class OpenAITeacher:
+    ENDPOINT = "/chat/completions"  # under each base_url
+
     def __init__(self, name: str, *, base_url: str | list[str], model: str, api_key: str | None, max_concurrency: int = 16,
                  timeout_s: float = 120, max_attempts: int = 4, requests_per_minute: int | None = None,
                  tokens_per_minute: int | None = None, backoff_base_s: float = 0.5, backoff_max_s: float = 30,
                  rate_limit_wait_s: float = 600, adaptive_rate: bool = True, down_limit_s: float = 300,
                  extra_body: dict | None = None):
         self.name = name
-        self.servers = ServerPool(base_url if isinstance(base_url, list) else [base_url])
+        self.servers = ServerPool(base_url if isinstance(base_url, list) else [base_url], self.ENDPOINT)
         self.model = model
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._secret = api_key or None
@@ -157,6 +161,10 @@ class OpenAITeacher:
         body.update(bodies.merge(self.extra_body, options.extra_body) or {})
         return body
 
+    def parse(self, resp: httpx.Response, options: GenOptions) -> Sample:
+        """A 200 reply as a sample (its `error` and `error_kind` set when it is not a usable one)."""
+        return _parse_response(resp, options.reasoning is not None)
+
     async def _sample(self, client: httpx.AsyncClient, req: GenRequest, index: int, options: GenOptions) -> Sample:
         body = self.payload(req, index, options)
         estimate = options.sampling.max_tokens + sum(len(m.get("content") or "") for m in req.messages) // 4
@@ -169,6 +177,7 @@ class OpenAITeacher:
         # breaker paces them: pause, probe, resume).
         failures = calls = limited_in_a_row = down_in_a_row = 0
         down_since: float | None = None
+        kind = PROVIDER  # whose fault the failure is, if it fails (base.fault_of_status)
         while True:
             calls += 1
             await self.limiter.acquire(estimate)
@@ -193,7 +202,7 @@ class OpenAITeacher:
                 server_ok = resp.status_code == 200 or resp.status_code not in RETRY_STATUS
                 if resp.status_code == 200:
                     self.limiter.success()
-                    sample = _parse_response(resp, options.reasoning is not None)
+                    sample = self.parse(resp, options)
                     self.window.success(time.monotonic() - attempt_start, sample.completion_tokens)
                     if sample.error is None:
                         sample.seconds = time.monotonic() - start
@@ -201,10 +210,14 @@ class OpenAITeacher:
                         if options.reasoning is not None:
                             split_sample(sample, options.reasoning)  # a trace written inline, in the content
                         return sample
-                    last_error = sample.error  # a garbled 200 (cut-off JSON) is worth another try
+                    last_error = sample.error  # a garbled 200 (cut-off JSON) is worth another try ...
+                    if sample.error_kind == REQUEST:  # ... a refusal or an empty reply is the request's own
+                        kind = REQUEST
+                        break
                 else:
                     last_error = f"HTTP {resp.status_code}: {resp.text[:200]}"
                     if resp.status_code not in RETRY_STATUS:
+                        kind = fault_of_status(resp.status_code)
                         break
                     limited = resp.status_code == 429
                     unreachable = resp.status_code in UNAVAILABLE_STATUS
@@ -240,7 +253,8 @@ class OpenAITeacher:
                 break
             await asyncio.sleep(self._backoff(failures, retry_after))
         error = f"{last_error} (after {calls} attempt{'s' if calls > 1 else ''})"
-        return Sample(text=None, error=self.redact(error, options.extra_body), seconds=time.monotonic() - start)
+        return Sample(text=None, error=self.redact(error, options.extra_body), error_kind=kind,
+                      seconds=time.monotonic() - start)
 
     def redact(self, text: str, step_body: dict | None = None) -> str:
         """A server may echo the key (or a key-like extra_body value) back in an error body; it must not reach the
@@ -344,8 +358,9 @@ def _parse_response(resp: httpx.Response, reasoning: bool = False) -> Sample:
     """A 200 reply as a sample; with `reasoning`, a reply that is all trace (cut inside it) is a sample too."""
     try:
         data = resp.json()
-    except json.JSONDecodeError as exc:
-        return Sample(text=None, error=f"malformed reply ({type(exc).__name__}): {resp.text[:200]!r}")
+    except json.JSONDecodeError as exc:  # a body cut off on the way: the provider's fault, asked again
+        return Sample(text=None, error=f"malformed reply ({type(exc).__name__}): {resp.text[:200]!r}",
+                      error_kind=PROVIDER)
     return parse_completion(data, resp.text, reasoning)
 
 
@@ -357,13 +372,15 @@ def parse_completion(data, raw: str, reasoning: bool = False) -> Sample:
         message = choice["message"]
         text = message["content"]
     except (KeyError, IndexError, TypeError) as exc:
-        return Sample(text=None, error=f"malformed reply ({type(exc).__name__}): {raw[:200]!r}")
+        return Sample(text=None, error=f"malformed reply ({type(exc).__name__}): {raw[:200]!r}", error_kind=PROVIDER)
     # DeepSeek's API and older vLLM servers name the trace `reasoning_content`, newer vLLM servers `reasoning`
     trace = message.get("reasoning_content") or message.get("reasoning")
     if message.get("tool_calls"):  # stored in the text, in the one form every backend's calls take
         text = calls_as_text(text, message["tool_calls"])
+    if text is None and message.get("refusal"):  # structured outputs: the model declined to answer
+        return Sample(text=None, error=f"refused: {str(message['refusal'])[:200]}", error_kind=REQUEST)
     if text is None and not (trace and reasoning):
-        return Sample(text=None, error="reply has no message content")
+        return Sample(text=None, error="reply has no message content", error_kind=REQUEST)
     usage = data.get("usage") or {}
     details = usage.get("completion_tokens_details") or {}
     finish = choice.get("finish_reason")

@@ -24,7 +24,7 @@ from typing import Any
 from collections.abc import Iterator
 
 from datagen.errors import UserError
-from datagen.teachers.base import WAIT, GenOptions, GenRequest, Sample
+from datagen.teachers.base import PROVIDER, WAIT, GenOptions, GenRequest, Sample
 
 BLOCK = 16  # requests handed to a replica at a time
 POLL_SECONDS = 0.5
@@ -238,8 +238,9 @@ class RayTeacher:
                         if instance is not None:
                             actors[k].start.remote(options)
                     instances[k] = instance
-                    if over and error and held[k]:  # the engine failed: its requests fail with the reason
-                        finished += [(i, [Sample(text=None, error=error) for _ in requests[i].keys]) for i in held[k]]
+                    if over and error and held[k]:  # the engine failed: its requests fail with the reason (not theirs)
+                        finished += [(i, [Sample(text=None, error=error, error_kind=PROVIDER) for _ in requests[i].keys])
+                                     for i in held[k]]
                         held[k] = {}
                 if not finished:  # nothing back yet: poll again in a moment, not in a loop that takes a core
                     time.sleep(POLL_SECONDS / 5)

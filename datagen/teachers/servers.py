@@ -43,8 +43,8 @@ def label_of(base_url: str) -> str:
 
 
 class ServerPool:
-    def __init__(self, base_urls: list[str]):
-        self.servers = [Server(u.rstrip("/") + "/chat/completions", label_of(u)) for u in base_urls]
+    def __init__(self, base_urls: list[str], endpoint: str = "/chat/completions"):
+        self.servers = [Server(u.rstrip("/") + endpoint, label_of(u)) for u in base_urls]
 
     async def acquire(self) -> tuple[Server, bool]:
         """A server for the next attempt, and whether the attempt is its probe (hand both to `release`)."""

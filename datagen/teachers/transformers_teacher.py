@@ -11,7 +11,7 @@ import time
 from itertools import groupby
 from collections.abc import Iterator
 
-from datagen.teachers.base import GenOptions, GenRequest, Sample, Sampling, TokenLogprobs, split_sample
+from datagen.teachers.base import REQUEST, GenOptions, GenRequest, Sample, Sampling, TokenLogprobs, split_sample
 from datagen.teachers.thinking import Forcing, Phase
 from datagen.teachers.toolcalls import template_messages
 
@@ -98,7 +98,7 @@ class TransformersTeacher:
                     f.seconds += time.perf_counter() - started
                 out.append(f.sample())
             except Exception as exc:
-                out.append(Sample(text=None, error=f"{type(exc).__name__}: {exc}"))
+                out.append(Sample(text=None, error=f"{type(exc).__name__}: {exc}", error_kind=REQUEST))
         return out
 
     def _complete(self, phase: Phase, s: Sampling) -> tuple[str, bool, str, int]:
@@ -123,8 +123,8 @@ class TransformersTeacher:
         try:
             return self._generate_batch(requests, n, options)
         except Exception as exc:
-            if len(requests) == 1:
-                return [[Sample(text=None, error=f"{type(exc).__name__}: {exc}") for _ in range(n)]]
+            if len(requests) == 1:  # this prompt alone fails: asked again, it would fail the same way
+                return [[Sample(text=None, error=f"{type(exc).__name__}: {exc}", error_kind=REQUEST) for _ in range(n)]]
             return [self._generate_isolated([r], n, options)[0] for r in requests]
 
     def _generate_batch(self, requests: list[GenRequest], n: int, options: GenOptions) -> list[list[Sample]]:

@@ -25,7 +25,8 @@ import time
 from typing import Any
 from collections.abc import Iterator
 
-from datagen.teachers.base import WAIT, GenOptions, GenRequest, Sample, Sampling, TokenLogprobs, split_sample
+from datagen.teachers.base import (REQUEST, WAIT, GenOptions, GenRequest, Sample, Sampling, TokenLogprobs,
+                                   split_sample)
 from datagen.teachers.thinking import Forcing, Phase
 from datagen.teachers.toolcalls import template_messages
 
@@ -141,8 +142,9 @@ class VLLMTeacher:
                         else:
                             running += self._add(engine, f"{i}", request, options, inflight, i)
                         taken[i], got[i] = request, []
-                    except (VLLMClientError, ValueError, TypeError) as exc:  # this prompt only
-                        ready.append((i, [Sample(text=None, error=_short(exc)) for _ in request.keys]))
+                    except (VLLMClientError, ValueError, TypeError) as exc:  # this prompt only: the request's fault
+                        ready.append((i, [Sample(text=None, error=_short(exc), error_kind=REQUEST)
+                                          for _ in request.keys]))
                 if inflight:
                     finished = [out for out in engine.step() if out.finished]
                     now = time.perf_counter()
@@ -236,8 +238,8 @@ class VLLMTeacher:
         base = out.request_id.split("#")[0]
         try:
             self._add_phase(engine, f"{base}#{f.phases}", f, options, inflight, i, forcing)
-        except (VLLMClientError, ValueError, TypeError) as exc:  # this sample only
-            return Sample(text=None, error=_short(exc), seconds=f.seconds)
+        except (VLLMClientError, ValueError, TypeError) as exc:  # this sample only (a prompt grown too long)
+            return Sample(text=None, error=_short(exc), error_kind=REQUEST, seconds=f.seconds)
         return None
 
     def _split(self, samples: list[Sample], options: GenOptions) -> list[Sample]:
