@@ -37,6 +37,7 @@ import re
 from dataclasses import dataclass
 
 from datagen.errors import UserError
+from datagen.spec.models import HTTP_BACKENDS
 
 KD_KEYS = ("kd_tokens", "kd_top_ids", "kd_top_logprobs")
 FILL = -1e4  # logit given to ids outside the support: exp() underflows to 0 without the NaNs -inf would bring
@@ -174,7 +175,7 @@ def teacher_targets(positions: list[dict], token_map: TokenMap | None) -> Teache
 def check_tokenizers(teacher_spec, teacher_name: str, spec_dir, student_tok) -> bool:
     """Fail clearly when a local teacher's tokenizer differs from the student's. Returns False when the teacher is
     remote (no tokenizer to compare; its token strings are checked as they are mapped instead)."""
-    if teacher_spec.backend == "openai":
+    if teacher_spec.backend in HTTP_BACKENDS:
         return False
     from transformers import AutoTokenizer
 

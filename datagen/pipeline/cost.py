@@ -32,8 +32,8 @@ def rates_of(teacher_spec) -> Rates | None:
     """A teacher's effective rates: its price, less `batch_discount` when it sends batch jobs; 0 for a local engine
     without a price; None (unknown) for a server without one."""
     price = getattr(teacher_spec, "price", None)
-    if price is None:
-        return None if teacher_spec.backend == "openai" else Rates(0.0, 0.0)
+    if price is None:  # a provider's server (it has a base_url) without a price: unknown
+        return None if hasattr(teacher_spec, "base_url") else Rates(0.0, 0.0)
     factor = 1.0
     batch = getattr(teacher_spec, "batch", None)
     if batch is not None and batch.enabled:

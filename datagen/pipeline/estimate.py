@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from datagen.pipeline.cost import Rates, guess_prompt_tokens, max_prompt_tokens, rates_of, usd
+from datagen.spec.models import HTTP_BACKENDS
 from datagen.spec.plan import Plan, PlannedStep, effective_sampling
 from datagen.strategies import strategy_of
 from datagen.strategies.base import ESTIMATE_PROMPTS, Job, StepEstimate, TeacherSetup, Volume
@@ -153,7 +154,7 @@ def _counter(plan: Plan, teacher: str, counters: dict):
         from datagen.tokencount import local_counter
 
         spec = plan.spec.teachers[teacher]
-        counters[teacher] = None if spec.backend == "openai" else local_counter(ready_folder(spec.model,
+        counters[teacher] = None if spec.backend in HTTP_BACKENDS else local_counter(ready_folder(spec.model,
                                                                                               plan.loaded.dir))
     return counters[teacher]
 

@@ -19,6 +19,7 @@ from datagen.pipeline.spendcap import SpendCap
 from datagen.pipeline.cost import rates_of, usd
 from datagen.errors import RunFailed, as_interrupt
 from datagen.keys import canonical
+from datagen.spec.models import HTTP_BACKENDS
 from datagen.spec.plan import Plan, PlannedStep, effective_sampling
 from datagen.store import batches, reads, runs, stats
 from datagen.store.writes import insert_pending
@@ -203,14 +204,14 @@ class Teachers:
             from datagen.teachers import make_teacher, start_message
 
             spec = spec or self.plan.spec.teachers[name]
-            ray = self.ray and spec.backend != "openai"
+            ray = self.ray and spec.backend not in HTTP_BACKENDS
             where = f", {spec.replicas} replica{'s' if spec.replicas > 1 else ''} on Ray" if ray else ""
             self.log(start_message(name, spec, where))
             started = time.monotonic()
             # a batch-mode teacher records its batches in the store before it waits on them
             journal = batches.StoreJournal(self.con, name, self.log)
             still_out = batches.open_batches(self.con, name)
-            if still_out and not (spec.backend == "openai" and spec.batch.enabled):
+            if still_out and not (spec.backend in HTTP_BACKENDS and spec.batch.enabled):
                 self.log(f"warning: teacher {name} has {len(still_out)} batches still open from an earlier run; "
                          "their requests are sent again now, and paid again; set `batch.enabled: true` to collect "
                          "them instead")
@@ -270,7 +271,7 @@ def cancel_batches(con: duckdb.DuckDBPyConnection, plan: Plan, log: Callable[[st
 
     out = []
     for name, spec in plan.spec.teachers.items():
-        if spec.backend != "openai" or not batches.open_batches(con, name):
+        if spec.backend not in HTTP_BACKENDS or not batches.open_batches(con, name):
             continue
         spec = spec.model_copy(update={"batch": spec.batch.model_copy(update={"enabled": True})})
         teacher = make_teacher(name, spec, plan.loaded.dir, plan.spec.seed, batches.StoreJournal(con, name, log))

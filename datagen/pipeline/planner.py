@@ -15,6 +15,7 @@ import duckdb
 from datagen.sources import files as src
 from datagen.errors import UserError
 from datagen.spec.load import LoadedSpec
+from datagen.spec.models import HTTP_BACKENDS
 from datagen.spec.plan import Plan
 from datagen.spec.reasoning_models import check_step
 from datagen.store import shape as shapes
@@ -43,6 +44,7 @@ def build_plan(loaded: LoadedSpec) -> Plan:
             planned = strategy.plan(loaded, plan, shape, i, step)
             planned.volume = strategy.volume(step, len(planned.teachers), plan.volume_of)
             check_step(loaded, i, step, planned.teachers)
+            _check_anthropic(loaded, i, step, planned, strategy.json_schema(step))
             _check_logprobs_mode(loaded, plan, i, step, planned.teachers)
             plan.steps.append(planned)
             shapes.create_step(shape, planned.name, planned.input, planned.input_columns, planned.produced)
@@ -91,7 +93,7 @@ def _check_teachers(loaded: LoadedSpec) -> None:
     from datagen.bundled import model_identity
 
     for name, teacher in loaded.spec.teachers.items():
-        if teacher.backend == "openai":
+        if teacher.backend in HTTP_BACKENDS:
             continue  # a served model name, not a file
         try:
             model_identity(teacher.model, loaded.dir)
@@ -101,7 +103,8 @@ def _check_teachers(loaded: LoadedSpec) -> None:
 
 
 # Sampling keys a backend cannot honour; a run would otherwise fail on the first request, as an internal error.
-UNSUPPORTED_SAMPLING = {"transformers": ("presence_penalty", "frequency_penalty")}
+UNSUPPORTED_SAMPLING = {"transformers": ("presence_penalty", "frequency_penalty"),
+                        "anthropic": ("min_p", "seed", "presence_penalty", "frequency_penalty", "repetition_penalty")}
 
 
 def _check_sampling(loaded: LoadedSpec) -> None:
@@ -121,8 +124,54 @@ def _check_sampling(loaded: LoadedSpec) -> None:
 
 
 def _unsupported(key: str, backend: str) -> str:
+    if backend == "anthropic":
+        return (f"{key} is not supported by the anthropic backend (the Messages API takes temperature, top_p, top_k, "
+                "max_tokens and stop only); remove it, or use a vllm or openai teacher")
     return (f"{key} is not supported by the {backend} backend (transformers' generate has no such penalty); "
             "remove it, use `repetition_penalty`, or use a vllm or openai teacher")
+
+
+def _check_anthropic(loaded: LoadedSpec, i: int, step, planned, json_schema: dict | None) -> None:
+    """What an anthropic teacher cannot do, refused before the run instead of as a 400 on every request: no
+    log-probabilities, no JSON-schema output, no tools here (yet); temperature in [0, 1]; with extended thinking,
+    the sampling the API allows beside it and max_tokens above the budget."""
+    from datagen.spec.plan import effective_sampling
+
+    loc = ("steps", i)
+    for name in planned.teachers:
+        teacher = loaded.spec.teachers[name]
+        if teacher.backend != "anthropic":
+            continue
+        why = f"teacher `{name}` is `backend: anthropic`"
+        if step.logprobs:
+            raise loaded.error(loc + ("logprobs",), f"{why}, and Anthropic's API returns no log-probabilities; remove "
+                                                    "`logprobs` or use a vllm or openai teacher")
+        if json_schema is not None:
+            raise loaded.error(loc, f"{why}, which takes no JSON schema for its reply; ask for JSON in the prompt "
+                                    "and leave the schema out (a judge: `verdict_format: text`), or use a vllm or "
+                                    "openai teacher")
+        if planned.tools:
+            raise loaded.error(loc + ("tools",), f"{why}; tool calls are not supported on it yet; use an openai "
+                                                 "teacher (OpenAI-compatible tool calling) for an agent step")
+        layers = [(("teachers", name, "sampling"), teacher.sampling), (loc + ("sampling",), step.sampling)]
+        for where, layer in layers:
+            if layer is not None and layer.temperature is not None and layer.temperature > 1:
+                raise loaded.error(where + ("temperature",), f"{why}, which takes temperature in [0, 1], got "
+                                                             f"{layer.temperature:g}")
+        if teacher.thinking is None:
+            continue
+        for where, layer in layers:
+            if layer is None:
+                continue
+            if layer.temperature not in (None, 1) or layer.top_k is not None or (layer.top_p or 1) < 0.95:
+                raise loaded.error(where, f"teacher `{name}` thinks (`thinking:`), and Anthropic's API then takes "
+                                          "temperature 1, no top_k and top_p of at least 0.95; remove them")
+        budget, max_tokens = teacher.thinking.budget_tokens, effective_sampling(teacher.sampling,
+                                                                                step.sampling)["max_tokens"]
+        if max_tokens <= budget:
+            raise loaded.error(loc, f"teacher `{name}` thinks in up to {budget} tokens (thinking.budget_tokens), "
+                                    f"and max_tokens ({max_tokens}) counts the thinking too; set sampling.max_tokens "
+                                    "above the budget (e.g. budget + 1024)")
 
 
 def _unset_keys(loaded: LoadedSpec) -> list[str]:

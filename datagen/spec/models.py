@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-from datagen.spec.cost_models import BatchSpec, BudgetSpec, PriceSpec
+from datagen.spec.cost_models import HTTP_BACKENDS, AnthropicBatchSpec, BatchSpec, BudgetSpec, PriceSpec  # noqa: F401
 from datagen.spec.reasoning_models import ExtraBody, ReasoningSpec, ThinkingSpec
 from datagen.spec.registry import register
 from datagen.spec.tool_models import ToolSpec
@@ -125,16 +125,7 @@ class OpenAITeacherSpec(Model):
     @field_validator("base_url")
     @classmethod
     def _url(cls, v: str | list[str]) -> str | list[str]:
-        urls = v if isinstance(v, list) else [v]
-        if not urls:
-            raise ValueError("base_url is an empty list; give one URL or several")
-        for u in urls:
-            if not re.match(r"^https?://", u):
-                raise ValueError(f"base_url must start with http:// or https://, got {u!r}")
-        if isinstance(v, list):
-            cleaned = list(dict.fromkeys(u.rstrip("/") for u in v))
-            return cleaned if len(cleaned) > 1 else cleaned[0]
-        return v.rstrip("/")
+        return check_base_url(v)
 
     @model_validator(mode="after")
     def _one_batch_api(self) -> OpenAITeacherSpec:
@@ -146,11 +137,69 @@ class OpenAITeacherSpec(Model):
     @field_validator("api_key_env")
     @classmethod
     def _env(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", v):
-            raise ValueError(
-                "api_key_env is the NAME of an environment variable (e.g. TEACHER_API_KEY), not the key itself"
-            )
-        return v
+        return check_env_name(v)
+
+
+def check_base_url(v: str | list[str]) -> str | list[str]:
+    urls = v if isinstance(v, list) else [v]
+    if not urls:
+        raise ValueError("base_url is an empty list; give one URL or several")
+    for u in urls:
+        if not re.match(r"^https?://", u):
+            raise ValueError(f"base_url must start with http:// or https://, got {u!r}")
+    if isinstance(v, list):
+        cleaned = list(dict.fromkeys(u.rstrip("/") for u in v))
+        return cleaned if len(cleaned) > 1 else cleaned[0]
+    return v.rstrip("/")
+
+
+def check_env_name(v: str | None) -> str | None:
+    if v is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", v):
+        raise ValueError("api_key_env is the NAME of an environment variable (e.g. TEACHER_API_KEY), not the key itself")
+    return v
+
+
+class AnthropicThinkingSpec(Model):
+    """Extended thinking: the model thinks in up to `budget_tokens` tokens (at least 1024, under max_tokens) before
+    it answers; its thinking blocks are the sample's reasoning trace."""
+
+    type: Literal["enabled"] = "enabled"
+    budget_tokens: int = Field(ge=1024)
+
+
+class AnthropicTeacherSpec(Model):
+    """Anthropic's Messages API (and its Message Batches); the client keys mean what they mean for `openai`."""
+
+    backend: Literal["anthropic"]
+    model: str
+    base_url: str | list[str] = "https://api.anthropic.com/v1"  # `/messages` is under it
+    api_key_env: str | None = "ANTHROPIC_API_KEY"  # the x-api-key header's value comes from this variable
+    anthropic_version: str = "2023-06-01"  # the anthropic-version header
+    max_concurrency: int = Field(16, ge=1, le=4096)
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+    timeout_s: float = Field(600, gt=0)  # long replies (thinking) take minutes
+    max_attempts: int = Field(4, ge=1, le=20)
+    rate_limit_wait_s: float = Field(600, gt=0)
+    adaptive_rate: bool = True
+    down_limit_s: float = Field(300, gt=0)
+    thinking: AnthropicThinkingSpec | None = None
+    sampling: SamplingSpec = SamplingSpec()
+    price: PriceSpec | None = None
+    batch_discount: float = Field(0.5, ge=0, le=1)
+    batch: AnthropicBatchSpec = AnthropicBatchSpec()
+    extra_body: ExtraBody = None  # merged into every request body as is
+
+    _url = field_validator("base_url")(lambda cls, v: check_base_url(v))
+    _env = field_validator("api_key_env")(lambda cls, v: check_env_name(v))
+
+    @model_validator(mode="after")
+    def _one_batch_api(self) -> AnthropicTeacherSpec:
+        if self.batch.enabled and isinstance(self.base_url, list):
+            raise ValueError("batch mode sends every request to one provider's batch API: give one base_url, or "
+                             "set batch.enabled: false to share the requests among several servers")
+        return self
+
 
 
 class TransformersTeacherSpec(Model):
@@ -164,7 +213,8 @@ class TransformersTeacherSpec(Model):
 
 
 TeacherSpec = Annotated[
-    VLLMTeacherSpec | OpenAITeacherSpec | TransformersTeacherSpec, Field(discriminator="backend")
+    VLLMTeacherSpec | OpenAITeacherSpec | AnthropicTeacherSpec | TransformersTeacherSpec,
+    Field(discriminator="backend")
 ]
 
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, model_validator
 
 from datagen import extra_body
+from datagen.spec.cost_models import HTTP_BACKENDS
 
 
 class Model(BaseModel):
@@ -66,18 +67,18 @@ def check_step(loaded, i: int, step, teacher_names: list[str]) -> None:
         if not step.logprobs:
             raise loaded.error(loc + ("logprobs_mode",), "logprobs_mode says which log-probabilities `logprobs` "
                                                          "keeps; add `logprobs: K` (e.g. 10) or remove it")
-        remote = [n for n, b in backends.items() if b == "openai"]
+        remote = [n for n, b in backends.items() if b in HTTP_BACKENDS]
         if remote:
             raise loaded.error(loc + ("logprobs_mode",), f"teacher `{remote[0]}` is an HTTP server, whose logprobs "
                                                          "are what the server computes; remove logprobs_mode and "
                                                          "start the server with `--logprobs-mode processed_logprobs` "
                                                          "(vllm serve) if that is what you want")
     if step.extra_body is not None:
-        local = [n for n, b in backends.items() if b != "openai"]
+        local = [n for n, b in backends.items() if b not in HTTP_BACKENDS]
         if local:
             raise loaded.error(loc + ("extra_body",), f"extra_body is sent to an HTTP server, and teacher `{local[0]}` "
                                                       f"is an in-process `{backends[local[0]]}` engine; remove it or "
-                                                      "use a `backend: openai` teacher")
+                                                      "use a `backend: openai` or `anthropic` teacher")
     thinking = step.thinking_budget()
     if thinking is None:
         return
@@ -85,7 +86,11 @@ def check_step(loaded, i: int, step, teacher_names: list[str]) -> None:
     if not markers_of(step):
         raise loaded.error(at, "thinking budgets a reasoning trace: add `reasoning: true` (the trace goes to "
                                f"`{step.output}_reasoning`, the answer to `{step.output}`)")
-    remote = [n for n, b in backends.items() if b == "openai"]
+    remote = [n for n, b in backends.items() if b in HTTP_BACKENDS]
+    if backends.get(remote[0] if remote else None) == "anthropic":
+        raise loaded.error(at, f"thinking (budget forcing) runs only on in-process engines, and teacher `{remote[0]}` "
+                               "is Anthropic's API; remove the step's `thinking` and set the teacher's own "
+                               "`thinking: {budget_tokens: 2048}` (extended thinking) instead")
     if remote:
         raise loaded.error(at, f"thinking (budget forcing) runs only on in-process engines, and teacher `{remote[0]}` "
                                "is an HTTP server; remove `thinking` and pass the server's own budget fields with "

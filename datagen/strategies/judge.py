@@ -76,7 +76,7 @@ def plan(loaded, plan, shape, i: int, step: JudgeStep) -> PlannedStep:
     if not judged.output_is_text:
         raise loaded.error(loc + ("input",), f"`{step.input}` is itself a judge of scores or verdicts; judge the "
                                              "step that wrote the answers")
-    constrains = loaded.spec.teachers[step.teacher].backend != "transformers"
+    constrains = loaded.spec.teachers[step.teacher].backend not in ("transformers", "anthropic")
     if step.verdict_format is None:
         # a small judge asked for "Score: N" in free text misses the format most of the time (measured: 11 of 12
         # verdicts of the bundled model); a verdict constrained to JSON always parses

@@ -89,7 +89,7 @@ def plan_rows(loaded, shape, i: int, step, several_teachers: bool = False) -> Pl
                                       "choose another name")
     if fmt is not None and getattr(step, "thinking", None) is not None:
         raise loaded.error(loc + ("thinking",), "thinking and response_format together are not supported; remove one")
-    if fmt is not None and any(loaded.spec.teachers[t].backend == "transformers" for t in names):
+    if fmt is not None and any(loaded.spec.teachers[t].backend in ("transformers", "anthropic") for t in names):
         raise loaded.error(loc + ("response_format",), "structured output needs a `vllm` or `openai` teacher")
     context = set(input_cols) | {"demos"} if (demos and demos.as_ == "variable") else set(input_cols)
     check_template(loaded, loc + ("prompt",), step.prompt, context, step.input)
