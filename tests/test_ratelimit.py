@@ -3,6 +3,7 @@ window ever holds more than the limit, sends are paced within the minute, and th
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from email.utils import format_datetime
@@ -141,11 +142,31 @@ def test_a_rate_limit_costs_time_never_a_row(tmp_path):
     from tests.scripted_server import ScriptedServer
 
     script = RateLimitedScript(20)
+    lines: list[str | None] = []
+
+    def progress(step, done, total, tokens, pace=None):  # a callback that takes `pace` gets the achieved pace
+        lines.append(pace)
+
     with ScriptedServer(script) as server:
         said: list[str] = []
-        summary = run(_limited_spec(tmp_path, server.base_url, 120), log=said.append)
+        spec = _limited_spec(tmp_path, server.base_url, 120)
+        summary = run(spec, log=said.append, progress=progress)
         calls = len(server.bodies)
     assert script.limited > 0  # the limit did bite
+    # the achieved concurrency and rate: in the progress line while it runs, in the summary and in `_runs` after
+    assert any(p and " in flight, " in p and p.endswith(" req/s") for p in lines)
+    step = summary.steps[0]
+    assert 12 <= step.requests_per_s <= 22 and 0 < step.concurrency <= 32 and step.rate_limited == script.limited
+    import duckdb
+
+    from datagen.spec.load import load_spec
+
+    con = duckdb.connect(str(load_spec(spec).store_path), read_only=True)
+    (stored,) = con.execute("SELECT summary FROM _runs").fetchone()
+    con.close()
+    stored = json.loads(stored)[0]
+    assert (stored["concurrency"], stored["requests_per_s"], stored["rate_limited"]) == (
+        step.concurrency, step.requests_per_s, step.rate_limited)
     assert (summary.steps[0].generated, summary.steps[0].failed) == (120, 0)
     assert script.limited / calls < 0.15  # the pace was learned: a few 429s, not half the calls (static: 54%)
     pace = summary.steps[0].pace
@@ -264,3 +285,23 @@ def test_a_server_down_in_the_middle_of_a_run_costs_no_row(tmp_path):
             server.__exit__(None, None, None)
     assert (summary.steps[0].generated, summary.steps[0].failed) == (150, 0)
     assert len(first.bodies) >= 40 and len(later[0].bodies) >= 150 - len(first.bodies)  # both sides served
+
+
+def test_the_meter_integrates_requests_in_flight_over_time():
+    from datagen.teachers.ratelimit import Meter
+
+    now = [0.0]
+    m = Meter(clock=lambda: now[0])
+    m.open()
+    m.begin()
+    m.begin()  # two in flight for 1 s ...
+    now[0] = 1.0
+    m.end(True)
+    m.end(False, limited=True)
+    now[0] = 2.0  # ... then none for 1 s
+    busy, open_s, replies, limited = m.snapshot()
+    assert (busy, open_s, replies, limited) == (2.0, 2.0, 1, 1)  # mean concurrency 1, 0.5 replies/s
+    assert m.live() == "0 in flight, 0.1 req/s"  # one reply in the last 10 s
+    m.close()
+    now[0] = 5.0
+    assert m.snapshot()[:2] == (2.0, 2.0)  # closed: time does not count

@@ -45,6 +45,11 @@ class StepSummary:
     cost_usd: float = 0.0
     pace: str | None = None  # an adaptive HTTP teacher's concurrency and learned rate, where it had to adapt
     kept_failed: int = 0  # requests that failed by their own fault on an earlier run, left failed (no --retry-failed)
+    # what an HTTP teacher achieved while it streamed this step: requests in flight on average, replies a second, and
+    # 429s (teachers/ratelimit.Meter); None for in-process teachers
+    concurrency: float | None = None
+    requests_per_s: float | None = None
+    rate_limited: int = 0
 
 
 @dataclass
@@ -88,7 +93,8 @@ def run_steps(con: duckdb.DuckDBPyConnection, plan: Plan, progress: Progress | N
         summary.models_loaded = list(teachers.loaded)
         teachers.close()
         summary.seconds = time.monotonic() - start
-        runs.finish(con, started, status, canonical([s.__dict__ for s in summary.steps]))
+        runs.finish(con, started, status, canonical([{k: v for k, v in s.__dict__.items() if not k.startswith("_")}
+                                                     for s in summary.steps]))
     return summary
 
 
@@ -160,9 +166,12 @@ def run_round(con, plan: Plan, job: Job, rnd: Round, teachers: Teachers, summary
         def parse(req, sample):
             return strategy.parse(st.spec, sample.text, req, sample)
 
-        def committed(counts=counts):
+        meter = getattr(teacher, "meter", None)  # an HTTP teacher's (teachers/ratelimit.Meter)
+        before = meter.snapshot() if meter is not None else None
+
+        def committed(counts=counts, meter=meter):
             _add(summary, counts)
-            report()
+            report(meter.live if meter is not None else None)
             check_failure_rate(st.spec, summary)
 
         try:
@@ -170,6 +179,8 @@ def run_round(con, plan: Plan, job: Job, rnd: Round, teachers: Teachers, summary
                      rates=rates_of(plan.spec.teachers[setup.name]), cap=cap)
         finally:
             _add(summary, counts)
+            if meter is not None:
+                _add_achieved(summary, before, meter.snapshot())
         pace = getattr(teacher, "pace", lambda: None)()
         if pace and pace != summary.pace:
             summary.pace = pace
@@ -183,11 +194,35 @@ def _add(summary: StepSummary, counts: Counts) -> None:
         setattr(counts, name, type(getattr(counts, name))())
 
 
+def _add_achieved(summary: StepSummary, before: tuple, after: tuple) -> None:
+    """Add what an HTTP teacher achieved in one stream to the step's figures (over every stream of the step)."""
+    got = [b - a for a, b in zip(before, after)]
+    total = [x + y for x, y in zip(getattr(summary, "_achieved", [0.0, 0.0, 0, 0]), got)]
+    summary._achieved = total  # (request-seconds in flight, seconds streaming, replies, 429s); not stored itself
+    busy, open_s, replies, limited = total
+    if open_s > 0:
+        summary.concurrency, summary.requests_per_s = round(busy / open_s, 1), round(replies / open_s, 2)
+    summary.rate_limited = limited
+
+
 def _reporter(summary: StepSummary, progress: Progress | None):
-    def report() -> None:
-        if progress:
-            progress(summary.step, summary.cached + summary.generated + summary.failed, summary.planned,
-                     summary.completion_tokens)
+    """`report(live)`: the step's progress; a callback that takes a `pace` keyword also gets `live()`, an HTTP
+    teacher's concurrency and rate now (the progress line shows them)."""
+    import inspect
+
+    try:
+        takes_pace = progress is not None and "pace" in inspect.signature(progress).parameters
+    except (TypeError, ValueError):  # a callable without a signature
+        takes_pace = False
+
+    def report(live: Callable[[], str] | None = None) -> None:
+        if not progress:
+            return
+        done = summary.cached + summary.generated + summary.failed
+        if takes_pace:
+            progress(summary.step, done, summary.planned, summary.completion_tokens, pace=live() if live else None)
+        else:
+            progress(summary.step, done, summary.planned, summary.completion_tokens)
     return report
 
 

@@ -54,14 +54,15 @@ class ProgressReporter:
         else:
             console.say(message)
 
-    def update(self, step: str, done: int, total: int, tokens: int = 0) -> None:
+    def update(self, step: str, done: int, total: int, tokens: int = 0, pace: str | None = None) -> None:
+        """`pace`: an HTTP teacher's achieved concurrency and rate now ("12 in flight, 19.8 req/s")."""
         if not self.enabled:
             return
         now = time.monotonic()
         clock = self._clocks.setdefault(step, _Clock(done))
         if clock.first is None and done > clock.done0:
             clock.first = (now, done, tokens)
-        text = rate_text(clock, now, done, total, tokens)
+        text = ", ".join(t for t in (rate_text(clock, now, done, total, tokens), pace) if t)
         if self._progress is not None:
             if step not in self._tasks:
                 self._tasks[step] = self._progress.add_task(step, total=total, rate="")

@@ -40,7 +40,7 @@ from datagen.errors import Terminated
 from datagen.reasoning import from_field
 from datagen.teachers.base import (PROVIDER, REQUEST, GenOptions, GenRequest, Sample, TokenLogprobs,
                                    fault_of_status, split_sample)
-from datagen.teachers.ratelimit import ConcurrencyWindow, RateLimiter
+from datagen.teachers.ratelimit import ConcurrencyWindow, Meter, RateLimiter
 from datagen.teachers.servers import ServerPool
 from datagen.teachers.toolcalls import calls_as_text
 from datetime import UTC
@@ -74,6 +74,7 @@ class OpenAITeacher:
         self.limiter = RateLimiter(requests_per_minute, tokens_per_minute, adaptive=adaptive_rate)
         self.adaptive = adaptive_rate
         self.window = ConcurrencyWindow(max_concurrency)
+        self.meter = Meter()
         self.extra_body = extra_body or None
 
     def stream(self, requests: list[GenRequest], options: GenOptions):
@@ -88,6 +89,7 @@ class OpenAITeacher:
         client = loop.run_until_complete(self._client())
         signals = _Signals(loop)
         inflight: dict[asyncio.Task, tuple[int, int]] = {}
+        self.meter.open()
         try:
             ready = [(i, []) for i in list(got) if not requests[i].keys]
             for i, _ in ready:
@@ -116,6 +118,7 @@ class OpenAITeacher:
             signals.remove()
             loop.run_until_complete(_cancel_all(list(inflight), client))
             loop.close()
+            self.meter.close()
 
     def start(self) -> bool:
         return False  # nothing to load: each stream opens its own client
@@ -186,6 +189,8 @@ class OpenAITeacher:
             server, probe = await self.servers.acquire()
             server_ok = False
             attempt_start = time.monotonic()
+            self.meter.begin()
+            resp = None
             try:
                 resp = await asyncio.wait_for(client.post(server.url, json=body), self.timeout_s)
             except TimeoutError:
@@ -231,6 +236,7 @@ class OpenAITeacher:
                         self.limiter.pause(min(retry_after, self.backoff_max_s * 4))
             finally:
                 self.servers.release(server, server_ok, probe)
+                self.meter.end(resp is not None and resp.status_code == 200, limited)
             if unreachable:
                 down_since = down_since if down_since is not None else attempt_start
                 if time.monotonic() - down_since < self.down_limit_s:

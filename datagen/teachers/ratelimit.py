@@ -226,3 +226,62 @@ class ConcurrencyWindow:
         self.cuts += 1
         if self.recent is not None and self.best is not None:
             self.recent = (self.recent + self.best) / 2  # judge the smaller window afresh, not by the old average
+
+
+class Meter:
+    """What an HTTP teacher achieved while it streamed: requests in flight (integrated over time: their mean is the
+    achieved concurrency) and replies (their rate is the achieved rate), for the progress line and the run's summary
+    (stored per run in `_runs.summary`)."""
+
+    RECENT_S = 10.0  # the live rate is over this many seconds
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.inflight = 0
+        self.busy_s = 0.0  # request-seconds in flight
+        self.open_s = 0.0  # seconds with a stream open
+        self.replies = 0
+        self.limited = 0  # 429s
+        self.streams = 0
+        self.stamp: float | None = None
+        self.recent: deque[float] = deque()
+
+    def _tick(self) -> float:
+        now = self.clock()
+        if self.stamp is not None and self.streams:
+            self.busy_s += (now - self.stamp) * self.inflight
+            self.open_s += now - self.stamp
+        self.stamp = now
+        return now
+
+    def open(self) -> None:
+        self._tick()
+        self.streams += 1
+
+    def close(self) -> None:
+        self._tick()
+        self.streams = max(0, self.streams - 1)
+
+    def begin(self) -> None:
+        self._tick()
+        self.inflight += 1
+
+    def end(self, reply: bool, limited: bool = False) -> None:
+        now = self._tick()
+        self.inflight -= 1
+        self.limited += limited
+        if reply:
+            self.replies += 1
+            self.recent.append(now)
+
+    def snapshot(self) -> tuple[float, float, int, int]:
+        """(request-seconds in flight, seconds open, replies, 429s) so far: a step takes the difference."""
+        self._tick()
+        return self.busy_s, self.open_s, self.replies, self.limited
+
+    def live(self) -> str:
+        """The progress line's words: in flight now, and replies a second over the last RECENT_S seconds."""
+        now = self._tick()
+        while self.recent and self.recent[0] < now - self.RECENT_S:
+            self.recent.popleft()
+        return f"{self.inflight} in flight, {len(self.recent) / self.RECENT_S:.1f} req/s"
