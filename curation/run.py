@@ -5,6 +5,10 @@ the stages, counts and records: every row that reaches a stage gets one `Verdict
 or dropped, reason, score, duplicate_of). Curation is recomputed from stored rows, never from new generations, so a
 re-run replaces the previous run's decisions and selection in one transaction (embeddings and the student's probe
 answers, which are expensive, persist in the store and are reused).
+
+People's decisions from `datagen review` (datagen/store/human.py) go first, as the stage `review:human`: a row a
+person dropped goes there; a row a person kept survives every later stage (the stage's own verdict is recorded as
+kept, its reason kept in the reason) and joins the selection. A person's newest edit of a reply replaces the reply.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections.abc import Callable
 
 import duckdb
 
-from datagen.store import reads
+from datagen.store import human, reads
 from datagen.store.decisions import replace_curated
 from datagen.text import as_text
 from datagen.verdict import Verdict
@@ -28,6 +32,7 @@ class Recorder:
     rows: list[dict]
     decisions: list[tuple[str, str, Verdict]] = field(default_factory=list)  # (stage, row_id, verdict)
     funnel: list[dict] = field(default_factory=list)
+    kept_by: dict[str, str] = field(default_factory=dict)  # row_id -> the person who kept it in `datagen review`
 
     def record(self, stage: str, alive: list[int], verdicts: list[Verdict], seconds: float) -> list[int]:
         """Record one verdict per alive row; returns the rows kept."""
@@ -35,11 +40,19 @@ class Recorder:
             raise AssertionError(f"stage {stage} gave {len(verdicts)} verdicts for {len(alive)} rows")
         kept = []
         for i, verdict in zip(alive, verdicts):
+            verdict = self.rescued(self.rows[i]["_id"], verdict)
             self.decisions.append((stage, self.rows[i]["_id"], verdict))
             if verdict.kept:
                 kept.append(i)
         self.funnel.append({"stage": stage, "rows_in": len(alive), "rows_out": len(kept), "seconds": seconds})
         return kept
+
+    def rescued(self, row_id: str, verdict: Verdict) -> Verdict:
+        """A row a person kept stays whatever a stage says; the stage's verdict stays readable in the reason."""
+        who = self.kept_by.get(row_id)
+        if verdict.kept or who is None:
+            return verdict
+        return Verdict(True, f"kept by {who} in review over: {verdict.reason}", verdict.score, verdict.duplicate_of)
 
 
 def run_curation(con: duckdb.DuckDBPyConnection, loaded, plan, log: Callable[[str], None] = print,
@@ -52,9 +65,15 @@ def run_curation(con: duckdb.DuckDBPyConnection, loaded, plan, log: Callable[[st
     rows = reads.rows(con, cur.input, in_creation_order=cur.input not in plan.source_columns)
     if not rows:
         log(f"curation: `{cur.input}` has no rows yet; run `datagen run` first")
-    rec = Recorder(rows)
+    # what people said in `datagen review`: their newest edit of a reply is the reply; their drops go first
+    output = plan.step(cur.input).spec.output if cur.input not in plan.source_columns else None
+    rows = human.with_revisions(con, rows, output)
+    people = human.latest_decisions(con, [r["_id"] for r in rows])
+    rec = Recorder(rows, kept_by={rid: who for rid, (kept, _, who) in people.items() if kept})
     alive = list(range(len(rows)))
     ctx = _Context(con, loaded, rows, log, generate_requests)
+    if people:
+        alive = _timed(rec, human.REVIEW_STAGE, alive, lambda a: _people(rows, people, a))
     for stage, spec in zip(cur.filter_stages(), cur.filters):
         alive = _timed(rec, stage, alive, lambda a, s=spec: _filter(ctx, s, a))
     if cur.decontaminate is not None:
@@ -92,6 +111,15 @@ def _timed(rec: Recorder, stage: str, alive: list[int], fn) -> list[int]:
     start = time.monotonic()
     verdicts = fn(alive) if alive else []  # no rows left: load no tokenizer or model for nothing
     return rec.record(stage, alive, verdicts, time.monotonic() - start)
+
+
+def _people(rows: list[dict], people: dict, alive: list[int]) -> list[Verdict]:
+    verdicts = []
+    for i in alive:
+        kept, reason, who = people.get(rows[i]["_id"], (True, None, None))
+        verdicts.append(Verdict(kept, None if who is None else f"{'kept' if kept else 'dropped'} by {who}"
+                                + (f": {reason}" if reason else "")))
+    return verdicts
 
 
 def _filter(ctx: _Context, spec, alive: list[int]) -> list[Verdict]:
@@ -154,8 +182,9 @@ def _select(ctx: _Context, rec: Recorder, spec, alive: list[int], seed: int) -> 
                                     float(sel.priority[k])))
         else:
             verdicts.append(Verdict(False, f"not selected (n = {spec.n})", float(sel.priority[k])))
-    rec.record("select", alive, verdicts, time.monotonic() - start)
-    return [alive[p] for p in sel.chosen]
+    kept = rec.record("select", alive, verdicts, time.monotonic() - start)
+    chosen = [alive[p] for p in sel.chosen]
+    return chosen + sorted(set(kept) - set(chosen))  # rows a person kept join the selection, after it
 
 
 def _student(ctx: _Context, spec, alive: list[int]) -> list[Verdict]:

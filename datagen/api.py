@@ -281,6 +281,30 @@ def report(spec: SpecLike, *, out: str | Path | None = None) -> Path:
 
 
 @_loop_safe
+def review(spec: SpecLike, *, port: int = 8765, reviewer: str | None = None,
+           on_ready: Callable[[str, str | None], None] | None = None) -> None:
+    """Serve the review page (specs/review.md) for the spec's store on 127.0.0.1:`port` until Ctrl-C.
+    `on_ready(url, holder)` gets the address with its token once the server listens (`holder`: the process that
+    holds the store, when one does: the page then reads a copy and saves nothing). `reviewer` names the person
+    whose decisions, ratings and edits these are (default: the login name)."""
+    from datagen.review.app import serve
+
+    def say(url: str, holder: str | None) -> None:
+        _default_log(f"review: {url}" + (f" (read-only: {holder} holds the store)" if holder else ""))
+
+    serve(plan(spec), port, reviewer or _login_name(), on_ready or say)
+
+
+def _login_name() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name in this environment (a container without a passwd entry)
+        return "reviewer"
+
+
+@_loop_safe
 def train(spec: SpecLike, *, out: str | Path | None = None, max_steps: int | None = None, verbose: bool = False,
           log: Log | None = None):
     """Train the spec's student on the selected rows, score it before and after, save it. Returns the TrainResult."""

@@ -219,6 +219,8 @@ def status(spec: Path = typer.Argument(..., help="the spec file"),
               f"step {b['step']}): {b['status']}, {len(b['keys'])} requests out, {b['completed'] or 0} done, "
               f"{b['failed'] or 0} failed; submitted {b['submitted_at']:%Y-%m-%d %H:%M}")
     _print_funnel(result["funnel"])
+    for line in result.get("agreement", []):  # a judge against people's ratings (`datagen review`)
+        print(line)
 
 
 @app.command()
@@ -292,6 +294,26 @@ def report(spec: Path = typer.Argument(..., help="the spec file"),
     from datagen import api
 
     print(f"wrote {api.report(_load(spec), out=out)}")
+
+
+@app.command()
+@_guard
+def review(spec: Path = typer.Argument(..., help="the spec file"),
+           port: int = typer.Option(8765, "--port", help="the port on 127.0.0.1 (0: any free one)"),
+           reviewer: Optional[str] = typer.Option(None, "--reviewer", help="whose decisions these are (default: "
+                                                  "your login name)")):
+    """Open the store in a local web page: look at rows and their story, keep, drop, rate and edit them, and see
+    how a judge agrees with people. Listens on 127.0.0.1 only; the printed address carries the access token."""
+    from datagen import api
+
+    def ready(url: str, holder: Optional[str]) -> None:
+        print(f"review page: {url}", flush=True)
+        if holder:
+            print(f"read-only: {holder} holds the store (a running `datagen run`); the page shows a copy and saves "
+                  "nothing until it has finished", flush=True)
+        print("Ctrl-C stops it", flush=True)
+
+    api.review(_load(spec), port=port, reviewer=reviewer, on_ready=ready)
 
 
 @app.command()

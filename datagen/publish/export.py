@@ -36,7 +36,7 @@ from datagen import reasoning
 from datagen.errors import UserError
 from datagen.spec.load import LoadedSpec
 from datagen.spec.plan import Plan, PlannedStep
-from datagen.store import reads
+from datagen.store import human, reads
 from datagen.store.connection import open_store
 from datagen.store.reads import MESSAGES_COLUMN
 
@@ -182,6 +182,8 @@ def choose_format(inp: ExportInput, fmt: str | None, settings) -> str:
 def fetch_input(con, inp: ExportInput):
     """The input's rows as a pyarrow Table; step rows carry their request's messages in MESSAGES_COLUMN."""
     table = reads.export_rows(con, inp.name, "pairs" if inp.pairs else "source" if inp.step is None else "step")
+    if not inp.pairs:  # `datagen review`: a row a person dropped never leaves; a person's newest edit is the reply
+        table = human.reviewed(con, table, inp.output)
     if table.num_rows == 0:
         raise UserError(f"nothing to export: `{inp.name}` has no rows; run the spec (and its curation) first")
     return table

@@ -185,7 +185,23 @@ def judge_scores(plan: Plan, con) -> str:
         rows.append([st.name, len(data), len(scores), len(data) - len(scores), mean,
                      min(scores, default=None), max(scores, default=None)])
     table = _table(["judge step", "rows", "scored", "not a number", "mean", "min", "max"], rows)
-    return f'<div class="charts">{"".join(charts)}</div>{table}'
+    return f'<div class="charts">{"".join(charts)}</div>{table}' + judge_vs_people(plan, con)
+
+
+def judge_vs_people(plan: Plan, con) -> str:
+    """How each judge agrees with people's ratings from `datagen review` (datagen/review/agreement.py)."""
+    from datagen.review.agreement import judge_agreement
+
+    found = judge_agreement(con, plan)
+    if not found:
+        return _note("No people's ratings of judged rows yet: rate some in `datagen review` to measure the judge.")
+    def cell(value: float | None, rows: int) -> str:
+        return "" if not rows else "undefined" if value is None else f"{value:.2f}"
+
+    return "<h3>Judge vs people</h3>" + _table(
+        ["judge step", "Cohen's kappa (pass/fail)", "rows", "agree", "judge pass at", "Spearman (1-5)", "rows"],
+        [[a.judge, cell(a.kappa, a.kappa_rows), a.kappa_rows, "" if a.observed is None else f"{a.observed:.0%}",
+          f"score >= {a.pass_at:g}", cell(a.spearman, a.spearman_rows), a.spearman_rows] for a in found])
 
 
 def meta_coverage(plan: Plan, con) -> str:

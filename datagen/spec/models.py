@@ -31,7 +31,8 @@ SQL_RESERVED = set(
 )
 RESERVED_NAMES = {"requests", "lineage", "decisions", "curated", "train_runs", "outputs", "token_logprobs", "pairs",
                   "decontaminate",  # a curation stage's name in `decisions`
-                  "batches", "batch_requests", "tool_calls"}
+                  "batches", "batch_requests", "tool_calls",
+                  "human", "human_ratings", "human_revisions"}  # `datagen review`: people's decisions' stage, tables
 
 
 class Model(BaseModel):

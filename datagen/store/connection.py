@@ -37,14 +37,22 @@ def open_scratch() -> duckdb.DuckDBPyConnection:
     return con
 
 
+class StoreInUse(UserError):
+    """Another process (a running `datagen run`) holds the store; `holder` says which."""
+
+    def __init__(self, message: str, holder: str):
+        super().__init__(message)
+        self.holder = holder
+
+
 def _in_use_error(path: Path, exc: Exception) -> UserError:
     text = str(exc)
     match = re.search(r"PID (\d+)", text)
     if "lock" in text.lower():
         who = f"process {match.group(1)}" if match else "another process"
-        return UserError(
+        return StoreInUse(
             f"store {path} is in use by {who} (probably a running `datagen run`); "
-            "wait for it to finish or stop it, then try again"
+            "wait for it to finish or stop it, then try again", who
         )
     return UserError(f"cannot open store {path}: {text}")
 

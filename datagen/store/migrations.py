@@ -270,6 +270,41 @@ def m012_error_kind(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE requests ADD COLUMN error_kind VARCHAR")
 
 
+def m014_human_review(con: duckdb.DuckDBPyConnection) -> None:
+    # What people say in `datagen review` (datagen/store/human.py). A keep or drop is a `decisions` row (stage and
+    # owner `human`) with the reviewer's name; every one is kept, the latest per row counts.
+    con.execute("ALTER TABLE decisions ADD COLUMN reviewer VARCHAR")
+    con.execute(
+        """
+        CREATE TABLE human_ratings (
+            row_id VARCHAR NOT NULL,
+            reviewer VARCHAR NOT NULL,
+            verdict BOOLEAN,               -- pass (true) or fail (false); NULL when the rating is a score
+            score DOUBLE,                  -- 1 to 5; NULL when the rating is a verdict
+            note VARCHAR,
+            created_at TIMESTAMP NOT NULL  -- the latest rating of a kind per row counts; older ones stay
+        )
+        """
+    )
+    # An edit never overwrites: it is a new row here, with lineage (role `revision_of`) to what it replaces, the
+    # generated row or the previous edit; export, training and curation read the newest edit of a row.
+    con.execute(
+        """
+        CREATE TABLE human_revisions (
+            _id VARCHAR PRIMARY KEY,
+            row_id VARCHAR NOT NULL,       -- the generated row (outputs._id) whose reply it corrects
+            previous_id VARCHAR NOT NULL,  -- what it replaces: that row, or the edit before
+            step VARCHAR NOT NULL,
+            column_name VARCHAR NOT NULL,  -- the step's output column at the time
+            text VARCHAR NOT NULL,
+            reviewer VARCHAR NOT NULL,
+            reason VARCHAR,
+            created_at TIMESTAMP NOT NULL
+        )
+        """
+    )
+
+
 MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("001_core", m001_core),
     ("002_curation", m002_curation),
@@ -281,6 +316,7 @@ MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("010_worker", m010_worker),  # named ahead: 007-009 were taken by work in progress elsewhere
     ("011_tool_calls", m011_tool_calls),
     ("012_error_kind", m012_error_kind),
+    ("014_human_review", m014_human_review),
 ]
 
 

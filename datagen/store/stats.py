@@ -36,8 +36,9 @@ def funnel(con, order: list[str] | None = None) -> list[Stage]:
     if not has_relation(con, "decisions"):
         return []
     from datagen.store.decisions import CURATION
+    from datagen.store.human import REVIEW_STAGE
 
-    rank = {name: i for i, name in enumerate(order or [])}
+    rank = {name: i for i, name in enumerate([REVIEW_STAGE, *(order or [])])}  # people's decisions apply first
     rows = con.execute("SELECT stage, count(*), count(*) FILTER (WHERE kept), min(created_at) FROM decisions "
                        "WHERE owner = ? GROUP BY stage", [CURATION]).fetchall()
     rows.sort(key=lambda r: (rank.get(r[0], len(rank)), r[3], r[0]))
@@ -179,7 +180,8 @@ def selection_method(plan) -> str:
 
 def curated_ids(con) -> set[str] | None:
     """The ids of the selected rows, or None when curation has not run (no decisions and no selected rows)."""
-    decided = has_relation(con, "decisions") and con.execute("SELECT count(*) FROM decisions").fetchall()[0][0] > 0
+    decided = has_relation(con, "decisions") and con.execute(  # people's own decisions are not a curation run
+        "SELECT count(*) FROM decisions WHERE owner IS DISTINCT FROM 'human'").fetchall()[0][0] > 0
     for name, col in (("_curated", "row_id"), ("curated", "_id")):
         if has_relation(con, name):
             try:
