@@ -267,6 +267,28 @@ def test_an_expired_batch_sends_its_unanswered_requests_again_and_errored_lines_
     assert failed == [("provider", "overloaded_error: busy"), ("request", "invalid_request_error: bad line")]
 
 
+def test_cancel_batches_then_a_rerun_collects_and_sends_the_rest(tmp_path):
+    with AnthropicServer() as server:
+        server.hold = True
+        server.plans = [{"finish": 2}]  # 2 requests ran before the cancel took effect
+        spec = spec_file(tmp_path, server.base_url, teacher=BATCH)
+        spec.write_text(spec.read_text().replace("max_attempts: 1", "max_attempts: 2"))  # batches per request
+        proc = subprocess.Popen([sys.executable, "-m", "datagen.cli", "run", "-q", str(spec)], start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: server.batches.get("msgbatch_0001", {}).get("polls", 0) >= 2)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        out = cli("run", str(spec), "--cancel-batches")
+        assert out.returncode == 0 and "batch msgbatch_0001 (teacher c): cancelling" in out.stdout, out.stderr
+        server.hold = False
+        quiet(spec)
+        assert server.creations == 2 and len(server.batches["msgbatch_0002"]["requests"]) == 4
+        assert len(server.ran) == 6 and set(server.ran.values()) == {1}
+    assert store_rows(spec, "select batch_id, status from batches order by 1") == [
+        ("msgbatch_0001", "cancelled"), ("msgbatch_0002", "completed")]
+    assert store_rows(spec, "select count(*) from solve")[0][0] == 6
+
+
 # --- the spec ------------------------------------------------------------------------------------------------------
 
 
