@@ -144,7 +144,7 @@ def _describe(err: dict, doc: PositionedDoc) -> str:
         msg = f"`{loc[-1]}` is required here; add it"
     elif kind == "union_tag_not_found":
         tag = err.get("ctx", {}).get("discriminator", "").strip("'")
-        choices = "vllm, openai, transformers" if tag == "backend" else ", ".join(STEP_MODELS)
+        choices = "vllm, openai, anthropic, transformers" if tag == "backend" else ", ".join(STEP_MODELS)
         msg = f"`{tag}` is required here: one of {choices}"
     elif kind == "union_tag_invalid":
         ctx = err.get("ctx", {})
