@@ -33,13 +33,14 @@ With `kd.hidden`, a frozen teacher model runs beside the student and weight * H 
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
 from datagen.errors import UserError
 from datagen.spec.models import HTTP_BACKENDS
 
-KD_KEYS = ("kd_tokens", "kd_top_ids", "kd_top_logprobs")
+KD_KEYS = ("kd_tokens", "kd_top_ids", "kd_top_logprobs", "kd_rest", "kd_k")
 FILL = -1e4  # logit given to ids outside the support: exp() underflows to 0 without the NaNs -inf would bring
 
 
@@ -52,10 +53,11 @@ class KDParts:
 
 
 def kd_loss(logits, labels, top_ids, top_logprobs, alpha: float, temperature: float,
-            divergence: str = "forward", tail: bool = False) -> KDParts:
+            divergence: str = "forward", tail: bool = False, rest=None) -> KDParts:
     """logits [B, S, V]; labels [B, S] (-100 where no loss); top_ids [B, S, K] (-1 for no entry) and top_logprobs
-    [B, S, K] hold, at position t, the teacher's top-k for the token at t (the same layout as labels)."""
-    s = shifted(logits, labels, top_ids, top_logprobs)
+    [B, S, K] hold, at position t, the teacher's top-k for the token at t (the same layout as labels); `rest`
+    [B, S], where known, the log of the teacher's mass outside them (else taken as 1 - the top k's)."""
+    s = shifted(logits, labels, top_ids, top_logprobs, rest)
     ce_tok = -s.log_probs.gather(-1, s.labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     ce = (ce_tok * s.mask).sum() / s.mask.sum().clamp(min=1)
     kd, n = top_k_divergence(s, temperature, divergence, tail)
@@ -73,12 +75,14 @@ class Shifted:
     mask: object  # labels != -100
     ids: object
     lps: object
+    rest: object = None  # [B, S-1] the log of the teacher's mass outside its top k, where stored
 
 
-def shifted(logits, labels, top_ids, top_logprobs) -> Shifted:
+def shifted(logits, labels, top_ids, top_logprobs, rest=None) -> Shifted:
     logits = logits[:, :-1].float()
     labels = labels[:, 1:]
-    return Shifted(logits, logits.log_softmax(-1), labels, labels != -100, top_ids[:, 1:], top_logprobs[:, 1:].float())
+    return Shifted(logits, logits.log_softmax(-1), labels, labels != -100, top_ids[:, 1:], top_logprobs[:, 1:].float(),
+                   None if rest is None else rest[:, 1:].float())
 
 
 def top_k_divergence(s: Shifted, temperature: float, divergence: str = "forward", tail: bool = False):
@@ -94,7 +98,13 @@ def top_k_divergence(s: Shifted, temperature: float, divergence: str = "forward"
         student_k = s.log_probs.gather(-1, s.ids.clamp(min=0)).masked_fill(~support, FILL)
         student = torch.cat([student_k, rest_mass(student_k)], -1) / t
         teacher_k = s.lps.masked_fill(~support, FILL)
-        teacher = torch.cat([teacher_k, rest_mass(teacher_k)], -1) / t
+        # the stored rest (computed from the teacher's floats) where there is one: 1 - sum(top k) from the stored
+        # codes is ill-conditioned when the top k hold nearly all the mass
+        rest = rest_mass(teacher_k)
+        if s.rest is not None:  # NaN where none is stored
+            stored = s.rest.unsqueeze(-1)
+            rest = torch.where(torch.isnan(stored), rest, stored.clamp(min=math.log(TAIL_FLOOR)))
+        teacher = torch.cat([teacher_k, rest], -1) / t
         support = torch.cat([support, has.unsqueeze(-1)], -1)
     else:
         student = (s.logits.gather(-1, s.ids.clamp(min=0)) / t).masked_fill(~support, FILL)
@@ -145,30 +155,42 @@ class TokenMap:
 
 @dataclass
 class TeacherTargets:
-    tokens: list[int]  # the sampled ids, -1 where unknown
-    top_ids: list[list[int]]
-    top_logprobs: list[list[float]]
-    unmapped: int = 0  # sampled tokens given as strings that matched no single id
+    """One row's teacher data as arrays: n positions, k entries each."""
+
+    tokens: object  # int64 [n]: the teacher's token at each position, -1 where unknown
+    top_ids: object  # int64 [n, k], -1 where no entry
+    top_logprobs: object  # float32 [n, k], 0 where no entry
+    rest: object = None  # float32 [n]: the log of the mass outside the top k (0: unknown, taken from the top k)
+    unmapped: int = 0  # tokens given as strings that matched no single id
+
+    def __len__(self) -> int:
+        return len(self.tokens)
 
 
-def teacher_targets(positions: list[dict], token_map: TokenMap | None) -> TeacherTargets:
-    """One row's stored positions as id lists; strings are mapped where ids are missing."""
-    out = TeacherTargets([], [], [])
-    for pos in positions:
-        tid = pos["token_id"]
-        if tid is None and token_map is not None:
-            tid = token_map(pos["token"])
-            out.unmapped += tid is None
-        out.tokens.append(-1 if tid is None else int(tid))
-        ids, lps = [], []
-        for t_id, t_str, lp in zip(pos["top_ids"] or [], pos["top_tokens"] or [], pos["top_logprobs"] or []):
-            if t_id is None and token_map is not None:
-                t_id = token_map(t_str)
-            if t_id is not None and lp is not None and int(t_id) not in ids:
-                ids.append(int(t_id))
-                lps.append(float(lp))
-        out.top_ids.append(ids)
-        out.top_logprobs.append(lps)
+def teacher_targets(labels, token_map: TokenMap | None) -> TeacherTargets:
+    """One row's stored soft labels (datagen.store.soft_labels.SoftLabels, or None) as id arrays. Where a teacher
+    gave strings without ids, they are mapped through `token_map` (a loop over those strings only)."""
+    import numpy as np
+
+    if labels is None or not len(labels):
+        return TeacherTargets(np.zeros(0, np.int64), np.full((0, 1), -1, np.int64), np.zeros((0, 1), np.float32),
+                              np.zeros(0, np.float32))
+    tokens = labels.token_ids.astype(np.int64)
+    ids = labels.top_ids.astype(np.int64)
+    lps = np.where(ids >= 0, labels.top_logprobs, 0).astype(np.float32)
+    out = TeacherTargets(tokens, ids, lps, labels.rest.astype(np.float32))
+    if token_map is None:
+        return out
+    for p in np.flatnonzero(tokens < 0):
+        tid = token_map(labels.tokens[p])
+        out.unmapped += tid is None
+        tokens[p] = -1 if tid is None else tid
+    if labels.top_tokens is not None:
+        k = ids.shape[1]
+        for p, r in zip(*np.nonzero(ids < 0)):
+            tid = token_map(labels.top_tokens[p * k + r])
+            if tid is not None and tid not in ids[p]:  # two strings of one id: the first keeps it
+                ids[p, r], lps[p, r] = tid, labels.top_logprobs[p, r]
     return out
 
 
@@ -207,26 +229,62 @@ class Aligner:
     """Matches teacher token positions to the student's completion tokens by (byte offset, id)."""
 
     def __init__(self, tok):
+        import numpy as np
+
         # Tokens as raw vocabulary pieces: in byte-level BPE one piece character per byte, so piece lengths add up
         # to byte offsets that the teacher's and the student's tokenizations of the same text share.
-        self.lengths = [len(p or "") for p in tok.convert_ids_to_tokens(list(range(len(tok))))]
+        self.lengths = np.array([len(p or "") for p in tok.convert_ids_to_tokens(list(range(len(tok))))], np.int64)
 
-    def _starts(self, ids: list[int]) -> list[int | None]:
-        out, offset = [], 0
-        for i in ids:
-            if i < 0 or i >= len(self.lengths):
-                out.extend([None] * (len(ids) - len(out)))  # unknown length: later offsets are unknown too
-                break
-            out.append(offset)
-            offset += self.lengths[i]
-        return out
+    def _starts(self, ids):
+        """Each token's byte offset; -1 from the first id of unknown length on (later offsets are unknown too)."""
+        import numpy as np
 
-    def __call__(self, student_ids: list[int], teacher_ids: list[int]) -> list[tuple[int, int]]:
-        """(student index, teacher index) pairs that start at the same offset with the same id."""
-        teacher = {(off, tid): i for i, (off, tid) in enumerate(zip(self._starts(teacher_ids), teacher_ids))
-                   if off is not None}
-        return [(j, teacher[(off, sid)]) for j, (off, sid) in enumerate(zip(self._starts(student_ids), student_ids))
-                if (off, sid) in teacher]
+        ids = np.asarray(ids, np.int64)
+        bad = (ids < 0) | (ids >= len(self.lengths))
+        lengths = self.lengths[np.clip(ids, 0, len(self.lengths) - 1)]
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(ids) else np.zeros(0, np.int64)
+        if bad.any():
+            starts[int(np.argmax(bad)):] = -1
+        return starts
+
+    def match(self, student_ids, teacher_ids):
+        """(student indexes, teacher indexes) of the tokens that start at the same offset with the same id."""
+        import numpy as np
+
+        student_ids, teacher_ids = np.asarray(student_ids, np.int64), np.asarray(teacher_ids, np.int64)
+        span = len(self.lengths) + 1
+        t_off, s_off = self._starts(teacher_ids), self._starts(student_ids)
+        t_at = np.flatnonzero(t_off >= 0)
+        t_keys = t_off[t_at] * span + (teacher_ids[t_at] + 1)
+        order = np.argsort(t_keys, kind="stable")
+        t_keys, t_at = t_keys[order], t_at[order]
+        s_keys = np.where(s_off >= 0, s_off * span + (student_ids + 1), -1)
+        pos = np.clip(np.searchsorted(t_keys, s_keys), 0, max(len(t_keys) - 1, 0))
+        hit = (s_keys >= 0) & (len(t_keys) > 0) & (t_keys[pos] == s_keys) if len(t_keys) else np.zeros(len(s_keys),
+                                                                                                         bool)
+        return np.flatnonzero(hit), t_at[pos[hit]]
+
+    def __call__(self, student_ids, teacher_ids) -> list[tuple[int, int]]:
+        js, is_ = self.match(student_ids, teacher_ids)
+        return list(zip(js.tolist(), is_.tolist()))
+
+
+def place(ids, lps, rest, aligner: Aligner, where, student_ids, target: TeacherTargets, k: int) -> int:
+    """Put a row's teacher top-k (at most k entries) at the completion positions `where` (indexes into the row,
+    whose tokens are `student_ids`) that the aligner matched; returns how many positions got teacher data. `ids`
+    and `lps` are the row's [S, K] tensors, `rest` its [S] one (the log of the mass outside the top k)."""
+    import torch
+
+    js, is_ = aligner.match(student_ids, target.tokens)
+    top_ids, top_lps = target.top_ids[is_, :k], target.top_logprobs[is_, :k]
+    width = top_ids.shape[1] if top_ids.ndim == 2 else 0
+    if len(js) and width:
+        at = torch.as_tensor(where[js], dtype=torch.long)
+        ids[at, :width] = torch.as_tensor(top_ids, dtype=torch.long)
+        lps[at, :width] = torch.as_tensor(top_lps, dtype=torch.float32)
+        if width == target.top_ids.shape[1]:  # the stored rest is the mass outside all k, not outside the first k
+            rest[at] = torch.as_tensor(target.rest[is_], dtype=torch.float32)
+    return int((top_ids >= 0).any(-1).sum()) if len(js) and width else 0
 
 
 class KDCollator:
@@ -238,6 +296,7 @@ class KDCollator:
         self.aligned = 0
 
     def __call__(self, examples: list[dict]) -> dict:
+        import numpy as np
         import torch
 
         extras = [{key: ex.pop(key) for key in KD_KEYS} for ex in examples]
@@ -245,17 +304,26 @@ class KDCollator:
         b, s = batch["input_ids"].shape
         ids = torch.full((b, s, self.k), -1, dtype=torch.long)
         lps = torch.zeros((b, s, self.k), dtype=torch.float32)
+        rest = torch.full((b, s), float("nan"))  # NaN: unknown, the loss takes 1 - the top k's
         for row, (ex, extra) in enumerate(zip(examples, extras)):
-            where = [p for p, label in enumerate(ex["labels"]) if label != -100]
-            student = [ex["input_ids"][p] for p in where]
+            where = np.flatnonzero(np.asarray(ex["labels"]) != -100)
             self.positions += len(where)
-            for j, i in self.aligner(student, extra["kd_tokens"]):
-                top_i, top_lp = extra["kd_top_ids"][i][: self.k], extra["kd_top_logprobs"][i][: self.k]
-                ids[row, where[j], : len(top_i)] = torch.tensor(top_i, dtype=torch.long)
-                lps[row, where[j], : len(top_lp)] = torch.tensor(top_lp, dtype=torch.float32)
-                self.aligned += bool(top_i)
-        batch["kd_top_ids"], batch["kd_top_logprobs"] = ids, lps
+            width = int(extra["kd_k"])
+            target = TeacherTargets(np.asarray(extra["kd_tokens"], np.int64),
+                                    np.asarray(extra["kd_top_ids"], np.int64).reshape(-1, width),
+                                    np.asarray(extra["kd_top_logprobs"], np.float32).reshape(-1, width),
+                                    np.asarray(extra["kd_rest"], np.float32))
+            self.aligned += place(ids[row], lps[row], rest[row], self.aligner, where,
+                                  np.asarray(ex["input_ids"])[where], target, self.k)
+        batch["kd_top_ids"], batch["kd_top_logprobs"], batch["kd_rest"] = ids, lps, rest
         return batch
+
+
+def kd_record(prompt, completion, target: TeacherTargets) -> dict:
+    """A training row with its teacher data, flat (Arrow keeps 1-D arrays without a Python object per entry)."""
+    return {"prompt": prompt, "completion": completion, "kd_tokens": target.tokens,
+            "kd_top_ids": target.top_ids.reshape(-1), "kd_top_logprobs": target.top_logprobs.reshape(-1),
+            "kd_rest": target.rest, "kd_k": target.top_ids.shape[1]}
 
 
 def make_kd_trainer_class():
@@ -286,7 +354,7 @@ def make_kd_trainer_class():
                                                                        if k not in self._signature_columns]
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            top_ids, top_lps = inputs.pop("kd_top_ids"), inputs.pop("kd_top_logprobs")
+            top_ids, top_lps, rest = inputs.pop("kd_top_ids"), inputs.pop("kd_top_logprobs"), inputs.pop("kd_rest")
             labels = inputs.pop("labels")
             kd = self.kd_settings
             mode = "train" if model.training else "eval"
@@ -298,7 +366,7 @@ def make_kd_trainer_class():
                 with catch_outputs(self.model, self.hidden.student_layers()) as caught:
                     outputs = model(**inputs, use_cache=False)
             parts = kd_loss(outputs.logits, labels, top_ids, top_lps, kd.alpha, kd.temperature, kd.divergence,
-                            kd.tail)
+                            kd.tail, rest)
             loss = parts.loss
             if self.hidden is not None:
                 h = self.hidden.loss(caught, inputs)

@@ -14,9 +14,9 @@
 from __future__ import annotations
 
 
-def kd_metrics(model, tok, records: list[dict], stored: dict[str, list[dict]], k: int, token_map=None,
+def kd_metrics(model, tok, records: list[dict], stored: dict, k: int, token_map=None,
                max_length: int = 1024, batch_size: int = 8) -> dict:
-    """records: held-out {prompt, completion, row}; stored: row id -> the teacher's positions (sft.rows)."""
+    """records: held-out {prompt, completion, row}; stored: row id -> its soft labels (sft.rows.load_logprobs)."""
     import torch
 
     from sft import kd
@@ -24,16 +24,17 @@ def kd_metrics(model, tok, records: list[dict], stored: dict[str, list[dict]], k
 
     aligner = kd.Aligner(tok)
     encoded = [completion_ids(tok, r["prompt"], r["completion"], max_length) for r in records]
-    targets = [kd.teacher_targets(stored.get(r["row"]["_id"], []), token_map) for r in records]
+    targets = [kd.teacher_targets(stored.get(r["row"]["_id"]), token_map) for r in records]
     kl_sum, tail_sum, agree, positions = 0.0, 0.0, 0, 0
     for first, labels, logits in padded_batches(model, tok, encoded, batch_size):
         ids = torch.full((*labels.shape, k), -1, dtype=torch.long)
         lps = torch.zeros((*labels.shape, k), dtype=torch.float32)
+        rest = torch.full(labels.shape, float("nan"))
         for row in range(labels.shape[0]):
             full, start = encoded[first + row]
-            fill_targets(ids[row], lps[row], aligner, full, start, targets[first + row], k)
-        ids, lps = ids.to(logits.device), lps.to(logits.device)
-        s = kd.shifted(logits, labels, ids, lps)  # one log_softmax over the vocabulary for both KLs
+            fill_targets(ids[row], lps[row], rest[row], aligner, full, start, targets[first + row], k)
+        ids, lps, rest = ids.to(logits.device), lps.to(logits.device), rest.to(logits.device)
+        s = kd.shifted(logits, labels, ids, lps, rest)  # one log_softmax over the vocabulary for both KLs
         kl, n = kd.top_k_divergence(s, temperature=1.0)
         kl_tail, _ = kd.top_k_divergence(s, temperature=1.0, tail=True)
         kl_sum, tail_sum, positions = kl_sum + float(kl) * n, tail_sum + float(kl_tail) * n, positions + n
@@ -44,16 +45,14 @@ def kd_metrics(model, tok, records: list[dict], stored: dict[str, list[dict]], k
             "kd_positions": positions}
 
 
-def fill_targets(ids, lps, aligner, full: list[int], start: int, target, k: int) -> None:
+def fill_targets(ids, lps, rest, aligner, full: list[int], start: int, target, k: int) -> None:
     """One row's teacher top-k placed at the completion positions the aligner matched (the collator's layout)."""
-    import torch
+    import numpy as np
 
-    where = list(range(start, len(full)))
-    for j, i in aligner([full[p] for p in where], target.tokens):
-        top_i, top_lp = target.top_ids[i][:k], target.top_logprobs[i][:k]
-        if top_i:
-            ids[where[j], : len(top_i)] = torch.tensor(top_i, dtype=torch.long)
-            lps[where[j], : len(top_lp)] = torch.tensor(top_lp, dtype=torch.float32)
+    from sft.kd import place
+
+    where = np.arange(start, len(full))
+    place(ids, lps, rest, aligner, where, np.asarray(full, np.int64)[start:], target, k)
 
 
 def top1_agreements(logits, ids, lps) -> int:

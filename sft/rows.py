@@ -46,12 +46,12 @@ def load_rows(loaded: LoadedSpec, plan, input_name: str | None, eval_split: floa
     return TrainRows(inp.name, inp.output, inp.step.name, train, held, skipped, form if inp.markers else None)
 
 
-def load_logprobs(loaded: LoadedSpec, row_ids: list[str]) -> dict[str, list[dict]]:
-    """row_id -> the teacher's output positions in order: token, token_id, top_tokens, top_ids, top_logprobs."""
-    from datagen.store.reads import token_logprobs
+def load_logprobs(loaded: LoadedSpec, row_ids: list[str]) -> dict:
+    """row_id -> its soft labels (datagen.store.soft_labels.SoftLabels: arrays of the teacher's positions)."""
+    from datagen.store import soft_labels
 
     con = open_store(loaded.store_path, read_only=True)
     try:
-        return token_logprobs(con, list(row_ids))
+        return soft_labels.read(con, list(row_ids))
     finally:
         con.close()

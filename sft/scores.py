@@ -59,7 +59,7 @@ def kd_part(loaded, plan, settings, tok, rows):
 
     stored = load_logprobs(loaded, [r["row"]["_id"] for r in rows.eval])
     token_map = None
-    if any(p["token_id"] is None for positions in stored.values() for p in positions[:1]):
+    if any((labels.token_ids < 0).any() for labels in stored.values()):
         token_map = kd.TokenMap(tok)
     k = plan.step(rows.step).spec.logprobs
     return lambda model: kd_metrics(model, tok, rows.eval, stored, k, token_map, settings.max_length,

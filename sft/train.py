@@ -175,16 +175,15 @@ def kd_trainer(loaded, plan, settings, model, tok, rows, args: dict):
     local = kd.check_tokenizers(loaded.spec.teachers[teacher_name], teacher_name, loaded.dir, tok)
     stored = load_logprobs(loaded, [r["row"]["_id"] for r in rows.train])
     token_map = None
-    if any(p["token_id"] is None for positions in stored.values() for p in positions[:1]):
+    if any((labels.token_ids < 0).any() for labels in stored.values()):
         token_map = kd.TokenMap(tok)
     records, total, unmapped, without = [], 0, 0, 0
     for r in rows.train:
-        targets = kd.teacher_targets(stored.get(r["row"]["_id"], []), token_map)
-        total += len(targets.tokens)
+        targets = kd.teacher_targets(stored.get(r["row"]["_id"]), token_map)
+        total += len(targets)
         unmapped += targets.unmapped
-        without += not targets.tokens
-        records.append({"prompt": r["prompt"], "completion": r["completion"], "kd_tokens": targets.tokens,
-                        "kd_top_ids": targets.top_ids, "kd_top_logprobs": targets.top_logprobs})
+        without += not len(targets)
+        records.append(kd.kd_record(r["prompt"], r["completion"], targets))
     if not local:
         kd.check_mapping(total, unmapped, teacher_name)
     if without == len(records):

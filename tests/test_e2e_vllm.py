@@ -92,7 +92,7 @@ tools:
     tokens = query_json(spec, "select r.completion_tokens as n, count(t.position) as lp, min(len(t.top_ids)) as k, "
                               "bool_and(t.token_id = t.top_ids[1] or t.logprob <= t.top_logprobs[1]) as ranked "
                               "from solve s join requests r on r.key = (select key from outputs o where o._id = s._id) "
-                              "join token_logprobs t on t.row_id = s._id group by s._id, r.completion_tokens")
+                              "join logprobs t on t.row_id = s._id group by s._id, r.completion_tokens")
     assert len(tokens) == 8
     assert all(t["n"] == t["lp"] and t["k"] == 3 and t["ranked"] for t in tokens)
     graded = query_json(spec, "select rating, verdict, solution from grade")
@@ -153,6 +153,6 @@ steps:
                             "join outputs o on o._id = s._id join requests r on r.key = o.key")
     assert len(rows) == 6
     assert all(r["solution"] and 0 < r["completion_tokens"] <= 24 and r["prompt_tokens"] > 10 for r in rows)
-    lp = query_json(spec, "select row_id, count(*) as n, min(len(top_tokens)) as k from token_logprobs group by 1")
+    lp = query_json(spec, "select row_id, count(*) as n, min(len(top_ids)) as k from logprobs group by 1")
     by_row = {r["row_id"]: r for r in lp}
     assert all(by_row[r["_id"]]["n"] == r["completion_tokens"] and by_row[r["_id"]]["k"] == 2 for r in rows)

@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 
+from datagen.store import soft_labels
+from datagen.teachers.base import TokenLogprobs
 from sft.kd import Aligner, TokenMap, kd_loss, teacher_targets
 
 # One sequence of 3 tokens over a vocabulary of 4; the loss falls on positions 1 and 2 (labels -100 at 0).
@@ -135,11 +137,13 @@ def test_token_strings_map_to_ids_and_align(bundled_model_path):
     text = "The answer is 42, of course."
     ids = tok(text, add_special_tokens=False)["input_ids"]
     strings = [tok.decode([i]) for i in ids]
-    positions = [{"token": s, "token_id": None, "top_tokens": [s, "\x00no such token\x00"], "top_ids": [None, None],
-                  "top_logprobs": [-0.1, -2.0]} for s in strings]
-    targets = teacher_targets(positions, TokenMap(tok))
-    assert targets.tokens == ids and targets.unmapped == 0
-    assert targets.top_ids == [[i] for i in ids]  # the unknown alternative is dropped from the support
+    positions = [TokenLogprobs(s, None, -0.1, [s, "\x00no such token\x00"], [None, None], [-0.1, -2.0])
+                 for s in strings]
+    # as an OpenAI-compatible server gives them (strings, no ids), through the store's compact form
+    targets = teacher_targets(soft_labels.decode(soft_labels.encode("r", positions)), TokenMap(tok))
+    assert targets.tokens.tolist() == ids and targets.unmapped == 0
+    assert targets.top_ids.tolist() == [[i, -1] for i in ids]  # the unknown alternative is dropped from the support
+    assert targets.top_logprobs[:, 0].tolist() == pytest.approx([-0.1] * len(ids), abs=1 / 2048)
     align = Aligner(tok)
     assert align(ids, ids) == [(j, j) for j in range(len(ids))]
     # a student tokenization that splits one teacher token in two still matches every other position

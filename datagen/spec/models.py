@@ -29,7 +29,8 @@ SQL_RESERVED = set(
     "pivot_wider placing primary qualify references returning select show some summarize symmetric table then to "
     "trailing true union unique unpivot using variadic when where window with".split()
 )
-RESERVED_NAMES = {"requests", "lineage", "decisions", "curated", "train_runs", "outputs", "token_logprobs", "pairs",
+RESERVED_NAMES = {"requests", "lineage", "decisions", "curated", "train_runs", "outputs", "pairs",
+                  "soft_labels", "logprobs",  # the soft labels' table and their per-token view
                   "decontaminate",  # a curation stage's name in `decisions`
                   "batches", "batch_requests", "tool_calls",
                   "human", "human_ratings", "human_revisions"}  # `datagen review`: people's decisions' stage, tables

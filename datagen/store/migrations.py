@@ -270,6 +270,38 @@ def m012_error_kind(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE requests ADD COLUMN error_kind VARCHAR")
 
 
+def m013_soft_labels(con: duckdb.DuckDBPyConnection) -> None:
+    # Soft labels one row per sample in compact lists (datagen/store/soft_labels.py) instead of one row per token
+    # with float64 arrays and token strings; the per-token view `logprobs` decodes them for SQL.
+    from collections import namedtuple
+
+    from datagen.store import soft_labels
+
+    position = namedtuple("position", "token token_id logprob top_tokens top_ids top_logprobs")
+    con.execute(soft_labels.TABLE_SQL)
+    ids = [r[0] for r in con.execute("SELECT DISTINCT row_id FROM token_logprobs ORDER BY row_id").fetchall()]
+    for start in range(0, len(ids), 1000):  # a thousand samples at a time, in memory
+        part = ids[start:start + 1000]
+        batch = con.execute("SELECT row_id, list((token, token_id, logprob, top_tokens, top_ids, top_logprobs) "
+                            "ORDER BY position) FROM token_logprobs WHERE row_id BETWEEN ? AND ? GROUP BY row_id",
+                            [part[0], part[-1]]).fetchall()
+        rows = [soft_labels.encode(rid, [position(t[0], t[1], t[2], t[3] or [], t[4] or [], t[5] or [])
+                                         for t in positions]) for rid, positions in batch]
+        _insert_arrow(con, "soft_labels", rows, soft_labels.arrow_schema())
+    con.execute("DROP TABLE token_logprobs")
+    con.execute(soft_labels.VIEW_SQL)
+
+
+def _insert_arrow(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict], schema) -> None:
+    import pyarrow as pa
+
+    con.register("_migrated_rows", pa.Table.from_pylist(rows, schema=schema))
+    try:
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _migrated_rows")
+    finally:
+        con.unregister("_migrated_rows")
+
+
 def m014_human_review(con: duckdb.DuckDBPyConnection) -> None:
     # What people say in `datagen review` (datagen/store/human.py). A keep or drop is a `decisions` row (stage and
     # owner `human`) with the reviewer's name; every one is kept, the latest per row counts.
@@ -316,6 +348,7 @@ MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("010_worker", m010_worker),  # named ahead: 007-009 were taken by work in progress elsewhere
     ("011_tool_calls", m011_tool_calls),
     ("012_error_kind", m012_error_kind),
+    ("013_soft_labels", m013_soft_labels),
     ("014_human_review", m014_human_review),
 ]
 

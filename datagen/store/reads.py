@@ -116,15 +116,3 @@ def export_rows(con: duckdb.DuckDBPyConnection, name: str, kind: str):
     except duckdb.CatalogException:
         what = "run `datagen curate SPEC`" if name == "curated" else "run `datagen run SPEC`"
         raise UserError(f"the store has no `{name}` rows yet; {what} first") from None
-
-
-def token_logprobs(con: duckdb.DuckDBPyConnection, row_ids: list[str]) -> dict[str, list[dict]]:
-    """row_id -> the teacher's output positions in order: token, token_id, top_tokens, top_ids, top_logprobs."""
-    got = _for_keys(con, row_ids, "SELECT t.row_id, t.token, t.token_id, t.top_tokens, t.top_ids, t.top_logprobs "
-                                  "FROM token_logprobs t JOIN _wanted_keys w ON w.key = t.row_id "
-                                  "ORDER BY t.row_id, t.position")
-    names = ("token", "token_id", "top_tokens", "top_ids", "top_logprobs")
-    out: dict[str, list[dict]] = {}
-    for rid, *values in got:
-        out.setdefault(rid, []).append(dict(zip(names, values)))
-    return out

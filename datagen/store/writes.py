@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from datetime import datetime, UTC
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import duckdb
 
 from datagen.keys import row_id
+from datagen.store import soft_labels
 from datagen.store.sql import quote_ident, transaction  # noqa: F401  (transaction re-exported)
 
 
@@ -21,7 +21,7 @@ class BatchResult:
     requests: list[dict[str, Any]] = field(default_factory=list)  # key, status, error, tokens, seconds
     outputs: list[dict[str, Any]] = field(default_factory=list)
     lineage: list[dict[str, Any]] = field(default_factory=list)
-    logprobs: list[dict[str, Any]] = field(default_factory=list)
+    logprobs: list[dict[str, Any]] = field(default_factory=list)  # soft_labels rows, one per sample
 
     def add_failure(self, key: str, error: str, sample, cost_usd: float | None = None,
                     error_kind: str = "provider") -> None:
@@ -42,14 +42,8 @@ class BatchResult:
             self.lineage.append({"child_id": rid, "parent_id": req.parent_id, "role": "input"})
         for parent, role in req.lineage:
             self.lineage.append({"child_id": rid, "parent_id": parent, "role": role})
-        for pos, tok in enumerate(sample.logprobs or []):
-            # processed logprobs give -inf to what top-k/top-p cut: no mass, so no entry
-            top = [k for k, lp in enumerate(tok.top_logprobs) if math.isfinite(lp)]
-            self.logprobs.append({
-                "row_id": rid, "position": pos, "token": tok.token, "token_id": tok.token_id, "logprob": tok.logprob,
-                "top_tokens": [tok.top_tokens[k] for k in top], "top_ids": [tok.top_ids[k] for k in top],
-                "top_logprobs": [tok.top_logprobs[k] for k in top],
-            })
+        if sample.logprobs:
+            self.logprobs.append(soft_labels.encode(rid, sample.logprobs))
         return rid
 
 
@@ -112,13 +106,13 @@ def write_batch(con: duckdb.DuckDBPyConnection, result: BatchResult) -> None:
             ids = pa.table({"_id": [o["_id"] for o in result.outputs]})
             con.register("_ids_batch", ids)
             # a redone request replaces what a half-remembered earlier attempt left, so nothing is duplicated
-            for table, col in (("outputs", "_id"), ("lineage", "child_id"), ("token_logprobs", "row_id")):
+            for table, col in (("outputs", "_id"), ("lineage", "child_id"), ("soft_labels", "row_id")):
                 con.execute(f"DELETE FROM {table} WHERE {col} IN (SELECT _id FROM _ids_batch)")
             _insert(con, "outputs", result.outputs, _OUTPUT_SCHEMA())
         if result.lineage:
             _insert(con, "lineage", result.lineage, None)
         if result.logprobs:
-            _insert(con, "token_logprobs", result.logprobs, _LOGPROB_SCHEMA())
+            _insert(con, "soft_labels", result.logprobs, soft_labels.arrow_schema())
     for name in ("_req_batch", "_ids_batch"):
         try:
             con.unregister(name)
@@ -133,14 +127,6 @@ def _OUTPUT_SCHEMA():
                       ("_parent_id", pa.string()), ("_sample_index", pa.int32()), ("_teacher", pa.string()),
                       ("_finish_reason", pa.string()), ("_created_at", pa.timestamp("us")), ("text", pa.string()),
                       ("fields", pa.string())])
-
-
-def _LOGPROB_SCHEMA():
-    import pyarrow as pa
-
-    return pa.schema([("row_id", pa.string()), ("position", pa.int32()), ("token", pa.string()),
-                      ("token_id", pa.int64()), ("logprob", pa.float64()), ("top_tokens", pa.list_(pa.string())),
-                      ("top_ids", pa.list_(pa.int64())), ("top_logprobs", pa.list_(pa.float64()))])
 
 
 def _insert(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict], schema) -> None:
