@@ -389,7 +389,8 @@ def test_filters_page_and_story(spec):
     scores = dict(query(spec, "SELECT _id, output FROM grade"))  # a judge's output column: its score
     got = c.get("/api/rows", rel="grade", score_min=2, score_max=4).json()
     assert got["score"] == "output" and {r["id"] for r in got["rows"]} == {i for i, s in scores.items() if 2 <= s <= 4}
-    assert c.get("/api/rows", rel="curated").json()["total"] == 6
+    curated = c.get("/api/rows", rel="curated").json()["rows"]  # in selection order
+    assert [r["id"] for r in curated] == [r[0] for r in query(spec, "SELECT _id FROM curated")] and len(curated) == 6
 
     s = c.get(f"/api/row/{solve_id(spec, 'What is 4*4?')}").json()
     assert s["relation"] == "solve" and s["messages"] == [{"role": "user", "content": "What is 4*4?"}]
@@ -529,3 +530,18 @@ def test_read_only_while_another_process_holds_the_store(spec):
         holder.wait()
     assert not c.get("/api/overview").json()["read_only"]  # the run has ended: writable again
     assert c.post("/api/decisions", {"row_id": row, "kept": True}).status_code == 200
+
+
+def test_the_command_says_what_to_change(spec):
+    result = CliRunner().invoke(cli, ["review", str(spec), "--port", "70000"])
+    assert result.exit_code == 2 and "--port must be from 0 to 65535 (0: any free port), got 70000" in result.output
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(cli, ["review", str(spec), "--port", str(port)])
+        assert result.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}" in result.output
+        assert "--port 0 for any free one" in result.output
+    shutil.rmtree(load_spec(spec).store_path.parent)
+    result = CliRunner().invoke(cli, ["review", str(spec)])
+    assert result.exit_code == 2 and "no store at" in result.output and "run `datagen run`" in result.output

@@ -58,8 +58,10 @@ def _filtered(con, rel: str, creation_order: bool, score_column: str | None, f: 
         sql += " AND __kept = ?"
         params.append(f.kept)
     if f.reason or f.stage:
-        sql += f" AND EXISTS (SELECT 1 FROM decisions x WHERE x.row_id = f._id {stage_cond.replace('stage', 'x.stage')}"
-        params += [f.stage] if f.stage else []
+        sql += " AND EXISTS (SELECT 1 FROM decisions x WHERE x.row_id = f._id"
+        if f.stage:
+            sql += " AND x.stage = ?"
+            params.append(f.stage)
         if f.reason:
             sql += " AND x.reason ILIKE ? ESCAPE '\\'"
             params.append(_like(f.reason))
