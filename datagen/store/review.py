@@ -138,17 +138,9 @@ def lineage_of(con: duckdb.DuckDBPyConnection, row_id: str) -> dict[str, list[di
 
 def tokens_of(con: duckdb.DuckDBPyConnection, row_id: str, limit: int) -> list[dict]:
     """The teacher's soft labels of a row's reply, in order: token, logprob, the top-k alternatives (`top`: their
-    strings where the store keeps them, else their token ids) and their logprobs."""
-    tables = {t for (t,) in con.execute("SELECT table_name FROM duckdb_tables() UNION ALL "
-                                        "SELECT view_name FROM duckdb_views()").fetchall()}
-    if "token_logprobs" in tables:  # one row per position
-        top, source = "top_tokens", "token_logprobs"
-    elif "logprobs" in tables:  # the view that decodes the compact `soft_labels` per position (ids only)
-        top, source = "CAST(top_ids AS VARCHAR[])", "logprobs"
-    else:
-        return []
-    return _dicts(con, f"SELECT token, logprob, {top} AS top, top_logprobs FROM {source} WHERE row_id = ? "
-                       "ORDER BY position LIMIT ?", [row_id, limit])
+    strings where the store keeps them, else their token ids) and their logprobs, from the view `logprobs`."""
+    return _dicts(con, "SELECT token, logprob, coalesce(top_tokens, CAST(top_ids AS VARCHAR[])) AS top, top_logprobs "
+                       "FROM logprobs WHERE row_id = ? ORDER BY position LIMIT ?", [row_id, limit])
 
 
 def tool_calls_of(con: duckdb.DuckDBPyConnection, row_id: str) -> list[dict]:
