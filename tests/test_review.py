@@ -546,3 +546,19 @@ def test_the_command_says_what_to_change(spec):
     shutil.rmtree(load_spec(spec).store_path.parent)
     result = CliRunner().invoke(cli, ["review", str(spec)])
     assert result.exit_code == 2 and "no store at" in result.output and "run `datagen run`" in result.output
+
+
+def test_a_trajectorys_tool_calls_are_found_through_its_turns():
+    from datagen.store.connection import open_scratch
+    from datagen.store.review import tool_calls_of
+
+    con = open_scratch()
+    # three assistant turns t1 <- t2 <- t3 (t3 is the row); t1 and t3 called tools; another trajectory's call
+    con.execute("INSERT INTO lineage VALUES ('t2', 't1', 'previous_turn'), ('t3', 't2', 'previous_turn'), "
+                "('t3', 'q', 'input'), ('u2', 'u1', 'previous_turn')")
+    con.execute("INSERT INTO tool_calls (output_id, call_index, step, tool, arguments, result) VALUES "
+                "('t1', 0, 'a', 'add', '{}', '3'), ('t1', 1, 'a', 'mul', '{}', '6'), ('t3', 0, 'a', 'add', '{}', '9'), "
+                "('u1', 0, 'a', 'sub', '{}', '0')")
+    calls = tool_calls_of(con, "t3")
+    assert [(c["output_id"], c["call_index"], c["tool"]) for c in calls] == [("t1", 0, "add"), ("t1", 1, "mul"),
+                                                                            ("t3", 0, "add")]
