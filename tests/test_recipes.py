@@ -116,7 +116,7 @@ def test_a_recipes_spec_errors_name_the_new_strategy_and_filter(tmp_path, regist
     (tmp_path / "facts.jsonl").write_text(json.dumps({"fact": "x y"}) + "\n")
     good = SPEC.format(base="http://127.0.0.1:9/v1")
     for text, message in [
-        (good.replace("strategy: rewrite", "strategy: rewrit"), "is not one of label, expand, meta, judge, self, conversation, agent, rewrite"),
+        (good.replace("strategy: rewrite", "strategy: rewrit"), "is not one of label, expand, meta, judge, self, conversation, agent, score, rewrite"),
         (good.replace("column: fact,", "column: nope,"), "steps.0.column: `nope` is not a column of `facts`"),
         (good.replace("min: 5", "mni: 5"), "unknown key `mni`; did you mean `min`?"),
         (good.replace("type: min_words", "type: min_word"), "min_words"),

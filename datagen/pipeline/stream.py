@@ -60,9 +60,10 @@ def group_by_prompt(requests: list) -> list[tuple[GenRequest, list]]:
     """One GenRequest per prompt with all its missing samples, ordered so shared prefixes run together."""
     groups: dict[str, list] = {}
     for r in requests:
-        groups.setdefault(canonical([r.parent_id, r.messages]), []).append(r)
+        groups.setdefault(canonical([r.parent_id, r.messages, r.continuation]), []).append(r)
     ordered = sorted(groups.values(), key=lambda rs: canonical(rs[0].messages))
-    return [(GenRequest(rs[0].messages, [r.key for r in rs], [r.sample_index for r in rs]), rs) for rs in ordered]
+    return [(GenRequest(rs[0].messages, [r.key for r in rs], [r.sample_index for r in rs], rs[0].continuation), rs)
+            for rs in ordered]
 
 
 def stream_into_store(con: duckdb.DuckDBPyConnection, teacher, teacher_name: str, todo: list, options: GenOptions,

@@ -465,8 +465,32 @@ class AgentStep(StepBase):
     max_tool_calls: int = Field(4, ge=0, le=100)  # calls per trajectory; then the model must answer
 
 
+class ScoreStep(StepBase):
+    """`strategy: score` (datagen/strategies/score.py): the teacher scores given text, keeping its top-k
+    log-probabilities at every token of the response (prefill only, nothing is sampled)."""
+
+    strategy: Literal["score"]
+    input: str
+    prompt: str
+    response: str  # the input's column whose text is scored as the assistant's reply to the rendered prompt
+
+    @model_validator(mode="after")
+    def _scores(self) -> ScoreStep:
+        if not self.logprobs:
+            raise ValueError("a score step keeps the teacher's top-k log-probabilities of every response token: set "
+                             "`logprobs` (1 to 20)")
+        if self.n != 1:
+            raise ValueError("a score step scores each response once: remove `n`")
+        if self.sampling is not None:
+            raise ValueError("a score step samples nothing (the teacher reads the given response): remove `sampling`")
+        if self.logprobs_mode != "raw":
+            raise ValueError("a score step keeps raw log-probabilities (nothing is sampled, so there is no processed "
+                             "distribution): remove `logprobs_mode`")
+        return self
+
+
 StepSpec = Annotated[
-    LabelStep | ExpandStep | MetaStep | JudgeStep | SelfStep | ConversationStep | AgentStep,
+    LabelStep | ExpandStep | MetaStep | JudgeStep | SelfStep | ConversationStep | AgentStep | ScoreStep,
     Field(discriminator="strategy")
 ]
 
@@ -478,7 +502,7 @@ StepSpec = Annotated[
 
 STEP_MODELS: dict[str, type[StepBase]] = {"label": LabelStep, "expand": ExpandStep, "meta": MetaStep,
                                           "judge": JudgeStep, "self": SelfStep, "conversation": ConversationStep,
-                                          "agent": AgentStep}
+                                          "agent": AgentStep, "score": ScoreStep}
 
 
 def register_step(model: type[StepBase]) -> str:

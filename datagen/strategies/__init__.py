@@ -9,7 +9,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from datagen.spec.models import register_step
-from datagen.strategies import agent, conversation, expand, judge, label, meta, self_consistency
+from datagen.strategies import agent, conversation, expand, judge, label, meta, score, self_consistency
 from datagen.strategies.base import INTERFACE, Strategy
 
 STRATEGIES: dict[str, Strategy] = {}
@@ -31,6 +31,7 @@ add(judge)
 add(self_consistency)
 add(conversation)
 add(agent)
+add(score)
 
 
 def strategy_of(step) -> Strategy:

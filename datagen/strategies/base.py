@@ -34,6 +34,7 @@ class PlannedRequest:
     teacher: str
     lineage: list[tuple[str, str]] = field(default_factory=list)  # (parent_id, role) besides the input
     fields: dict[str, Any] = field(default_factory=dict)  # produced columns known before the reply (meta values)
+    continuation: str | None = None  # text the teacher scores after the messages instead of sampling (score)
 
 
 @dataclass

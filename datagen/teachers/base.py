@@ -54,6 +54,10 @@ class GenRequest:
     messages: list[dict[str, str]]
     keys: list[str]
     sample_indices: list[int] = field(default_factory=list)
+    # Scoring instead of sampling: the teacher reads this text as the assistant's reply to `messages` (prefill only)
+    # and gives back a sample whose text is it, with the top-k log-probabilities (GenOptions.logprobs) at each of
+    # its tokens. Backends that cannot score fail the request with the reason.
+    continuation: str | None = None
 
 
 @dataclass

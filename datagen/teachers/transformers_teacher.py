@@ -54,8 +54,12 @@ class TransformersTeacher:
         s = options.sampling
         if s.presence_penalty is not None or s.frequency_penalty is not None:
             raise ValueError("presence_penalty and frequency_penalty need backend vllm or openai")
+        scores = [i for i, r in enumerate(requests) if r.continuation is not None]
+        for i in scores:  # scoring given text: one forward pass each (datagen/teachers/scoring.py)
+            yield [(i, [self._score(requests[i], options)])]
         # num_return_sequences is one number per `generate` call, so batch requests that want the same count.
-        order = sorted(range(len(requests)), key=lambda i: len(requests[i].keys))
+        order = sorted((i for i, r in enumerate(requests) if r.continuation is None),
+                       key=lambda i: len(requests[i].keys))
         for n, group in groupby(order, key=lambda i: len(requests[i].keys)):
             group = list(group)
             if n == 0:
@@ -69,6 +73,37 @@ class TransformersTeacher:
                     yield [(i, self._forced(r, n, options)) for i, r in zip(idx, batch)]
                 else:
                     yield list(zip(idx, [self._split(s, options) for s in self._generate_isolated(batch, n, options)]))
+
+    def _score(self, request: GenRequest, options: GenOptions) -> Sample:
+        """The continuation read after the prompt in one forward pass: the top k at each of its tokens."""
+        import torch
+
+        from datagen.teachers.scoring import continuation_ids, scored_positions, token_strings
+
+        started = time.perf_counter()
+        try:
+            if not options.logprobs:
+                raise ValueError("scoring needs logprobs (the top k to keep at each token)")
+            model, tok = self._load()
+            head = tok.apply_chat_template(*_chat(request, options, tok), add_generation_prompt=True, tokenize=True)
+            head = list(head["input_ids"] if hasattr(head, "keys") else head)
+            ids = continuation_ids(tok, request.continuation)
+            if not ids:
+                raise ValueError("the response to score is empty")
+            with torch.no_grad():
+                logits = model(torch.tensor([head + ids], device=model.device), use_cache=False).logits[0]
+            lp = logits[len(head) - 1 : len(head) - 1 + len(ids)].float().log_softmax(-1)
+            top_lp, top_ids = lp.topk(options.logprobs, dim=-1)
+            chosen = lp.gather(-1, torch.tensor(ids, device=lp.device).unsqueeze(-1)).squeeze(-1).tolist()
+            positions = [{**{t: (v, r + 1) for r, (t, v) in enumerate(zip(ti.tolist(), tv.tolist()))},
+                          **({} if tid in ti.tolist() else {tid: (c, options.logprobs + 1)})}
+                         for tid, c, ti, tv in zip(ids, chosen, top_ids, top_lp)]
+            return Sample(text=request.continuation, finish_reason="scored", prompt_tokens=len(head) + len(ids),
+                          completion_tokens=0, seconds=time.perf_counter() - started,
+                          logprobs=scored_positions(ids, token_strings(tok, ids, request.continuation), positions,
+                                                    options.logprobs))
+        except Exception as exc:  # this text only: asked again, it would fail the same way
+            return Sample(text=None, error=f"{type(exc).__name__}: {exc}", error_kind=REQUEST)
 
     def _split(self, samples: list[Sample], options: GenOptions) -> list[Sample]:
         """With `reasoning` asked for, the trace split off each text and counted with the model's tokenizer."""

@@ -118,6 +118,7 @@ class VLLMTeacher:
         todo = iter(requests)
         taken: dict[int, GenRequest] = {}  # the requests in the engine, by number
         inflight: dict[str, int] = {}  # engine request id -> request number
+        scoring: dict[str, tuple] = {}  # engine request id -> (prompt length, scored ids, their strings) of a score
         forcing: dict[str, Forcing] = {}  # engine request id -> its sample's budget forcing (with a thinking budget)
         got: dict[int, list[Sample]] = {}
         ready: list[tuple[int, list[Sample]]] = []
@@ -137,7 +138,9 @@ class VLLMTeacher:
                     i = number
                     number += 1
                     try:
-                        if options.thinking is not None:
+                        if request.continuation is not None:
+                            running += self._add_score(engine, f"{i}", request, options, inflight, i, scoring)
+                        elif options.thinking is not None:
                             running += self._add_forced(engine, f"{i}", request, options, inflight, i, forcing)
                         else:
                             running += self._add(engine, f"{i}", request, options, inflight, i)
@@ -162,6 +165,9 @@ class VLLMTeacher:
                                 running += 1
                                 continue
                             got[i].append(done)
+                        elif out.request_id in scoring:
+                            got[i].append(_scored(out, scoring.pop(out.request_id), taken[i].continuation,
+                                                  options.logprobs, share))
                         else:
                             got[i] += self._split(_samples(out, options.logprobs, share), options)
                         if len(got[i]) == len(taken[i].keys):
@@ -197,6 +203,31 @@ class VLLMTeacher:
             engine.add_request(f"{rid}/{j}", {"prompt_token_ids": ids}, p)
             inflight[f"{rid}/{j}"] = i
         return len(request.keys)
+
+    def _add_score(self, engine, rid: str, request: GenRequest, options: GenOptions, inflight: dict, i: int,
+                   scoring: dict) -> int:
+        """Add a request that scores its continuation: the prompt and the text prefilled with prompt
+        log-probabilities, one token generated (vLLM needs one) and dropped."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        from datagen.teachers.scoring import continuation_ids, token_strings
+
+        if not options.logprobs:
+            raise ValueError("scoring needs logprobs (the top k to keep at each token)")
+        tok = self._start().get_tokenizer()
+        head = self._prompt_ids(request, options)
+        ids = continuation_ids(tok, request.continuation)
+        limit = self.engine["max_model_len"]
+        if not ids or len(head) + len(ids) >= limit:
+            raise ValueError(f"prompt and response have {len(head) + len(ids)} tokens, over the engine's "
+                             f"max_model_len {limit}" if ids else "the response to score is empty")
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=options.logprobs, detokenize=False,
+                                output_kind=RequestOutputKind.FINAL_ONLY)
+        engine.add_request(f"{rid}/0", {"prompt_token_ids": head + ids}, params)
+        inflight[f"{rid}/0"] = i
+        scoring[f"{rid}/0"] = (len(head), ids, token_strings(tok, ids, request.continuation))
+        return 1
 
     def _add_forced(self, engine, rid: str, request: GenRequest, options: GenOptions, inflight: dict, i: int,
                     forcing: dict) -> int:
@@ -363,6 +394,17 @@ def _samples(out, k: int | None, seconds: float) -> list[Sample]:
             )
         )
     return samples
+
+
+def _scored(out, scoring: tuple, text: str, k: int, seconds: float) -> Sample:
+    """A score request's sample: the given text with the prompt log-probabilities at its tokens."""
+    from datagen.teachers.scoring import scored_positions
+
+    head, ids, strings = scoring
+    prompt = out.prompt_logprobs or []
+    positions = [{tid: (lp.logprob, lp.rank) for tid, lp in prompt[head + j].items()} for j in range(len(ids))]
+    return Sample(text=text, finish_reason="scored", prompt_tokens=head + len(ids), completion_tokens=0,
+                  logprobs=scored_positions(ids, strings, positions, k), seconds=seconds)
 
 
 def _token_logprobs(token_ids, positions, k: int) -> list[TokenLogprobs]:
