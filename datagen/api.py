@@ -311,9 +311,38 @@ def train(spec: SpecLike, *, out: str | Path | None = None, max_steps: int | Non
     from datagen import console
     from sft.train import train as train_spec
 
-    loaded = plan(spec).loaded
+    p = plan(spec)
+    loaded = p.loaded
+    log = log or _default_log
     with console.quiet(loaded.log_path, verbose, what="train"):
-        return train_spec(loaded, out=out, max_steps=max_steps, log=log or _default_log)
+        generate = _onpolicy_generation(p, log) if loaded.spec.train and loaded.spec.train.objective == "onpolicy" \
+            else None
+        return train_spec(loaded, out=out, max_steps=max_steps, log=log, generate=generate)
+
+
+def _onpolicy_generation(p: Plan, log: Log):
+    """What on-policy training calls to sample and score (sft/onpolicy.py): the run loop's generate_requests on the
+    store, opened for each call and closed before training, under the spec's spend cap. The sources go into the
+    store first (the prompts are read from it)."""
+    from datagen.pipeline.loop import generate_requests
+    from datagen.store.connection import open_store
+    from datagen.store.views import sync_views
+
+    con = open_store(p.loaded.store_path)
+    try:
+        sync_views(con, p.source_tables, p.views)
+    finally:
+        con.close()
+
+    def bound(what: str, teacher_name: str, teacher_spec, requests: list, sampling: dict, logprobs=None):
+        con = open_store(p.loaded.store_path)
+        try:
+            return generate_requests(con, p, what, teacher_name, teacher_spec, requests, sampling, log=log,
+                                     max_usd=_cap(p.loaded, None), logprobs=logprobs)
+        finally:
+            con.close()
+
+    return bound
 
 
 def _store_of(spec: Any, limit: int | None) -> Path:

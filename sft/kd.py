@@ -89,8 +89,8 @@ def top_k_divergence(s: Shifted, temperature: float, divergence: str = "forward"
     """D of the module docstring: (mean over positions with teacher data, their number)."""
     import torch
 
-    if divergence not in ("forward", "reverse"):
-        raise ValueError(f"divergence must be forward or reverse, got {divergence!r}")
+    if divergence not in ("forward", "reverse", "mix"):
+        raise ValueError(f"divergence must be forward, reverse or mix, got {divergence!r}")
     support = (s.ids >= 0) & s.mask.unsqueeze(-1)
     has = support.any(-1)
     t = temperature
@@ -110,10 +110,9 @@ def top_k_divergence(s: Shifted, temperature: float, divergence: str = "forward"
         student = (s.logits.gather(-1, s.ids.clamp(min=0)) / t).masked_fill(~support, FILL)
         teacher = (s.lps / t).masked_fill(~support, FILL)
     log_s, log_t = student.log_softmax(-1), teacher.log_softmax(-1)
-    if divergence == "forward":
-        per_id = log_t.exp() * (log_t - log_s)
-    else:
-        per_id = log_s.exp() * (log_s - log_t)
+    forward = log_t.exp() * (log_t - log_s)
+    reverse = log_s.exp() * (log_s - log_t)
+    per_id = forward if divergence == "forward" else reverse if divergence == "reverse" else (forward + reverse) / 2
     per_pos = torch.where(support, per_id, torch.zeros_like(per_id)).sum(-1)
     n = int(has.sum())
     return (per_pos * has).sum() / max(n, 1), n

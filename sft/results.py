@@ -12,15 +12,29 @@ from datagen.store import train_runs
 from datagen.store.connection import open_store
 
 
-def start_run(store_path, settings, input_name: str, output: str, train_rows: int, eval_rows: int) -> str:
+def start_run(store_path, settings, input_name: str, output: str, train_rows: int, eval_rows: int,
+              round_: int | None = None, parent_run: str | None = None) -> str:
+    """A `running` row; an on-policy round also says which round and which whole run (`parent_run`) it is."""
     run_id = uuid.uuid4().hex[:16]
     con = open_store(store_path)
     try:
         train_runs.start(con, run_id, input_name, settings.objective, settings.student, output,
-                         settings.model_dump_json(), train_rows, eval_rows)
+                         settings.model_dump_json(), train_rows, eval_rows, round_, parent_run)
     finally:
         con.close()
     return run_id
+
+
+def close_saved_run(store_path, meta: dict) -> None:
+    """Mark an on-policy round's record done from what its saved student's folder says (its weights are written
+    first, so a kill between the two leaves a saved round whose record says running)."""
+    con = open_store(store_path)
+    try:
+        if train_runs.status(con, meta["run_id"]) != "done":
+            train_runs.finish(con, meta["run_id"], steps=meta["steps"], train_tokens=meta["train_tokens"],
+                              train_seconds=meta["train_seconds"], train_loss=meta["train_loss"], before={}, after={})
+    finally:
+        con.close()
 
 
 def finish_run(store_path, run_id: str, *, steps: int, train_tokens: int, train_seconds: float, train_loss: float,

@@ -50,7 +50,9 @@ def output_dir(loaded: LoadedSpec, out: str | Path | None = None) -> Path:
 
 
 def train(loaded: LoadedSpec, out: str | Path | None = None, max_steps: int | None = None,
-          log: Callable[[str], None] = print) -> TrainResult:
+          log: Callable[[str], None] = print, generate: Callable | None = None) -> TrainResult:
+    """`generate` sends model requests through the run loop (datagen.api hands in its generate_requests): on-policy
+    training's samples and scores (sft/onpolicy.py)."""
     from datagen.pipeline.planner import build_plan
     from sft import results
     from sft.evaluate import verifiers
@@ -66,6 +68,15 @@ def train(loaded: LoadedSpec, out: str | Path | None = None, max_steps: int | No
     if all(_is_local(ref, loaded.dir) for ref in _model_refs(settings)):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # only local models: never wait on a hub
     plan = build_plan(loaded)
+    if settings.objective == "onpolicy":
+        from sft.onpolicy import train_onpolicy
+
+        if generate is None:
+            raise TypeError("objective onpolicy needs `generate` (datagen.api passes the run loop's)")
+        target = output_dir(loaded, out)
+        done = train_onpolicy(loaded, plan, settings, target, generate, log, training_args)
+        return TrainResult(done["run_id"], target, "onpolicy", settings.input, done["train_rows"], 0, done["rounds"],
+                           0, 0.0, 0.0, done["before"], done["after"], done["notes"])
     split = settings.eval.split if settings.eval else None
     if settings.objective == "dpo":  # preference pairs (sft/dpo.py), not prompt/completion rows
         rows = load_pairs(loaded, plan, settings.input, split)

@@ -18,6 +18,8 @@ def check_train(loaded: LoadedSpec, plan) -> None:
         return
     from datagen.publish.export import resolve_input
 
+    if train.objective == "onpolicy":
+        return check_onpolicy(loaded, plan)
     if train.objective == "dpo":
         from sft.dpo import check_dpo
 
@@ -35,6 +37,9 @@ def check_train(loaded: LoadedSpec, plan) -> None:
         raise loaded.error(("train", "objective"), f"`objective: kd` trains on the teacher's stored top-k logprobs, "
                                                    f"and step `{inp.step.name}` keeps none: add `logprobs: 5` "
                                                    "(1 to 20) to it and re-run, or use `objective: sft`")
+    if train.objective == "kd":
+        for name in inp.step.teachers:
+            check_shared_tokenizer(loaded, name, ("train", "student"))
     if train.student.startswith("bundled:"):
         from datagen.bundled import SMOLLM2
 
@@ -49,6 +54,76 @@ def check_train(loaded: LoadedSpec, plan) -> None:
 
         check_hidden(loaded)
     check_eval(loaded, plan, inp.step)
+
+
+def check_onpolicy(loaded: LoadedSpec, plan) -> None:
+    """`objective: onpolicy`: prompts from a source or step, a teacher that can score given text and shares the
+    student's tokenizer."""
+    from datagen.spec.plan import check_template
+
+    train, op = loaded.spec.train, loaded.spec.train.onpolicy
+    columns = plan.source_columns.get(train.input)
+    if columns is None:
+        step = next((s for s in plan.steps if s.name == train.input), None)
+        if step is None:
+            known = ", ".join(list(plan.source_columns) + [s.name for s in plan.steps]) or "none"
+            raise loaded.error(("train", "input"), f"`{train.input}` is not a source or step of this spec (known: "
+                                                   f"{known}); name the rows whose prompts the student answers")
+        columns = list(step.input_columns) + list(step.produced)
+    for key in ("prompt", "system"):
+        if getattr(train, key):
+            check_template(loaded, ("train", key), getattr(train, key), set(columns), train.input)
+    teacher = loaded.spec.teachers.get(op.teacher)
+    if teacher is None:
+        raise loaded.error(("train", "onpolicy", "teacher"), f"no teacher named `{op.teacher}`; teachers: "
+                                                             f"{', '.join(loaded.spec.teachers) or 'none'}")
+    if teacher.backend == "anthropic" or (teacher.backend == "openai" and teacher.batch.enabled):
+        raise loaded.error(("train", "onpolicy", "teacher"), f"teacher `{op.teacher}` cannot score the student's "
+                                                             "samples (its API returns no log-probabilities of given "
+                                                             "text); use a vllm or transformers teacher, or vLLM's "
+                                                             "OpenAI-compatible server without batch")
+    check_shared_tokenizer(loaded, op.teacher, ("train", "onpolicy", "teacher"))
+    spec = train.eval
+    if spec is not None and spec.source is not None:
+        cols = plan.source_columns.get(spec.source)
+        if cols is None:
+            raise loaded.error(("train", "eval", "source"), f"`{spec.source}` is not a source of this spec; add it "
+                                                            "under `sources:`")
+        for key in ("prompt", "reference"):
+            if getattr(spec, key) not in cols:
+                raise loaded.error(("train", "eval", key), f"`{getattr(spec, key)}` is not a column of source "
+                                                           f"`{spec.source}`")
+
+
+def check_shared_tokenizer(loaded: LoadedSpec, teacher_name: str, at: tuple) -> None:
+    """Token-level distillation compares the teacher's and the student's distributions id by id, so they must
+    share a tokenizer. Checked here where both vocabularies are on disk (local folders, or the bundled model once
+    converted); training checks again after loading, and maps a remote teacher's token strings."""
+    import json
+
+    from datagen.bundled import ready_folder
+
+    teacher = loaded.spec.teachers.get(teacher_name)
+    student = loaded.spec.train.student
+    if teacher is None or teacher.backend not in ("vllm", "transformers") or teacher.model == student:
+        return
+    folders = [ready_folder(teacher.model, loaded.dir), ready_folder(student, loaded.dir)]
+    if None in folders:
+        return
+    vocabs = []
+    for folder in folders:
+        path = folder / "tokenizer.json"
+        if not path.is_file():
+            return
+        data = json.loads(path.read_text(encoding="utf-8"))
+        added = [t.get("content") for t in data.get("added_tokens", [])]
+        vocabs.append(((data.get("model") or {}).get("vocab"), added))
+    if vocabs[0] != vocabs[1]:
+        size = [len(v[0] or {}) for v in vocabs]
+        raise loaded.error(at, f"teacher `{teacher_name}` ({teacher.model}, {size[0]} tokens) and the student "
+                               f"({student}, {size[1]} tokens) do not share a tokenizer, and token-level distillation "
+                               "compares their distributions id by id; use a student of the teacher's family (or "
+                               "`init: truncate` of the teacher's model), or `objective: sft`")
 
 
 def check_eval(loaded: LoadedSpec, plan, step) -> None:

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+
+from datagen.store.soft_labels import SoftLabels
 
 RECORDS = [{"prompt": [{"role": "user", "content": f"What is {a} plus {b}?"}],
             "completion": [{"role": "assistant", "content": f"{a} plus {b} is {a + b}. #### {a + b}"}],
@@ -25,14 +28,19 @@ def own_topk(model, tok, renormalise: bool) -> tuple[dict, float]:
         full, start = completion_ids(tok, r["prompt"], r["completion"], 64)
         with torch.no_grad():
             log_probs = model(torch.tensor([full])).logits[0].float().log_softmax(-1)
-        positions = []
+        ids, top_ids, top_lps = [], [], []
         for p in range(start, len(full)):  # the logits at p - 1 predict the token at p
             top = log_probs[p - 1].topk(K)
             lps = top.values - top.values.logsumexp(-1) if renormalise else top.values
             masses.append(float(top.values.exp().sum()))
-            positions.append({"token": None, "token_id": full[p], "top_tokens": [None] * K,
-                              "top_ids": top.indices.tolist(), "top_logprobs": lps.tolist()})
-        stored[r["row"]["_id"]] = positions
+            ids.append(full[p])
+            top_ids.append(top.indices.tolist())
+            top_lps.append(lps.tolist())
+        # the floats as they are (the store's codes are tested in test_soft_labels.py); rest NaN: from the top k
+        n = len(ids)
+        stored[r["row"]["_id"]] = SoftLabels([""] * n, np.array(ids, np.int32), np.zeros(n, np.float32),
+                                             np.array(top_ids, np.int32), np.array(top_lps, np.float32),
+                                             np.full(n, np.nan, np.float32), None)
     return stored, sum(masses) / len(masses)
 
 

@@ -266,11 +266,13 @@ class Teachers:
 
 def generate_requests(con: duckdb.DuckDBPyConnection, plan: Plan, what: str, teacher_name: str, teacher_spec,
                       requests: list, sampling: dict, progress: Progress | None = None,
-                      log: Callable[[str], None] = print, max_usd: float | None = None) -> StepSummary:
-    """Requests made outside the spec's steps (curation's student probe, under the pseudo-step `what`), generated
-    as a step's are: finished ones are not sent again (a failed one is), each sample is costed at the teacher's
-    price and held under `max_usd` with everything the store has spent, progress is reported, and a kill loses only
-    what was not committed. Its summary joins the run's."""
+                      log: Callable[[str], None] = print, max_usd: float | None = None,
+                      logprobs: int | None = None) -> StepSummary:
+    """Requests made outside the spec's steps (curation's student probe, on-policy training's samples and scores,
+    under the pseudo-step `what`), generated as a step's are: finished ones are not sent again (a failed one is),
+    each sample is costed at the teacher's price and held under `max_usd` with everything the store has spent,
+    progress is reported, and a kill loses only what was not committed. Its summary joins the run's. With
+    `logprobs`, the teacher's top k at each token are kept (and scored, for requests with a `continuation`)."""
     summary = StepSummary(what)
     keys = [r.key for r in requests]
     finished = reads.finished_keys(con, keys, failed_too=False)
@@ -290,9 +292,9 @@ def generate_requests(con: duckdb.DuckDBPyConnection, plan: Plan, what: str, tea
         report()
 
     try:
-        stream_into_store(con, teachers.get(teacher_name, teacher_spec), teacher_name, todo, GenOptions(Sampling(**sampling)),
-                 lambda req, sample: ({}, None), counts, on_commit=committed, rates=rates_of(teacher_spec),
-                 cap=cap)
+        stream_into_store(con, teachers.get(teacher_name, teacher_spec), teacher_name, todo,
+                          GenOptions(Sampling(**sampling), logprobs=logprobs), lambda req, sample: ({}, None), counts,
+                          on_commit=committed, rates=rates_of(teacher_spec), cap=cap)
     finally:
         _add(summary, counts)
         teachers.close()

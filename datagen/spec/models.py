@@ -599,15 +599,37 @@ class EvalSpec(Model):
         return self
 
 
+class OnPolicySpec(Model):
+    """`objective: onpolicy` (sft/onpolicy.py): rounds of the student sampling, the teacher scoring its samples,
+    the student training toward the teacher on its own tokens."""
+
+    teacher: str  # the spec's teacher that scores the student's samples (datagen/strategies/score.py)
+    rounds: int = Field(2, ge=1, le=1000)
+    max_tokens: int = Field(128, ge=1)  # the longest sample the student writes
+    logprobs: int = Field(20, ge=1, le=20)  # the teacher's top k kept at each sampled token
+    samples: int = Field(1, ge=1, le=64)  # samples per prompt per round
+    temperature: float = Field(1.0, ge=0)  # the student's sampling temperature
+    prompts: int | None = Field(None, ge=1)  # prompts per round (drawn with the seed and the round); None: all
+    # reverse: KL(student || teacher) (mode-seeking, the usual on-policy choice); forward: KL(teacher || student);
+    # mix: their mean
+    divergence: Literal["reverse", "forward", "mix"] = "reverse"
+    tail: bool = True  # the mass outside the teacher's top k as one more class (sft/kd.py)
+    sample_with: Literal["transformers", "vllm"] = "transformers"  # how the student samples
+
+
 class TrainSpec(Model):
     input: str | None = None
     student: str = "bundled:smollm2-135m-instruct"
     init: Literal["pretrained", "truncate"] = "pretrained"
     keep_layers: list[int] | None = None
     output: str = "out/student"
-    objective: Literal["sft", "kd", "dpo"] = "sft"
+    objective: Literal["sft", "kd", "dpo", "onpolicy"] = "sft"
     kd: KDSpec = KDSpec()
     dpo: DPOSpec = DPOSpec()  # used when objective is dpo
+    onpolicy: OnPolicySpec | None = None  # needed when objective is onpolicy
+    # for `onpolicy`: how a row of `input` is put to the student (templates over its columns)
+    prompt: str | None = None
+    system: str | None = None
     epochs: float = Field(1, gt=0)
     max_steps: int | None = Field(None, ge=1)
     learning_rate: float = Field(2e-5, gt=0)
@@ -630,6 +652,13 @@ class TrainSpec(Model):
         if self.kd.hidden is not None and self.objective != "kd":
             raise ValueError(f"kd.hidden is a term of the `kd` objective; set `objective: kd` (now "
                              f"{self.objective}) or remove kd.hidden")
+        if self.objective == "onpolicy" and (self.onpolicy is None or self.prompt is None or self.input is None):
+            raise ValueError("objective: onpolicy needs `onpolicy: {teacher: NAME}` (the teacher that scores the "
+                             "student's samples), `input` (a source or step of prompts) and `prompt` (a template over "
+                             "its columns)")
+        if self.onpolicy is not None and self.objective != "onpolicy":
+            raise ValueError(f"`onpolicy` settings apply to `objective: onpolicy` (now {self.objective}); set it or "
+                             "remove them")
         return self
 
 

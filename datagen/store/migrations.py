@@ -337,6 +337,12 @@ def m014_human_review(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+
+def m015_train_rounds(con: duckdb.DuckDBPyConnection) -> None:
+    # On-policy training records each round (sft/onpolicy.py): which round, and the whole run it belongs to.
+    con.execute("ALTER TABLE train_runs ADD COLUMN round INTEGER")
+    con.execute("ALTER TABLE train_runs ADD COLUMN parent_run VARCHAR")
+
 MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("001_core", m001_core),
     ("002_curation", m002_curation),
@@ -350,6 +356,7 @@ MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("012_error_kind", m012_error_kind),
     ("013_soft_labels", m013_soft_labels),
     ("014_human_review", m014_human_review),
+    ("015_train_rounds", m015_train_rounds),
 ]
 
 

@@ -22,7 +22,8 @@ codes measured within 1e-5 (relative) of the float64 loss (tests/test_soft_label
 prints it on real data).
 
 The view `logprobs` (row_id, position, token, token_id, logprob, top_ids, top_logprobs, and top_tokens where the
-teacher gave strings without ids) decodes them in SQL, one row per position, for people who query the store; training decodes them with numpy, a sample at a time (`read`).
+teacher gave strings without ids) decodes them in SQL, one row per position, for people who query the store;
+training decodes them with numpy, a sample at a time (`read`).
 """
 
 from __future__ import annotations

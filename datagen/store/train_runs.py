@@ -13,11 +13,18 @@ def _now() -> datetime:
 
 
 def start(con: duckdb.DuckDBPyConnection, run_id: str, input_name: str, objective: str, student: str, output: str,
-          settings_json: str, train_rows: int, eval_rows: int) -> None:
+          settings_json: str, train_rows: int, eval_rows: int, round_: int | None = None,
+          parent_run: str | None = None) -> None:
     con.execute(
         "INSERT INTO train_runs (id, started_at, status, input, objective, student, output, settings, train_rows, "
-        "eval_rows) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
-        [run_id, _now(), input_name, objective, student, output, settings_json, train_rows, eval_rows])
+        "eval_rows, round, parent_run) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [run_id, _now(), input_name, objective, student, output, settings_json, train_rows, eval_rows, round_,
+         parent_run])
+
+
+def status(con: duckdb.DuckDBPyConnection, run_id: str) -> str | None:
+    got = con.execute("SELECT status FROM train_runs WHERE id = ?", [run_id]).fetchall()
+    return got[0][0] if got else None
 
 
 def finish(con: duckdb.DuckDBPyConnection, run_id: str, *, steps: int, train_tokens: int, train_seconds: float,
