@@ -102,6 +102,35 @@ def source_records(loaded, plan, step_name: str, train_records: list[dict]) -> l
     return records
 
 
+def template_records(loaded, plan, train) -> list[dict]:
+    """eval.source's rows put the way a source of gold answers trains (sft/rows.py source_record): `train.system`,
+    then `train.prompt` rendered with the row, where the `eval.prompt` column fills the template variable of that
+    name or else the template's only variable; without `train.prompt`, the `eval.prompt` column is the user turn."""
+    spec = train.eval
+    rows = plan.source_rows.get(spec.source)
+    if rows is None:  # a `query` source: a view in the store
+        rows = read_source(loaded.store_path, spec.source)
+    how = RowPrompt(train.system, train.prompt or "{{ prompt }}", None)
+    mapping = template_binding(train, spec.prompt)
+    records = [{"prompt": render_prompt(how, row, mapping, []),
+                "completion": [{"role": "assistant", "content": str(row[spec.reference])}], "row": dict(row)}
+               for row in rows if str(row.get(spec.reference) or "").strip()]
+    if not records:
+        raise UserError(f"train.eval.source: `{spec.source}` has no rows with a `{spec.reference}` reference to "
+                        "score against")
+    return records
+
+
+def template_binding(train, prompt_column: str) -> dict[str, str]:
+    """Template variable -> source column for `train.prompt` / `train.system` (what template_records renders)."""
+    prompt = train.prompt or "{{ prompt }}"
+    names = templates.variables(prompt) | templates.variables(train.system or "")
+    mapping = {name: name for name in names}
+    if prompt_column not in names and len(templates.variables(prompt)) == 1:
+        mapping[next(iter(templates.variables(prompt)))] = prompt_column
+    return mapping
+
+
 def read_source(store_path, name: str) -> list[dict]:
     """Every row of a source's view in the store."""
     from datagen.store import reads

@@ -10,13 +10,20 @@ student layers are pulled toward the outputs of teacher layers:
 
 Every non-padding token counts, prompt and answer alike: the hidden states carry the teacher's reading of the prompt
 too (DistilBERT matched every token). Layer outputs are caught with forward hooks on the decoder layers, so the
-pairs are exactly "the output of layer i" on both sides (HF's `hidden_states` tuple ends with the final norm applied,
-which would make the last pair unlike the others).
+pairs are exactly "the output of layer i" on both sides (HF's `hidden_states` tuple ends with the final norm applied
+to the last entry only, which would make the last pair unlike the others).
+
+Normalised states (`norm`): both sides' outputs pass through the same map before the loss. `final` (the default):
+the teacher's own final norm (frozen), the map the model applies before its head, so the last pair compares exactly
+what the two heads read, and in every pair the few residual dimensions of very large magnitude count as much as the
+head lets them, not as much as their size; `rms`: a parameter-free RMS normalisation (h / rms(h)), which leaves
+`cosine` unchanged and makes `mse` blind to the residual stream's growth with depth; `none`: the raw outputs.
 
 Layers (`layers: auto`): a student made with `init: truncate` from the teacher's own model maps each kept layer to
-the teacher layer it was copied from (student i -> keep_layers[i]); a student as deep as the teacher maps layer to
-layer; otherwise student layer i maps to teacher layer round((i + 1) * L_t / L_s) - 1 (evenly spaced, last to last).
-`{student_layer: teacher_layer}` sets the pairs by hand.
+the teacher layer it was copied from (student i -> keep_layers[i]; the default keeps the first and the last layer,
+sft/model.py default_keep, so the last maps to the last, whose output the head reads); a student as deep as the
+teacher maps layer to layer; otherwise student layer i maps to teacher layer round((i + 1) * L_t / L_s) - 1 (evenly
+spaced, last to last). `{student_layer: teacher_layer}` sets the pairs by hand.
 
 Teacher and student must share a tokenizer (the teacher reads the student's token ids) and a hidden size, unless
 `project: true`: then a learned linear map per layer pair carries student states to the teacher's size. It trains
@@ -67,7 +74,9 @@ def layer_pairs(hidden, init: str, keep_layers, n_student: int, n_teacher: int,
                                 f"(0 to {n_student - 1}) and the teacher {n_teacher} (0 to {n_teacher - 1})")
         return pairs
     if init == "truncate" and same_model:
-        keep = sorted(keep_layers) if keep_layers is not None else list(range(0, n_teacher, 2))
+        from sft.model import default_keep
+
+        keep = sorted(keep_layers) if keep_layers is not None else default_keep(n_teacher)
         return list(enumerate(keep))
     if n_student == n_teacher:
         return [(i, i) for i in range(n_student)]
@@ -119,6 +128,7 @@ class HiddenDistiller:
     kind: str  # cosine | mse
     weight: float
     project: object = None  # torch ModuleDict "student layer" -> Linear, with `project: true`
+    norm: object = None  # states -> normalised states (both sides), or None for the raw outputs
 
     def student_layers(self) -> list[int]:
         return [s for s, _ in self.pairs]
@@ -142,7 +152,10 @@ class HiddenDistiller:
             states = caught[s]
             if self.project is not None:
                 states = self.project[str(s)](states.to(self.project[str(s)].weight.dtype))
-            terms.append(state_loss(states, teacher_out[t], mask, self.kind))
+            target = teacher_out[t]
+            if self.norm is not None:
+                states, target = self.norm(states), self.norm(target)
+            terms.append(state_loss(states, target, mask, self.kind))
         return torch.stack(terms).mean()
 
 
@@ -174,7 +187,21 @@ def build_distiller(train, spec_dir, student, student_tok, device) -> HiddenDist
     if hidden.project:
         project = torch.nn.ModuleDict({str(s): torch.nn.Linear(s_conf.hidden_size, t_conf.hidden_size, bias=False)
                                        for s, _ in pairs}).to(device)
-    return HiddenDistiller(teacher, pairs, hidden.loss, hidden.weight, project)
+    return HiddenDistiller(teacher, pairs, hidden.loss, hidden.weight, project, normaliser(hidden.norm, teacher))
+
+
+def normaliser(norm: str, teacher):
+    """`kd.hidden.norm` as a function of states (None for `none`)."""
+    if norm == "none":
+        return None
+    if norm == "rms":
+        return lambda h: h.float() * h.float().pow(2).mean(-1, keepdim=True).add(1e-6).rsqrt()
+    base = teacher.get_decoder() if hasattr(teacher, "get_decoder") else getattr(teacher, "model", None)
+    final = getattr(base, "norm", None)
+    if final is None:
+        raise UserError("kd.hidden.norm: final needs the teacher's final norm at `model.norm` (llama, qwen, mistral "
+                        f"families); {type(teacher).__name__} keeps it elsewhere: set `norm: rms` or `norm: none`")
+    return lambda h: final(h.to(final.weight.dtype))
 
 
 def check_hidden(loaded) -> None:
@@ -204,7 +231,9 @@ def check_hidden(loaded) -> None:
         raise loaded.error(at_teacher, message)
     if isinstance(hidden.layers, dict) and "num_hidden_layers" in student and "num_hidden_layers" in teacher:
         n = student["num_hidden_layers"]
-        kept = n if train.init != "truncate" else len(train.keep_layers or range(0, n, 2))
+        from sft.model import default_keep
+
+        kept = n if train.init != "truncate" else len(train.keep_layers or default_keep(n))
         try:
             layer_pairs(hidden, train.init, train.keep_layers, kept, teacher["num_hidden_layers"], False)
         except UserError as exc:

@@ -14,15 +14,16 @@ from pathlib import Path
 from datagen.errors import UserError
 
 
-def load_student(train, spec_dir: Path):
-    """(model, tokenizer) in float32 on CPU (bf16 matmuls are slow on CPUs without native bf16), as `train` says."""
+def load_student(train, spec_dir: Path, healed: Path | None = None):
+    """(model, tokenizer) in float32 on CPU (bf16 matmuls are slow on CPUs without native bf16), as `train` says;
+    from `healed` (sft/heal.py: already truncated and healed) when given."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from datagen.bundled import resolve_model
 
     try:
-        path = resolve_model(train.student, spec_dir)
+        path = str(healed) if healed is not None else resolve_model(train.student, spec_dir)
     except UserError as exc:  # said again with the key it came from
         raise UserError(f"train.student: {exc}") from None
     tok = AutoTokenizer.from_pretrained(path)
@@ -32,7 +33,7 @@ def load_student(train, spec_dir: Path):
         tok.chat_template = (Path(spec_dir or ".") / train.chat_template).read_text(encoding="utf-8")
     dtype = torch.float32 if not torch.cuda.is_available() else "auto"
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    if train.init == "truncate":
+    if train.init == "truncate" and healed is None:
         truncate_layers(model, train.keep_layers)
     return model, tok
 
@@ -47,8 +48,28 @@ def decoder_layers(model):
     return layers
 
 
+def default_keep(n: int) -> list[int]:
+    """The layers `init: truncate` keeps by default: half of them (rounded up), as the first third of those from
+    the bottom of the stack and the rest from its top, so the first and the last layer are kept and one block of
+    the middle is dropped (for 30 layers: 0-4 and 20-29).
+
+    Why this shape (measured on the bundled 30-layer SmolLM2-135M-Instruct, mean NLL per token of human-written
+    answers, ln V = 10.80 for its 49,152 tokens): every other layer (0, 2, ..., 28, which drops the last) 12.7 nats
+    on GSM8K solutions; every other layer evenly spaced with the first and the last 12.6; the first 14 and the last
+    19.1; one dropped middle block keeping 3 to 9 layers from the bottom 5.9 to 8.5, best at 5 (5.9 on GSM8K, 6.9
+    on Self-Instruct's seed answers; the whole model 1.5). A small model's layers each write to the residual
+    stream in a form the next one expects; a cut every other layer breaks every junction, one cut breaks one
+    (Gromov et al., 2024, and ShortGPT drop one block of deep layers and keep the last)."""
+    if n <= 2:
+        return list(range(n))
+    m = (n + 1) // 2
+    bottom = max(1, m // 3)
+    return list(range(bottom)) + list(range(n - (m - bottom), n))
+
+
 def truncate_layers(model, keep: list[int] | None) -> list[int]:
-    """Keep only the listed decoder layers (default: every other one, starting with the first), in order.
+    """Keep only the listed decoder layers (default: `default_keep`, half of them, first and last included), in
+    order.
 
     The classic way to make a student to distil into (DistilBERT kept every other layer of BERT): the copy starts
     with the teacher's embeddings, head and half its layers, so it begins near the teacher rather than at random.
@@ -57,7 +78,7 @@ def truncate_layers(model, keep: list[int] | None) -> list[int]:
 
     layers = decoder_layers(model)
     n = len(layers)
-    keep = sorted(keep) if keep is not None else list(range(0, n, 2))
+    keep = sorted(keep) if keep is not None else default_keep(n)
     bad = [i for i in keep if i >= n]
     if bad:
         raise UserError(f"train.keep_layers: {bad} out of range; the model has {n} layers (0 to {n - 1})")

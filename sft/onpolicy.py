@@ -153,11 +153,14 @@ def train_round(loaded, settings, path: Path, scored: list[tuple], args: dict):
     return trainer.model, tok, output, time.perf_counter() - started, int(getattr(trainer, "_total_train_tokens", 0))
 
 
-def initial_student(loaded, settings, target: Path) -> Path:
-    """Round 0's student: the named model's folder, or (`init: truncate`) its truncated copy, saved once."""
+def initial_student(loaded, settings, target: Path, start: Path | None = None) -> Path:
+    """Round 0's student: the healed student (`train.heal`, sft/heal.py), the named model's folder, or
+    (`init: truncate`) its truncated copy, saved once."""
     from datagen.bundled import resolve_model
     from sft.model import load_student, save_student
 
+    if start is not None:
+        return start
     if settings.init != "truncate":
         return Path(resolve_model(settings.student, loaded.dir))
     folder = target / "rounds" / "init"
@@ -168,9 +171,9 @@ def initial_student(loaded, settings, target: Path) -> Path:
 
 
 def train_onpolicy(loaded, plan, settings, target: Path, generate: Callable, log: Callable[[str], None],
-                   training_args: Callable) -> dict:
+                   training_args: Callable, start: Path | None = None) -> dict:
     """Every round not finished yet, then the final student at `target`: what sft/train.py's TrainResult holds.
-    `training_args(settings, seed, work_dir)` is sft/train.py's."""
+    `training_args(settings, seed, work_dir)` is sft/train.py's; `start`, the healed student (sft/heal.py)."""
     from sft import results
     from sft.model import save_student
 
@@ -178,7 +181,7 @@ def train_onpolicy(loaded, plan, settings, target: Path, generate: Callable, log
     prompts = prompt_rows(loaded, settings)
     if not prompts:
         raise UserError(f"train.input: `{settings.input}` has no rows to prompt the student with")
-    path = initial_student(loaded, settings, target)
+    path = initial_student(loaded, settings, target, start)
     first = path
     run_of = uuid.uuid4().hex[:16]
     for rnd in range(op.rounds):

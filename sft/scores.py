@@ -23,7 +23,7 @@ def scorer(loaded, plan, settings, tok, rows, checks, eval_kwargs: dict) -> Call
     parts = [lambda model: evaluate(model, tok, rows.eval, checks, **eval_kwargs)]
     if settings.eval is not None and settings.eval.source is not None:
         parts.append(source_part(loaded, plan, tok, rows, checks, eval_kwargs))
-    if settings.objective != "dpo" and rows.eval and plan.step(rows.step).spec.logprobs:
+    if settings.objective != "dpo" and rows.eval and rows.step is not None and plan.step(rows.step).spec.logprobs:
         parts.append(kd_part(loaded, plan, settings, tok, rows))  # for sft too, so the two compare
     if settings.objective == "dpo":
         from sft.dpo import preference_metrics
@@ -44,7 +44,10 @@ def source_part(loaded, plan, tok, rows, checks, eval_kwargs: dict):
     from sft import eval_source
 
     spec = loaded.spec.train.eval
-    records = eval_source.source_records(loaded, plan, rows.step, rows.train)
+    if rows.step is None:  # a source of gold answers: its eval rows are put the way its training rows are
+        records = eval_source.template_records(loaded, plan, loaded.spec.train)
+    else:
+        records = eval_source.source_records(loaded, plan, rows.step, rows.train)
     columns = list(records[0]["row"])
     on_source = eval_source.source_verifiers(checks, spec.reference, columns)
     if spec.verify == "math" and not any(c.spec.type == "verify_math" for c in on_source):

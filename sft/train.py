@@ -20,6 +20,7 @@ from collections.abc import Callable
 from datagen.errors import UserError
 from datagen.spec.load import LoadedSpec
 from sft.dpo import dpo_trainer, load_pairs
+from sft.heal import healed_student
 
 
 @dataclass
@@ -68,25 +69,26 @@ def train(loaded: LoadedSpec, out: str | Path | None = None, max_steps: int | No
     if all(_is_local(ref, loaded.dir) for ref in _model_refs(settings)):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # only local models: never wait on a hub
     plan = build_plan(loaded)
+    healed = healed_student(loaded, plan, settings, log, sft_trainer, training_args)  # None without train.heal
     if settings.objective == "onpolicy":
         from sft.onpolicy import train_onpolicy
 
         if generate is None:
             raise TypeError("objective onpolicy needs `generate` (datagen.api passes the run loop's)")
         target = output_dir(loaded, out)
-        done = train_onpolicy(loaded, plan, settings, target, generate, log, training_args)
+        done = train_onpolicy(loaded, plan, settings, target, generate, log, training_args, start=healed)
         return TrainResult(done["run_id"], target, "onpolicy", settings.input, done["train_rows"], 0, done["rounds"],
                            0, 0.0, 0.0, done["before"], done["after"], done["notes"])
     split = settings.eval.split if settings.eval else None
     if settings.objective == "dpo":  # preference pairs (sft/dpo.py), not prompt/completion rows
         rows = load_pairs(loaded, plan, settings.input, split)
     else:
-        rows = load_rows(loaded, plan, settings.input, split)
+        rows = load_rows(loaded, plan, settings.input, split, settings.prompt, settings.system)
     log(f"training on `{rows.input}`: {len(rows.train)} rows, {len(rows.eval)} held out"
         + (f"; {rows.skipped} rows with an empty output left out" if rows.skipped else "")
         + (f"; reasoning traces {rows.reasoning} (export.reasoning)" if getattr(rows, "reasoning", None) else ""))
     target = output_dir(loaded, out)
-    model, tok = load_student(settings, loaded.dir)
+    model, tok = load_student(settings, loaded.dir, healed)
     if settings.objective != "dpo":
         from sft.reasoning_check import check_trace_reaches
 
@@ -158,7 +160,7 @@ def sft_trainer(loaded, plan, settings, model, tok, rows, args: dict):
     from sft.model import lora_config
 
     notes = []
-    if plan.step(rows.step).output_is_conversation:  # every assistant turn has the loss (sft/trajectories.py)
+    if rows.step is not None and plan.step(rows.step).output_is_conversation:  # every assistant turn has the loss
         from sft.trajectories import tokenize_rows
 
         data = Dataset.from_list(tokenize_rows(rows.train, tok, settings))

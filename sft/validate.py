@@ -18,6 +18,8 @@ def check_train(loaded: LoadedSpec, plan) -> None:
         return
     from datagen.publish.export import resolve_input
 
+    if train.heal is not None:
+        check_heal(loaded, plan)
     if train.objective == "onpolicy":
         return check_onpolicy(loaded, plan)
     if train.objective == "dpo":
@@ -31,8 +33,7 @@ def check_train(loaded: LoadedSpec, plan) -> None:
     except UserError as exc:
         raise loaded.error(("train", "input"), str(exc)) from None
     if inp.step is None:
-        raise loaded.error(("train", "input"), f"`{inp.name}` holds a source's rows, which have no teacher output "
-                                               "to train on; name a generation step (or `curated` over one)")
+        return check_source_input(loaded, plan, inp)
     if train.objective == "kd" and not inp.step.spec.logprobs:
         raise loaded.error(("train", "objective"), f"`objective: kd` trains on the teacher's stored top-k logprobs, "
                                                    f"and step `{inp.step.name}` keeps none: add `logprobs: 5` "
@@ -54,6 +55,63 @@ def check_train(loaded: LoadedSpec, plan) -> None:
 
         check_hidden(loaded)
     check_eval(loaded, plan, inp.step)
+
+
+def check_heal(loaded: LoadedSpec, plan) -> None:
+    """`train.heal.input`: a step, `curated`, or a source with `prompt` and `completion` columns (sft/heal.py)."""
+    from datagen.publish.export import resolve_input
+
+    at = ("train", "heal", "input")
+    try:
+        inp = resolve_input(plan, loaded.spec.train.heal.input)
+    except UserError as exc:
+        raise loaded.error(at, str(exc)) from None
+    if inp.step is None and not {"prompt", "completion"} <= set(inp.columns):
+        shown = ", ".join(c for c in inp.columns if not c.startswith("_")) or "none"
+        raise loaded.error(at, f"source `{inp.name}` has no `prompt` and `completion` columns (its columns: "
+                               f"{shown}); the heal trains on prompt/completion text: give the source those "
+                               "columns, or name a step")
+
+
+def check_source_input(loaded: LoadedSpec, plan, inp) -> None:
+    """A source as `train.input`: gold answers in a `completion` column, trained by `sft` (sft/rows.py)."""
+    from datagen.spec.plan import check_template
+
+    train, columns = loaded.spec.train, list(inp.columns)
+    shown = ", ".join(c for c in columns if not c.startswith("_")) or "none"
+    if "completion" not in columns or ("prompt" not in columns and train.prompt is None):
+        raise loaded.error(("train", "input"), f"`{inp.name}` holds a source's rows, which have no teacher output; a "
+                                               "source trains only with `prompt` and `completion` columns (gold "
+                                               f"answers; its columns: {shown}); name a generation step (or "
+                                               "`curated` over one), or give the source those columns")
+    if train.objective == "kd":
+        raise loaded.error(("train", "objective"), f"`objective: kd` trains on a teacher's soft labels, and source "
+                                                   f"`{inp.name}` has answers only; use `objective: sft`, or train "
+                                                   "on a step with `logprobs:` (a `score` step scores given text)")
+    for key in ("prompt", "system"):
+        if getattr(train, key):
+            check_template(loaded, ("train", key), getattr(train, key), set(columns), inp.name)
+    spec = train.eval
+    if spec is None or spec.source is None:
+        return
+    if spec.source == inp.name:
+        raise loaded.error(("train", "eval", "source"), f"the student trains on `{spec.source}`'s rows, so it cannot "
+                                                        "measure what the student never saw; name another source")
+    cols = plan.source_columns.get(spec.source)
+    if cols is None:
+        raise loaded.error(("train", "eval", "source"), f"`{spec.source}` is not a source of this spec; add it under "
+                                                        "`sources:`")
+    for key in ("prompt", "reference"):
+        if getattr(spec, key) not in cols:
+            raise loaded.error(("train", "eval", key), f"`{getattr(spec, key)}` is not a column of source "
+                                                       f"`{spec.source}`")
+    from sft.eval_source import template_binding
+
+    missing = sorted(v for v, col in template_binding(train, spec.prompt).items() if col not in cols)
+    if missing:
+        raise loaded.error(("train", "eval", "source"), f"train.prompt / train.system read {missing}, which source "
+                                                        f"`{spec.source}` lacks; add the columns or set eval.prompt "
+                                                        "to the one that fills the template's variable")
 
 
 def check_onpolicy(loaded: LoadedSpec, plan) -> None:

@@ -251,7 +251,9 @@ def test_layer_pairs():
     from sft.hidden import layer_pairs
 
     auto = HiddenSpec()
-    assert layer_pairs(auto, "truncate", None, 3, 6, True) == [(0, 0), (1, 2), (2, 4)]
+    # the default truncation (sft/model.py default_keep: 0 and 4, 5 of 6) keeps the last, so the last maps to the last
+    assert layer_pairs(auto, "truncate", None, 3, 6, True) == [(0, 0), (1, 4), (2, 5)]
+    assert layer_pairs(auto, "truncate", None, 15, 30, True)[-1] == (14, 29)
     assert layer_pairs(auto, "truncate", [1, 5], 2, 6, True) == [(0, 1), (1, 5)]
     assert layer_pairs(auto, "pretrained", None, 4, 4, False) == [(i, i) for i in range(4)]
     assert layer_pairs(auto, "pretrained", None, 3, 6, False) == [(0, 1), (1, 3), (2, 5)]  # evenly, last to last

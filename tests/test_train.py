@@ -128,7 +128,7 @@ def test_train_command_records_and_prints(store, capsys):
 def test_truncated_student(store):
     settings = load_spec(store).spec.train.model_copy(update={"init": "truncate"})
     model, tok = load_student(settings, store.parent)
-    assert model.config.num_hidden_layers == 15 and len(model.model.layers) == 15  # every other of 30
+    assert model.config.num_hidden_layers == 15 and len(model.model.layers) == 15  # half of 30 (default_keep)
     text = generate_answers(model, tok, [[{"role": "user", "content": "Say hello."}]], max_new_tokens=8)[0]
     assert text.strip()
     two = settings.model_copy(update={"keep_layers": [0, 29]})

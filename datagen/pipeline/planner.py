@@ -81,8 +81,10 @@ def describe_plan(plan: Plan) -> str:
     if spec.train is not None:
         t = spec.train
         source = t.input or ("curated" if spec.curation is not None else spec.steps[-1].name if spec.steps else "?")
-        init = f", truncated to {len(t.keep_layers) if t.keep_layers else 'every other'} layers" \
+        init = f", truncated to {len(t.keep_layers) if t.keep_layers else 'half its'} layers" \
             if t.init == "truncate" else ""
+        if t.heal is not None:
+            init += f", healed {t.heal.steps} steps on {t.heal.input}"
         lines.append(f"  train: {t.objective} of {t.student}{init} on {source} -> {t.output}")
     return "\n".join(lines)
 

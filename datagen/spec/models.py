@@ -543,6 +543,9 @@ class HiddenSpec(Model):
     loss: Literal["cosine", "mse"] = "cosine"
     project: bool = False  # a learned linear map student -> teacher size, dropped after training
     teacher: str | None = None  # default: train.student (the model a truncated student was copied from)
+    # what both sides' states pass through before the loss (sft/hidden.py): the teacher's final norm, a
+    # parameter-free RMS normalisation, or nothing
+    norm: Literal["final", "rms", "none"] = "final"
 
     @field_validator("layers")
     @classmethod
@@ -617,11 +620,22 @@ class OnPolicySpec(Model):
     sample_with: Literal["transformers", "vllm"] = "transformers"  # how the student samples
 
 
+class HealSpec(Model):
+    """`train.heal`: a short CE training of the (truncated) student before any objective, cached (sft/heal.py)."""
+
+    input: str  # a step, `curated`, or a source with `prompt` and `completion` columns
+    steps: int = Field(100, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    batch_size: int = Field(8, ge=1)
+    seed: int = 0  # its own, not the spec's: specs that differ only in seed share one healed student
+
+
 class TrainSpec(Model):
     input: str | None = None
     student: str = "bundled:smollm2-135m-instruct"
     init: Literal["pretrained", "truncate"] = "pretrained"
     keep_layers: list[int] | None = None
+    heal: HealSpec | None = None  # CE on a shared pool before the objective, cached (sft/heal.py)
     output: str = "out/student"
     objective: Literal["sft", "kd", "dpo", "onpolicy"] = "sft"
     kd: KDSpec = KDSpec()
