@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PROBLEMS = ROOT / "specs" / "data" / "gsm8k_train_500.jsonl"
@@ -30,7 +31,24 @@ def query_json(spec: Path, sql: str) -> list[dict]:
     return json.loads(out.stdout)
 
 
-def test_vllm_backend_end_to_end(tmp_path):
+def check_scores(spec: Path, row: dict, model_path: str) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    head = tok.apply_chat_template([{"role": "user", "content": row["question"]}], add_generation_prompt=True)
+    head = list(head["input_ids"] if hasattr(head, "keys") else head)
+    ids = tok(row["reference"], add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        lp = model(torch.tensor([head + ids])).logits[0, len(head) - 1:-1].float().log_softmax(-1)
+    want = lp.gather(-1, torch.tensor(ids).unsqueeze(-1)).squeeze(-1).tolist()
+    got = query_json(spec, f"select token_id, logprob from logprobs where row_id = '{row['_id']}' order by position")
+    assert [g["token_id"] for g in got] == ids
+    assert [g["logprob"] for g in got] == pytest.approx(want, abs=2e-3)  # the engine's kernels; the codes' 1/2048
+
+
+def test_vllm_backend_end_to_end(tmp_path, bundled_model_path):
     write_problems(tmp_path, 4)
     spec = tmp_path / "spec.yaml"
     spec.write_text("""\
@@ -73,6 +91,14 @@ steps:
     max_tool_calls: 1
     max_failure_rate: 1
     output: trajectory
+  - name: read
+    strategy: score
+    teacher: small
+    input: problems
+    prompt: "{{ question }}"
+    response: answer
+    logprobs: 4
+    output: reference
 tools:
   calculator: {python: "tools.py:calculator"}
 """)
@@ -113,10 +139,19 @@ tools:
         trajectory = json.loads(row["trajectory"]) if isinstance(row["trajectory"], str) else row["trajectory"]
         assert trajectory[0]["role"] == "user" and trajectory[-1]["role"] == "assistant"
         assert row["calls"] == sum(m["role"] == "tool" for m in trajectory)
+    # the human solutions scored by the engine (prompt log-probabilities): they spell back, and the numbers are the
+    # model's own (a transformers forward pass over the same template)
+    read = query_json(spec, "select _id, question, reference from read")
+    assert len(read) == 4
+    check_scores(spec, read[0], bundled_model_path)
+    for r in read:
+        got = query_json(spec, f"select token, top_ids from logprobs where row_id = '{r['_id']}' order by position")
+        assert "".join(g["token"] for g in got) == r["reference"] and all(len(g["top_ids"]) == 4 for g in got)
     # a finished spec re-runs without loading the model
     again = datagen("run", str(spec))
     assert again.returncode == 0 and "starting vLLM engine" not in again.stderr
     total = query_json(spec, "select count(*) as n from outputs where step in ('solve', 'grade')")[0]["n"]
+    assert query_json(spec, "select count(*) as n from outputs where step = 'read'") == [{"n": 4}]
     assert total == 8 + len(graded) and query_json(spec, "select count(*) as n from requests where step = "
                                                          "'tooled'")[0]["n"] == asked["n"]
 

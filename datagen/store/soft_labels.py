@@ -174,7 +174,7 @@ def read(con: duckdb.DuckDBPyConnection, row_ids: list[str]) -> dict[str, SoftLa
 
     con.register("_wanted_rows", pa.table({"row_id": pa.array(list(row_ids), pa.string())}))
     try:
-        got = con.execute("SELECT s.* FROM soft_labels s JOIN _wanted_rows w USING (row_id)").to_arrow_table()
+        got = con.sql("SELECT s.* FROM soft_labels s JOIN _wanted_rows w USING (row_id)").to_arrow_table()
     finally:
         con.unregister("_wanted_rows")
     cols = {name: got.column(name).combine_chunks() for name in got.column_names}

@@ -192,7 +192,7 @@ class OpenAITeacher:
             self.meter.begin()
             resp = None
             try:
-                resp = await asyncio.wait_for(client.post(server.url, json=body), self.timeout_s)
+                resp = await asyncio.wait_for(self._post(client, server, body, req, options), self.timeout_s)
             except TimeoutError:
                 last_error = f"timed out after {self.timeout_s:g} s"
                 self.window.congested()
@@ -207,7 +207,7 @@ class OpenAITeacher:
                 server_ok = resp.status_code == 200 or resp.status_code not in RETRY_STATUS
                 if resp.status_code == 200:
                     self.limiter.success()
-                    sample = self.parse(resp, options)
+                    sample = self.parse(resp, options) if req.continuation is None else _parse_score(resp, req, options)
                     self.window.success(time.monotonic() - attempt_start, sample.completion_tokens)
                     if sample.error is None:
                         sample.seconds = time.monotonic() - start
@@ -261,6 +261,36 @@ class OpenAITeacher:
         error = f"{last_error} (after {calls} attempt{'s' if calls > 1 else ''})"
         return Sample(text=None, error=self.redact(error, options.extra_body), error_kind=kind,
                       seconds=time.monotonic() - start)
+
+    async def _post(self, client: httpx.AsyncClient, server, body: dict, req: GenRequest,
+                    options: GenOptions) -> httpx.Response:
+        """One attempt's HTTP call: the chat completion, or (a request with a `continuation`) scoring given text on
+        vLLM's OpenAI-compatible server: its /tokenize renders the messages with the chat template and tokenizes the
+        text, and /v1/completions reads prompt and text (`prompt_logprobs`: its top k at every token), so the text's
+        tokens sit exactly where a reply the model wrote would. A server without /tokenize answers 404 here, and the
+        request fails with what to use instead."""
+        if req.continuation is None:
+            return await client.post(server.url, json=body)
+        base = server.url.removesuffix(self.ENDPOINT)
+        root = base.removesuffix("/v1")
+        parts = []
+        for ask in ({"messages": req.messages, "add_generation_prompt": True},
+                    {"prompt": req.continuation, "add_special_tokens": False}):
+            got = await client.post(root + "/tokenize", json={"model": self.model, **ask})
+            if got.status_code != 200:
+                return _cannot_score(got, "POST /tokenize")
+            tokens = _json_field(got, "tokens")
+            if not isinstance(tokens, list):
+                return httpx.Response(400, text="POST /tokenize gave no `tokens`: this server cannot score given "
+                                                "text (a score needs vLLM's OpenAI-compatible server, or a vllm or "
+                                                "transformers teacher)")
+            parts.append(tokens)
+        prompt, ids = parts
+        resp = await client.post(base + "/completions", json={
+            "model": self.model, "prompt": prompt + ids, "max_tokens": 1, "temperature": 0.0,
+            "prompt_logprobs": options.logprobs})
+        resp.extensions["datagen_score"] = (len(prompt), ids)
+        return resp
 
     def redact(self, text: str, step_body: dict | None = None) -> str:
         """A server may echo the key (or a key-like extra_body value) back in an error body; it must not reach the
@@ -358,6 +388,49 @@ def _retry_after(resp: httpx.Response) -> float | None:
         return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
     except (TypeError, ValueError):
         return None  # unreadable: fall back to exponential backoff
+
+
+def _json_field(resp: httpx.Response, key: str):
+    try:
+        data = resp.json()
+    except json.JSONDecodeError:
+        return None
+    return data.get(key) if isinstance(data, dict) else None
+
+
+def _cannot_score(resp: httpx.Response, what: str) -> httpx.Response:
+    """A server's refusal to tokenize, said as why it cannot score (a 404 or 405: it has no such endpoint)."""
+    if resp.status_code not in (404, 405):
+        return resp
+    return httpx.Response(resp.status_code, text=f"{what} is not there: this server cannot score given text (a score "
+                          "needs vLLM's OpenAI-compatible server, or a vllm or transformers teacher)")
+
+
+def _parse_score(resp: httpx.Response, req: GenRequest, options: GenOptions) -> Sample:
+    """A /v1/completions reply with `prompt_logprobs` as the scored text's sample (see OpenAITeacher._post)."""
+    from datagen.teachers.scoring import scored_positions, spell
+
+    head, ids = resp.extensions.get("datagen_score", (0, []))
+    try:
+        data = resp.json()
+        rows = data["choices"][0].get("prompt_logprobs")
+    except (json.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
+        return Sample(text=None, error=f"malformed reply ({type(exc).__name__}): {resp.text[:200]!r}",
+                      error_kind=PROVIDER)
+    if not ids:
+        return Sample(text=None, error="the response to score is empty", error_kind=REQUEST)
+    if not isinstance(rows, list) or len(rows) < head + len(ids):
+        return Sample(text=None, error="the server returned no prompt_logprobs: it cannot score given text (vLLM's "
+                                       "OpenAI-compatible server can)", error_kind=REQUEST)
+    positions, pieces = [], []
+    for j, tid in enumerate(ids):
+        entry = {int(k): v for k, v in (rows[head + j] or {}).items()}
+        positions.append({t: (v["logprob"], v.get("rank") or 1) for t, v in entry.items()})
+        pieces.append((entry.get(tid) or {}).get("decoded_token") or "")
+    strings = spell(pieces, req.continuation) or pieces
+    usage = data.get("usage") or {}
+    return Sample(text=req.continuation, finish_reason="scored", prompt_tokens=usage.get("prompt_tokens"),
+                  completion_tokens=0, logprobs=scored_positions(ids, strings, positions, options.logprobs))
 
 
 def _parse_response(resp: httpx.Response, reasoning: bool = False) -> Sample:

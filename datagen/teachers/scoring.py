@@ -17,31 +17,12 @@ def continuation_ids(tok, text: str) -> list[int]:
 
 
 def token_strings(tok, ids: list[int], text: str) -> list[str]:
-    """Each token's piece of `text`, so that they join back into it: a token that ends inside a character (byte-level
-    vocabularies split multi-byte characters) gets "" and the token that completes it the whole character."""
+    """Each token's piece of `text`, so that they join back into it (see `spell`)."""
     def decode(part):
         return tok.decode(part, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
-    pieces = [decode([i]) for i in ids]
-    if "".join(pieces) == text:
-        return pieces
-    out: list[str] = []
-    run: list[int] = []
-    for tid, piece in zip(ids, pieces):
-        if "\ufffd" in piece and "\ufffd" not in text:
-            run.append(tid)
-            joint = decode(run)
-            if "\ufffd" not in joint:
-                out += [""] * (len(run) - 1) + [joint]
-                run = []
-            continue
-        if run:
-            out += [""] * (len(run) - 1) + [decode(run)]
-            run = []
-        out.append(piece)
-    if run:
-        out += [""] * (len(run) - 1) + [decode(run)]
-    if "".join(out) == text:
+    out = spell([decode([i]) for i in ids], text)
+    if out is not None:
         return out
     # a tokenizer whose pieces do not add up (cleanup, normalisation): each token's share of the growing decode
     out, done = [], ""
@@ -50,6 +31,33 @@ def token_strings(tok, ids: list[int], text: str) -> list[str]:
         out.append(now[len(done):] if now.startswith(done) else "")
         done = now if now.startswith(done) else done
     return out
+
+
+def spell(pieces: list[str], text: str) -> list[str] | None:
+    """Token pieces (each token decoded alone) made to join back into `text`: byte-level vocabularies split
+    multi-byte characters, so a lone token can decode to U+FFFD; a run of such tokens gets "" and its last token the
+    characters they make together. None when the pieces do not fit the text otherwise."""
+    if "".join(pieces) == text:
+        return list(pieces)
+    out: list[str] = []
+    at, i = 0, 0
+    while i < len(pieces):
+        if "\ufffd" not in pieces[i]:
+            if not text.startswith(pieces[i], at):
+                return None
+            out.append(pieces[i])
+            at += len(pieces[i])
+            i += 1
+            continue
+        j = i
+        while j < len(pieces) and "\ufffd" in pieces[j]:
+            j += 1
+        end = len(text) if j == len(pieces) else text.find(pieces[j], at + 1)
+        if end < 0:
+            return None
+        out += [""] * (j - i - 1) + [text[at:end]]
+        at, i = end, j
+    return out if "".join(out) == text else None
 
 
 def scored_positions(ids: list[int], strings: list[str], positions: list, k: int) -> list[TokenLogprobs]:
