@@ -216,7 +216,7 @@ def train_onpolicy(loaded, plan, settings, target: Path, generate: Callable, log
         log(f"on-policy round {rnd + 1}/{op.rounds}: {len(scored)} scored samples, loss "
             f"{float(output.training_loss):.4f}, saved {folder}")
         path = folder
-    final = _final(loaded, settings, first, path, target, save_student)
+    final = _final(loaded, plan, settings, first, path, target, save_student)
     return {"run_id": run_of, "train_rows": len(prompts), "rounds": op.rounds, **final}
 
 
@@ -231,13 +231,13 @@ def _saved(folder: Path, rnd: int) -> dict | None:
     return meta if meta.get("round") == rnd and meta.get("parent_run") else None
 
 
-def _final(loaded, settings, first: Path, last: Path, target: Path, save_student) -> dict:
+def _final(loaded, plan, settings, first: Path, last: Path, target: Path, save_student) -> dict:
     """The last round's student as the output folder, with `eval.source` scores of the first and the last."""
     from sft.model import load_student
 
     model, tok = load_student(settings.model_copy(update={"student": str(last), "init": "pretrained",
                                                           "keep_layers": None}), loaded.dir)
-    score = source_scorer(loaded, settings, tok)
+    score = source_scorer(loaded, plan, settings, tok)
     before, after = {}, {}
     if score is not None:
         first_model, _ = load_student(settings.model_copy(update={"student": str(first), "init": "pretrained",
@@ -249,24 +249,15 @@ def _final(loaded, settings, first: Path, last: Path, target: Path, save_student
     return {"before": before, "after": after, "notes": notes}
 
 
-def source_scorer(loaded, settings, tok):
-    """`eval.source` put to the student with `train.prompt` (None without one)."""
+def source_scorer(loaded, plan, settings, tok):
+    """`eval.source` put to the student with `train.prompt` (None without one): its reference loss, and accuracy
+    where `eval.verify: math` asks for it."""
     if settings.eval is None or settings.eval.source is None:
         return None
-    from datagen.strategies.base import RowPrompt
     from sft import eval_source
 
     spec = settings.eval
-    how = RowPrompt(settings.system, settings.prompt, None)
-    names = templates.variables(settings.prompt) | templates.variables(settings.system or "")
-    mapping = {name: name for name in names}
-    if spec.prompt not in names and len(names) == 1:
-        mapping = {next(iter(names)): spec.prompt}
-    rows = eval_source.read_source(loaded.store_path, spec.source)
-    records = [{"prompt": eval_source.render_prompt(how, row, mapping, []),
-                "completion": [{"role": "assistant", "content": str(row[spec.reference])}], "row": dict(row)}
-               for row in rows if row.get(spec.reference) not in (None, "")]
-    # accuracy where the spec asks for math verification; the reference loss always
+    records = eval_source.template_records(loaded, plan, settings)
     checks = [eval_source.math_verifier("output", spec.reference)] if spec.verify == "math" else []
     kwargs = dict(output_column="output", max_length=settings.max_length, max_new_tokens=spec.max_new_tokens,
                   batch_size=settings.batch_size, spec_dir=loaded.dir)

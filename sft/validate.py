@@ -91,10 +91,16 @@ def check_source_input(loaded: LoadedSpec, plan, inp) -> None:
     for key in ("prompt", "system"):
         if getattr(train, key):
             check_template(loaded, ("train", key), getattr(train, key), set(columns), inp.name)
+    check_prompted_eval(loaded, plan, inp.name)
+
+
+def check_prompted_eval(loaded: LoadedSpec, plan, input_name: str) -> None:
+    """`eval.source` when `train.prompt` / `train.system` put the questions (gold sources, on-policy prompts)."""
+    train = loaded.spec.train
     spec = train.eval
     if spec is None or spec.source is None:
         return
-    if spec.source == inp.name:
+    if spec.source == input_name:
         raise loaded.error(("train", "eval", "source"), f"the student trains on `{spec.source}`'s rows, so it cannot "
                                                         "measure what the student never saw; name another source")
     cols = plan.source_columns.get(spec.source)
@@ -141,16 +147,7 @@ def check_onpolicy(loaded: LoadedSpec, plan) -> None:
                                                              "text); use a vllm or transformers teacher, or vLLM's "
                                                              "OpenAI-compatible server without batch")
     check_shared_tokenizer(loaded, op.teacher, ("train", "onpolicy", "teacher"))
-    spec = train.eval
-    if spec is not None and spec.source is not None:
-        cols = plan.source_columns.get(spec.source)
-        if cols is None:
-            raise loaded.error(("train", "eval", "source"), f"`{spec.source}` is not a source of this spec; add it "
-                                                            "under `sources:`")
-        for key in ("prompt", "reference"):
-            if getattr(spec, key) not in cols:
-                raise loaded.error(("train", "eval", key), f"`{getattr(spec, key)}` is not a column of source "
-                                                           f"`{spec.source}`")
+    check_prompted_eval(loaded, plan, train.input)
 
 
 def check_shared_tokenizer(loaded: LoadedSpec, teacher_name: str, at: tuple) -> None:

@@ -421,3 +421,30 @@ def test_an_in_process_model_without_tools_in_its_template_gets_the_fallback(bun
     content, calls = parse_calls("Let me see.\n" + calls_as_text(None, [call("calculator", {"expression": "1"})]))
     assert content == "Let me see." and calls[0]["name"] == "calculator" and calls[0]["arguments"] == {"expression": "1"}
     assert parse_calls("<tool_call>{oops</tool_call>")[1][0]["problem"].startswith("the tool call is not JSON")
+
+
+def test_vllms_tool_parser_reads_calls_in_the_models_own_form(bundled_model_path):
+    """`engine.tool_parser`: an in-process model whose template renders tools has its calls read by vLLM's parser
+    (here the pythonic form of Llama 4 and others, which the `<tool_call>` reading would miss) and stored in the
+    one form. (Parsers keyed to special tokens, llama3_json's or mistral's, need their model's tokenizer.)"""
+    from transformers import AutoTokenizer
+
+    from datagen.teachers.toolcalls import parse_calls
+    from datagen.teachers.vllm_teacher import parse_tool_calls
+
+    tok = AutoTokenizer.from_pretrained(bundled_model_path)
+    tools = [{"type": "function", "function": {"name": "calculator", "description": "evaluate",
+                                               "parameters": {"type": "object",
+                                                              "properties": {"expression": {"type": "string"}}}}}]
+    pythonic = '[calculator(expression="(2 + 3) * 4")]'
+    assert parse_calls(pythonic)[1] == []  # the default reading sees no call here
+    stored = parse_tool_calls("pythonic", tok, pythonic, tools)
+    _, calls = parse_calls(stored)
+    assert [(c["name"], c["arguments"], c["problem"]) for c in calls] == [
+        ("calculator", {"expression": "(2 + 3) * 4"}, None)]
+    hermes = 'Let me compute.\n<tool_call>\n{"name": "calculator", "arguments": {"expression": "7 * 6"}}\n</tool_call>'
+    content, calls = parse_calls(parse_tool_calls("hermes", tok, hermes, tools))
+    assert content == "Let me compute." and calls[0]["arguments"] == {"expression": "7 * 6"}
+    assert parse_tool_calls("hermes", tok, "no call here", tools) == "no call here"
+    with pytest.raises(ValueError, match="no tool parser `nope`; known: .*hermes"):
+        parse_tool_calls("nope", tok, pythonic, tools)

@@ -98,11 +98,14 @@ def test_kd_and_dpo_scores_move_their_tensors_to_the_model_device(fake_device, t
     from sft.kd_eval import kd_metrics
 
     model, tok = OnFakeDevice(truncated_student[0]), truncated_student[1]
+    from datagen.store import soft_labels
+    from datagen.teachers.base import TokenLogprobs
+
     stored = {}
     for r in RECORDS:
         ids = tok(r["completion"][0]["content"], add_special_tokens=False)["input_ids"]
-        stored[r["row"]["_id"]] = [{"token": None, "token_id": i, "top_tokens": [None, None], "top_ids": [i, 0],
-                                    "top_logprobs": [-0.1, -2.5]} for i in ids]
+        stored[r["row"]["_id"]] = soft_labels.decode(soft_labels.encode(
+            r["row"]["_id"], [TokenLogprobs("", i, -0.1, ["", ""], [i, 0], [-0.1, -2.5]) for i in ids]))
     metrics = kd_metrics(model, tok, RECORDS, stored, k=2, max_length=64, batch_size=2)
     assert metrics["kd_positions"] > 0 and metrics["kd_kl"] >= 0
     pairs = [{**r, "chosen": r["completion"], "rejected": [{"role": "assistant", "content": "no idea"}]}

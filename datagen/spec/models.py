@@ -82,6 +82,10 @@ class EngineSpec(Model):
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
     tensor_parallel_size: int = Field(1, ge=1)
     data_parallel_size: int = Field(1, ge=1)
+    # vLLM's tool-call parser (hermes, llama3_json, mistral, ...) reads an agent step's calls from the model's text
+    # when its chat template renders tools; None: the `<tool_call>{json}</tool_call>` form (Hermes, Qwen's templates;
+    # specs/trajectories.md)
+    tool_parser: str | None = None
 
     @field_validator("data_parallel_size")
     @classmethod

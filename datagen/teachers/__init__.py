@@ -24,6 +24,8 @@ def teacher_identity(spec, spec_dir) -> dict:
             identity["extra_body"] = keyed(spec.extra_body)
         return identity
     identity = {"backend": spec.backend, "model": model_identity(spec.model, spec_dir)}
+    if spec.backend == "vllm" and spec.engine.tool_parser:  # only when set: other keys never change
+        identity["tool_parser"] = spec.engine.tool_parser
     if not spec.model.startswith("bundled:") and Path(identity["model"]).is_dir():
         from datagen.teachers.fingerprint import folder_fingerprint
 

@@ -22,13 +22,11 @@ import secrets
 import time
 from datetime import datetime
 
-import httpx
 
 from datagen.teachers.anthropic_teacher import AnthropicTeacher, headers, parse_message
 from datagen.teachers.base import PROVIDER, REQUEST, GenOptions, GenRequest, Sample
-from datagen.teachers.batch_run import Batch, BatchApiError, BatchRun, backoff, cancel_open
+from datagen.teachers.batch_run import Batch, BatchApiError, BatchRun, HttpApi, backoff, cancel_open
 from datagen.teachers.journal import BatchJournal
-from datagen.teachers.openai_teacher import RETRY_STATUS
 from datagen.teachers.servers import label_of
 
 LIST_PAGES = 20  # pages of batches (newest first) searched for one whose id a killed run did not record
@@ -69,31 +67,9 @@ class AnthropicBatchTeacher:
         pass
 
 
-class _Api:
+class _Api(HttpApi):
     """The Message Batches endpoints (batch_run.BatchApi), with retries on dropped connections, timeouts, 429, 5xx
     and 529."""
-
-    def __init__(self, teacher: AnthropicBatchTeacher):
-        self.t = teacher
-        self.client = httpx.Client(timeout=teacher.timeout_s, headers=teacher._headers)
-
-    def call(self, method: str, path: str, attempts: int | None = None, **kwargs) -> httpx.Response:
-        last = ""
-        attempts = attempts or self.t.max_attempts
-        for attempt in range(1, attempts + 1):
-            try:
-                resp = self.client.request(method, self.t.base + path, **kwargs)
-            except httpx.HTTPError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            else:
-                if resp.status_code < 300:
-                    return resp
-                last = f"HTTP {resp.status_code}: {resp.text[:200]}"
-                if resp.status_code not in RETRY_STATUS:
-                    break
-            if attempt < attempts:
-                time.sleep(backoff(attempt))
-        raise BatchApiError(self.t.online.redact(f"{method} {path}: {last}"))
 
     def line(self, key: str, body: dict) -> bytes:
         return json.dumps({"custom_id": key, "params": body}, ensure_ascii=False).encode() + b"\n"

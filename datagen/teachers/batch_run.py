@@ -265,6 +265,39 @@ class BatchRun:
                             "recorded in the store: run again to poll them (nothing is sent twice)") from None
 
 
+class HttpApi:
+    """A batch API's HTTP calls (the adapters' `_Api` build on it): the teacher's `base` URL and headers, retries on
+    dropped connections, timeouts, 429 and 5xx (the online teacher's RETRY_STATUS), errors redacted by it."""
+
+    def __init__(self, teacher):
+        import httpx
+
+        self.t = teacher
+        self.client = httpx.Client(timeout=teacher.timeout_s, headers=teacher._headers)
+
+    def call(self, method: str, path: str, attempts: int | None = None, **kwargs):
+        import httpx
+
+        from datagen.teachers.openai_teacher import RETRY_STATUS
+
+        last = ""
+        attempts = attempts or self.t.max_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                resp = self.client.request(method, self.t.base + path, **kwargs)
+            except httpx.HTTPError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            else:
+                if resp.status_code < 300:
+                    return resp
+                last = f"HTTP {resp.status_code}: {resp.text[:200]}"
+                if resp.status_code not in RETRY_STATUS:
+                    break
+            if attempt < attempts:
+                time.sleep(backoff(attempt))
+        raise BatchApiError(self.t.online.redact(f"{method} {path}: {last}"))
+
+
 def backoff(attempt: int) -> float:
     return min(30.0, 0.5 * 2 ** (attempt - 1))
 

@@ -16,12 +16,11 @@ from __future__ import annotations
 import json
 import time
 
-import httpx
 
 from datagen.teachers.base import GenOptions, GenRequest, Sample, fault_of_status
-from datagen.teachers.batch_run import Batch, BatchApiError, BatchRun, backoff, cancel_open
+from datagen.teachers.batch_run import Batch, BatchApiError, BatchRun, HttpApi, backoff, cancel_open
 from datagen.teachers.journal import BatchJournal
-from datagen.teachers.openai_teacher import RETRY_STATUS, OpenAITeacher, parse_completion
+from datagen.teachers.openai_teacher import OpenAITeacher, parse_completion
 from datagen.teachers.servers import label_of
 
 UNFINISHED = {"batch_expired", "batch_cancelled"}  # error codes of lines that never ran: sent again
@@ -62,31 +61,9 @@ class OpenAIBatchTeacher:
         pass
 
 
-class _Api:
+class _Api(HttpApi):
     """The Files and Batches endpoints (batch_run.BatchApi), with retries on dropped connections, timeouts, 429 and
     5xx."""
-
-    def __init__(self, teacher: OpenAIBatchTeacher):
-        self.t = teacher
-        self.client = httpx.Client(timeout=teacher.timeout_s, headers=teacher._headers)
-
-    def call(self, method: str, path: str, attempts: int | None = None, **kwargs) -> httpx.Response:
-        last = ""
-        attempts = attempts or self.t.max_attempts
-        for attempt in range(1, attempts + 1):
-            try:
-                resp = self.client.request(method, self.t.base + path, **kwargs)
-            except httpx.HTTPError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            else:
-                if resp.status_code < 300:
-                    return resp
-                last = f"HTTP {resp.status_code}: {resp.text[:200]}"
-                if resp.status_code not in RETRY_STATUS:
-                    break
-            if attempt < attempts:
-                time.sleep(backoff(attempt))
-        raise BatchApiError(self.t.online.redact(f"{method} {path}: {last}"))
 
     def line(self, key: str, body: dict) -> bytes:
         return json.dumps({"custom_id": key, "method": "POST", "url": "/v1/chat/completions", "body": body},

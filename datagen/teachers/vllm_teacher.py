@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from datagen.teachers.base import (REQUEST, WAIT, GenOptions, GenRequest, Sample, Sampling, TokenLogprobs,
                                    split_sample)
 from datagen.teachers.thinking import Forcing, Phase
-from datagen.teachers.toolcalls import template_messages
+from datagen.teachers.toolcalls import calls_as_text, template_messages, template_renders_tools
 
 ENGINE_DEFAULTS: dict[str, Any] = {
     "enforce_eager": True,  # torch.compile triples the start time on CPU for ~15% more tokens/s
@@ -40,6 +40,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "data_parallel_size": 1,
     "seed": None,
     "logprobs_mode": "raw",  # or "processed": after temperature, top-k and top-p (one kind per engine)
+    "tool_parser": None,  # vLLM's parser of tool calls in the text, for templates that render tools
 }
 # The engine process takes a few seconds to exit after SIGTERM; after this it is killed.
 SHUTDOWN_SECONDS = 15
@@ -274,11 +275,17 @@ class VLLMTeacher:
         return None
 
     def _split(self, samples: list[Sample], options: GenOptions) -> list[Sample]:
-        """With `reasoning` asked for, the trace split off each text and counted with the engine's tokenizer."""
+        """With `reasoning` asked for, the trace split off each text and counted with the engine's tokenizer; with
+        tools and a `tool_parser`, the calls read by vLLM's parser and written in the stored form."""
+        tok = self._start().get_tokenizer()
         if options.reasoning is not None:
-            tok = self._start().get_tokenizer()
             for sample in samples:
                 split_sample(sample, options.reasoning, lambda t: len(tok.encode(t, add_special_tokens=False)))
+        parser = self.engine["tool_parser"]
+        if options.tools and parser and template_renders_tools(tok):
+            for sample in samples:
+                if sample.text is not None:
+                    sample.text = parse_tool_calls(parser, tok, sample.text, options.tools)
         return samples
 
     def _chat_text(self, request: GenRequest, options: GenOptions) -> str:
@@ -324,6 +331,26 @@ class VLLMTeacher:
         watchdog, self._watchdog = self._watchdog, None
         if watchdog is not None:
             watchdog.stop()
+
+
+def parse_tool_calls(parser_name: str, tokenizer, text: str, tools: list[dict]) -> str:
+    """A reply's tool calls as vLLM's tool parser `parser_name` reads them, written in the one stored form
+    (toolcalls.calls_as_text); the text as it is when the parser finds none."""
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.tool_parsers import ToolParserManager
+
+    try:
+        parser_cls = ToolParserManager.get_tool_parser(parser_name)
+    except KeyError:
+        raise ValueError(f"engine.tool_parser: vLLM has no tool parser `{parser_name}`; known: "
+                         f"{', '.join(sorted({*ToolParserManager.tool_parsers, *ToolParserManager.lazy_parsers}))}"
+                         ) from None
+    request = ChatCompletionRequest(model="datagen", messages=[{"role": "user", "content": ""}], tools=tools)
+    info = parser_cls(tokenizer, request.tools).extract_tool_calls(text, request)
+    if not info.tools_called:
+        return text
+    return calls_as_text(info.content, [{"function": {"name": c.function.name, "arguments": c.function.arguments}}
+                                        for c in info.tool_calls])
 
 
 def _cpu_dtype(dtype: str) -> str:
