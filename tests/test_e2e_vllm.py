@@ -59,7 +59,7 @@ teachers:
     backend: vllm
     model: bundled:smollm2-135m-instruct
     sampling: {temperature: 0.8, max_tokens: 32}
-    engine: {enforce_eager: true, max_model_len: 1024, kv_cache_gb: 1}
+    engine: {enforce_eager: true, max_model_len: 1024, kv_cache_gb: 1, dtype: float32}  # compared with a float32 forward pass
 sources:
   problems: {path: problems.jsonl}
 steps:
