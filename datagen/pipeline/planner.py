@@ -85,6 +85,10 @@ def describe_plan(plan: Plan) -> str:
             if t.init == "truncate" else ""
         if t.heal is not None:
             init += f", healed {t.heal.steps} steps on {t.heal.input}"
+        if t.onpolicy is not None:
+            op = t.onpolicy
+            init += (f"; {op.rounds} rounds of its own samples ({op.samples} per prompt, at most {op.max_tokens} "
+                     f"tokens) scored by {op.teacher}, top {op.logprobs}, {op.divergence} KL")
         lines.append(f"  train: {t.objective} of {t.student}{init} on {source} -> {t.output}")
     return "\n".join(lines)
 
