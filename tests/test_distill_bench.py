@@ -21,7 +21,16 @@ scipy_stats = pytest.importorskip("scipy.stats")
 
 def test_levels_parse_and_refuse():
     assert ar.parse_level("d2o3") == ar.Level(2, 3, "+-") and ar.parse_level("d1o4x") == ar.Level(1, 4, "+-*")
-    assert ar.Level(3, 2).name == "d3o2" and ar.Level(2, 3, "+-*").name == "d2o3x"
+    assert ar.Level(3, 2).name == "d3o2" and ar.Level(2, 3, "+-*").name == "d2o3x" and ar.Level(1, 2, "+").name == "d1o2p"
+    assert ar.parse_level("d2o2p") == ar.Level(2, 2, "+")
+    assert ar.parse_level("d3r1o2p") == ar.Level(3, 2, "+", rest=1) and ar.Level(3, 2, "+", rest=1).name == "d3r1o2p"
+    assert ar.parse_level("wd1o2").words and ar.parse_level("d2r2o2") == ar.Level(2, 2)
+    # distinct problems: 10 x 10 one-digit sums; 900 x (10 + 10) for d3r1o2
+    assert ar.Level(1, 2, "+").capacity() == 100 and ar.parse_level("d3r1o2").capacity() == 18_000
+    assert len({p["question"] for p in ar.generate(5, ar.Level(1, 2, "+"), 100)}) == 100  # every one of them
+    assert all(len(p["question"].split()[1]) == 3 and len(p["question"].split()[3].rstrip(".")) == 1
+               for p in ar.generate(1, ar.parse_level("d3r1o2p"), 50))
+    assert all("-" not in p["question"] for p in ar.generate(1, ar.parse_level("d2o4p"), 50))
     for bad in ("2o3", "d2", "d0o3", "d2o1", "d2o9"):
         with pytest.raises(ValueError):
             ar.parse_level(bad)
@@ -68,6 +77,21 @@ def test_difficulty_changes_with_the_knob():
     assert mean("d1o3", size) < mean("d2o3", size) < mean("d3o3", size)
     assert all(len(str(n)) == 3 for p in ar.generate(3, ar.parse_level("d3o2"), 50)
                for n in p["question"].removeprefix("Calculate ").removesuffix(".").split()[::2])
+
+
+def test_word_problems_never_go_below_zero_and_the_example_stays_out():
+    level = ar.parse_level("wd1o3")
+    for p in ar.generate(2, level, 300):
+        running = None
+        for line in p["answer"].splitlines()[:-1]:
+            left, right = line.split(" = ")
+            assert eval(left) == int(right) >= 0  # noqa: S307
+            running = int(right)
+        assert running == p["result"]
+    shown = ar.example(level)["question"]
+    assert shown in ar.system_prompt(level, True) and ar.system_prompt(level) == ar.SYSTEM
+    parts = ar.splits(3, ar.parse_level("d1o2"), {"a": 90, "b": 100})  # 190 of the 200 problems, none the example
+    assert ar.example(ar.parse_level("d1o2"))["question"] not in {p["question"] for v in parts.values() for p in v}
 
 
 def test_final_answers_follow_verify_math():

@@ -35,7 +35,26 @@ Arms (N = --n training rows each; a seed draws the random rows and the training 
 Planned comparisons (Holm over all six): curated - random, kd - random, hidden - kd, onpolicy - random,
 gold - random, shuffled - random.
 
-The whole experiment (the defaults), in pieces, alone on a 2-core machine; TIME_NOTE
+The pilot, measured (2026-12, alone on the 2-core machine, `pilot --pilot-n 100`, T = 1, one sample per problem,
+the plain system prompt; answers up to 128 tokens): the teacher's pass rate is d1o2p 35% (but only 100 distinct
+problems), d1o2 22% (200), d1o3 12% (4,000), d2o2p 4%, d2o2 5%, d2o3 1%, word problems wd1o2p 6%, wd1o2 6%, wd1o3p 1%,
+wd2o2p 0%; a quarter to three quarters of the answers run past 128 tokens (at T = 1 this 135M model wanders). With a
+worked example in the system prompt (`--example`), d1o3: 8 of 80 samples right at T = 1, 1 of 40 greedy. So no
+level with enough distinct problems (2,800 for the default splits) reached 30% at T = 1; d1o3 (12%) gives
+verification plenty to remove but leaves the curated arm about 140 verified rows of the default pool (raise
+--pool-problems). Not measured yet: d2r1o2p, d3r1o2p (the default --levels), and any level at --temperature 0.5-0.7
+(soft labels then `logprobs_mode: processed`, so CE and KD targets still agree).
+
+Commands for the whole experiment (each piece prints its own estimate from ESTIMATE when it starts):
+
+  B="python tests/bench/distill_arith.py"; C="--cache /work/arith"
+  $B pilot $C                           # about 3 min (500 answers); add --temperature 0.7 for a second table
+  $B pool $C --level LEVEL              # about 7 min: 1,200 pool + 100 held-out + 500 greedy test answers
+  $B base $C --level LEVEL              # about 18 min: the heal (60 steps, once) and three scorings
+  $B arms $C --level LEVEL --seeds 1,2  # about 36 min per seed for the 7 arms; --arms picks some; cached
+  $B arms $C --level LEVEL --seeds 3,4
+  $B report $C
+TIME_NOTE
 """
 
 from __future__ import annotations
@@ -56,22 +75,35 @@ sys.path.insert(0, str(ROOT))
 
 from tests.bench import arithmetic as ar  # noqa: E402
 
-TIME_NOTE = "see the estimates each piece prints when it starts (measured rates, in ESTIMATE below)."
+TIME_NOTE = """All of it, by ESTIMATE: about 3 hours alone on 2 cores (the arms 2.6 h: a run is about 45 s of curation, loading and
+saving, 2 min of training (32 steps), 2 min of scoring (vLLM start, 500 greedy answers, the gold NLL); `hidden` adds
+its teacher's forward pass, `onpolicy` its sampling and scoring, about 4 min)."""
 ARMS = ["random", "curated", "kd", "hidden", "onpolicy", "gold", "shuffled"]
 PLANNED = [("curated", "random"), ("kd", "random"), ("hidden", "kd"), ("onpolicy", "random"), ("gold", "random"),
            ("shuffled", "random")]
 SPLIT_SEED = 2030  # the splits never change with the arms' seeds
 # seconds, measured on this project's 2-core machine (see each piece's printout); used only for the estimates
-ESTIMATE = {"engine": 45, "teacher_tok_s": 300, "step_s": 2.5, "eval_s": 150, "curate_s": 30, "load_s": 10}
+# (the smoke run: a tiny pool, base and four arms; 2 quiet cores): vLLM at 250-390 output tokens/s after a 20-30 s
+# start, a heal step (8 GSM8K rows of up to 320 tokens, 15 layers) 10 s, a score of 40 test problems 25 s (mostly the
+# engine start), `datagen curate` plus loading and saving about 40 s per run
+ESTIMATE = {"engine": 30, "teacher_tok_s": 330, "step_s": 4, "heal_step_s": 10, "eval_s": 120, "overhead_s": 45,
+            "onpolicy_s": 240}
 
 
 def arguments(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.replace("TIME_NOTE", TIME_NOTE),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("piece", choices=["pilot", "pool", "base", "arms", "report"])
     p.add_argument("--cache", type=Path, default=None, help="default: <datagen cache>/bench/distill_arith")
-    p.add_argument("--levels", default="d1o3,d2o2,d2o3,d2o4,d3o2", help="pilot: the levels to try")
+    p.add_argument("--levels", default="d1o3,d2r1o2p,d3r1o2p,d2r1o2,d2o2p", help="pilot: the levels to try")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="the teacher's sampling temperature for the pool, the held-out set and the pilot; below 1 the "
+                        "soft labels are the distribution sampled from (logprobs_mode: processed), so CE and KD targets "
+                        "still agree")
     p.add_argument("--pilot-n", type=int, default=100, help="pilot: problems per level")
     p.add_argument("--level", default=None, help="the task's level (default: the pilot's pick)")
+    p.add_argument("--example", action=argparse.BooleanOptionalAction, default=False,
+                   help="a worked problem of the level in the system prompt (teacher and student alike)")
     p.add_argument("--test", type=int, default=500)
     p.add_argument("--calib", type=int, default=200)
     p.add_argument("--held", type=int, default=100)
@@ -87,7 +119,8 @@ def arguments(argv=None):
     p.add_argument("--max-length", type=int, default=320)
     p.add_argument("--heal-steps", type=int, default=60)
     p.add_argument("--heal-lr", type=float, default=1e-4)
-    p.add_argument("--gen-batch", type=int, default=50, help="greedy answers per generate call")
+    p.add_argument("--eval-engine", choices=["vllm", "transformers"], default="vllm", help="greedy answers")
+    p.add_argument("--gen-batch", type=int, default=50, help="greedy answers per generate call (transformers)")
     p.add_argument("--fresh", action="store_true", help="redo the cached results of this piece")
     return p.parse_args(argv)
 
@@ -136,9 +169,12 @@ def teacher(args, temperature: float = 1.0) -> dict:
             "engine": {"enforce_eager": True, "max_model_len": 1024, "kv_cache_gb": 1, "dtype": "float32"}}
 
 
-def label_step(name: str, source: str, n: int, temperature: float, logprobs: int | None) -> dict:
-    step = {"name": name, "strategy": "label", "teacher": "big", "input": source, "system": ar.SYSTEM,
+def label_step(name: str, source: str, n: int, temperature: float, logprobs: int | None,
+               system: str = "{{ system }}") -> dict:
+    step = {"name": name, "strategy": "label", "teacher": "big", "input": source, "system": system,
             "prompt": "{{ question }}", "n": n, "output": "solution", "sampling": {"temperature": temperature}}
+    if logprobs and temperature != 1.0:  # the soft labels of the distribution the text was sampled from
+        step["logprobs_mode"] = "processed"
     return step | ({"logprobs": logprobs} if logprobs else {})
 
 
@@ -181,32 +217,44 @@ def pilot(args, cache: Path) -> dict:
     folder = cache / "pilot"
     folder.mkdir(parents=True, exist_ok=True)
     estimate("pilot", ESTIMATE["engine"] + len(levels) * args.pilot_n * 60 / ESTIMATE["teacher_tok_s"])
-    problems = [p for lv in levels for p in ar.generate("pilot", lv, args.pilot_n)]
+    problems = [{**p, "system": ar.system_prompt(lv, args.example)} for lv in levels
+                for p in ar.generate("pilot", lv, args.pilot_n)]
     write_jsonl(folder / "problems.jsonl", problems)
     spec = write_spec(folder / "pilot.yaml", {
         "name": "pilot", "seed": 7, "teachers": {"big": teacher(args)},
         "sources": {"problems": {"path": "problems.jsonl"}},
-        "steps": [label_step("solve", "problems", 1, 1.0, None)]})
+        "steps": [label_step("solve", "problems", 1, args.temperature, None)]})
     started = time.perf_counter()
     datagen("run", str(spec))
     rows = step_rows(spec, "solve")
-    by_level = {lv.name: pass_rate([r for r in rows if r["level"] == lv.name]) for lv in levels}
-    inside = [n for n, r in by_level.items() if 0.3 <= r["rate"] <= 0.6]
+    path = folder / ("pilot-example.json" if args.example else "pilot.json")
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    if earlier.get("temperature") != args.temperature:
+        earlier = {}
+    by_level = earlier.get("levels", {})  # levels of earlier runs at this temperature are kept
+    by_level |= {lv.name: pass_rate([r for r in rows if r["level"] == lv.name]) | {"capacity": lv.capacity()}
+                 for lv in levels}
+    needed = 2 * (args.test + args.calib + args.held + args.pool_problems)  # distinct problems, with room to draw
+    inside = [n for n, r in by_level.items() if 0.3 <= r["rate"] <= 0.6 and r["capacity"] >= needed]
     pick = min(inside, key=lambda n: abs(by_level[n]["rate"] - 0.45)) if inside else None
-    result = {"levels": by_level, "pick": pick, "temperature": 1.0, "seconds": time.perf_counter() - started,
-              "command": " ".join(sys.argv)}
-    save_json(folder / "pilot.json", result)
-    print("\n| level | problems | teacher right at T=1 | rate | truncated | mean tokens |\n|---|---|---|---|---|---|")
+    result = {"levels": by_level, "pick": pick, "temperature": args.temperature, "example": args.example,
+              "needed": needed,
+              "seconds": time.perf_counter() - started, "command": " ".join(sys.argv)}
+    save_json(path, result)
+    print(f"\n| level | distinct problems | problems | teacher right at T={args.temperature:g} | rate | truncated | "
+          "mean tokens |\n|---|---|---|---|---|---|---|")
     for name, r in by_level.items():
-        print(f"| {name} | {r['rows']} | {r['right']} | {r['rate']:.1%} | {r['truncated']} | {r['mean_tokens']:.0f} |")
-    print(f"pick (30-60%, nearest 45%): {pick}; {result['seconds']:.0f} s", flush=True)
+        print(f"| {name} | {r['capacity']:,} | {r['rows']} | {r['right']} | {r['rate']:.1%} | {r['truncated']} | "
+              f"{r['mean_tokens']:.0f} |")
+    print(f"pick (30-60%, nearest 45%, at least {needed:,} distinct problems): {pick}; {result['seconds']:.0f} s",
+          flush=True)
     return result
 
 
 def level_of(args, cache: Path) -> ar.Level:
     if args.level:
         return ar.parse_level(args.level)
-    path = cache / "pilot" / "pilot.json"
+    path = cache / "pilot" / ("pilot-example.json" if args.example else "pilot.json")
     pick = json.loads(path.read_text())["pick"] if path.is_file() else None
     if not pick:
         sys.exit("no --level and no pilot pick: run the `pilot` piece first (or pass --level d2o3)")
@@ -222,13 +270,14 @@ def pool_spec(args, cache: Path) -> Path:
     folder = cache / "pool"
     folder.mkdir(parents=True, exist_ok=True)
     sizes = {"test": args.test, "calib": args.calib, "held": args.held, "pool": args.pool_problems}
-    meta = {"level": level.name, "seed": SPLIT_SEED, "sizes": sizes}
+    meta = {"level": level.name, "seed": SPLIT_SEED, "sizes": sizes, "system": ar.system_prompt(level, args.example),
+            "temperature": args.temperature}
     marker = folder / "splits.json"
     if marker.is_file() and json.loads(marker.read_text()) != meta:
         sys.exit(f"{folder} holds splits of {marker.read_text().strip()}, not {meta}; use another --cache")
     parts = ar.splits(SPLIT_SEED, level, sizes)
     for name, rows in parts.items():
-        write_jsonl(folder / f"{name}.jsonl", rows)
+        write_jsonl(folder / f"{name}.jsonl", [{**r, "system": meta["system"]} for r in rows])
     heal = read_jsonl(ROOT / "specs" / "data" / "gsm8k_train_500.jsonl")
     write_jsonl(folder / "heal.jsonl", [{"prompt": r["question"], "completion": r["answer"]} for r in heal])
     save_json(marker, meta)
@@ -238,9 +287,14 @@ def pool_spec(args, cache: Path) -> Path:
 def base_spec(args) -> dict:
     return {"name": "distill_arith", "seed": 7, "store": "pool.duckdb", "teachers": {"big": teacher(args)},
             "sources": {name: {"path": f"{name}.jsonl"} for name in ("pool", "held", "test", "calib", "heal")},
-            "steps": [label_step("solve", "pool", args.samples, 1.0, 10),
-                      label_step("held_out", "held", 1, 1.0, 10),
+            "steps": [label_step("solve", "pool", args.samples, args.temperature, 10),
+                      label_step("held_out", "held", 1, args.temperature, 10),
                       label_step("teacher_test", "test", 1, 0.0, None)]}
+
+
+def system_of(cache: Path) -> str:
+    """The system prompt the splits were made with (teacher and student see the same)."""
+    return json.loads((cache / "pool" / "splits.json").read_text())["system"]
 
 
 def pool(args, cache: Path) -> dict:
@@ -274,9 +328,9 @@ def eval_data(args, cache: Path) -> tuple[dict, dict]:
     rows = load_rows(loaded, build_plan(loaded), "held_out", None)
     held = {"records": rows.train, "stored": load_logprobs(loaded, [r["row"]["_id"] for r in rows.train]), "k": 10}
     data = {"test": read_jsonl(folder / "test.jsonl"), "calib": read_jsonl(folder / "calib.jsonl"),
-            "system": ar.SYSTEM, "held": held}
+            "system": system_of(cache), "held": held}
     settings = {"max_new_tokens": args.max_new_tokens, "gen_batch": args.gen_batch, "max_length": args.max_length,
-                "batch": args.batch}
+                "batch": args.batch, "engine": args.eval_engine}
     return data, settings
 
 
@@ -288,7 +342,7 @@ def score_folder(folder: Path, data: dict, settings: dict) -> dict:
 
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    return evaluate(model, tok, data, settings)
+    return evaluate(model, tok, data, settings, folder)
 
 
 def base(args, cache: Path) -> None:
@@ -297,10 +351,10 @@ def base(args, cache: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from datagen.bundled import resolve_model
-    from sft.model import truncate_layers
+    from sft.model import save_student, truncate_layers
     from tests.bench.distill_eval import evaluate
 
-    estimate("base", 3 * ESTIMATE["eval_s"] + args.heal_steps * ESTIMATE["step_s"] * 2)
+    estimate("base", 4 * ESTIMATE["eval_s"] + args.heal_steps * ESTIMATE["heal_step_s"])  # the teacher's: 2 evals
     data, settings = eval_data(args, cache)
     out = cache / "results"
     path = resolve_model("bundled:smollm2-135m-instruct")
@@ -309,9 +363,11 @@ def base(args, cache: Path) -> None:
             continue
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        folder = path
         if name == "truncated":
             truncate_layers(model, None)
-        save_json(out / f"{name}.json", {"arm": name, **evaluate(model, tok, data, settings)})
+            folder = save_student(model, tok, cache / "truncated", {"init": "truncate"})
+        save_json(out / f"{name}.json", {"arm": name, **evaluate(model, tok, data, settings, folder)})
         print(f"{name}: {summary(json.loads((out / f'{name}.json').read_text()))}", flush=True)
     if (out / "healed.json").is_file() and not args.fresh:
         return
@@ -364,9 +420,9 @@ def train_block(args, arm: str, seed: int) -> dict:
     if arm == "hidden":
         block["kd"]["hidden"] = {"weight": 1.0, "layers": "auto", "loss": "cosine", "norm": "final"}
     if arm in ("gold", "shuffled"):
-        block |= {"input": f"{arm}_s{seed}", "system": ar.SYSTEM}
+        block |= {"input": f"{arm}_s{seed}", "system": "{{ system }}"}
     if arm == "onpolicy":  # 2 rounds of 1 epoch over N samples: the optimiser steps of SFT's 2 epochs over N rows
-        block |= {"input": f"prompts_s{seed}", "system": ar.SYSTEM, "prompt": "{{ question }}",
+        block |= {"input": f"prompts_s{seed}", "system": "{{ system }}", "prompt": "{{ question }}",
                   "objective": "onpolicy", "epochs": args.epochs / 2,
                   "onpolicy": {"teacher": "scorer", "rounds": 2, "max_tokens": args.max_new_tokens, "logprobs": 10,
                                "samples": 1, "temperature": 1.0, "sample_with": "transformers"}}
@@ -405,22 +461,34 @@ def curate(spec: Path) -> list[dict]:
 def seed_sources(args, cache: Path, seed: int, rows: list[dict]) -> None:
     """random's rows for this seed as the gold, shuffled and on-policy arms' sources."""
     folder = cache / "pool"
-    write_jsonl(folder / f"gold_s{seed}.jsonl", [{"prompt": r["question"], "completion": r["answer"]} for r in rows])
+    system = system_of(cache)
+    write_jsonl(folder / f"gold_s{seed}.jsonl", [{"prompt": r["question"], "completion": r["answer"],
+                                                  "system": system} for r in rows])
     answers = [r["solution"] for r in rows]
     rng = random.Random(f"shuffle\0{seed}")
     order = list(range(len(rows)))
     while len(rows) > 1 and any(i == j for i, j in enumerate(order)):  # a derangement: no answer stays
         rng.shuffle(order)
     write_jsonl(folder / f"shuffled_s{seed}.jsonl",
-                [{"prompt": r["question"], "completion": answers[j]} for r, j in zip(rows, order)])
-    write_jsonl(folder / f"prompts_s{seed}.jsonl", [{"question": r["question"]} for r in rows])
+                [{"prompt": r["question"], "completion": answers[j], "system": system} for r, j in zip(rows, order)])
+    write_jsonl(folder / f"prompts_s{seed}.jsonl", [{"question": r["question"], "system": system} for r in rows])
 
 
-def train_tokens(result, out: Path) -> int:
+def train_totals(result, spec: Path) -> tuple[int, float]:
+    """(training tokens, training seconds); an on-policy run's are its rounds' records in train_runs."""
     if result.objective != "onpolicy":
-        return result.train_tokens
-    metas = [json.loads(p.read_text()) for p in (out / "rounds").glob("round-*/datagen_train.json")]
-    return sum(m.get("train_tokens", 0) for m in metas)
+        return result.train_tokens, result.train_seconds
+    import duckdb
+
+    from datagen.spec.load import load_spec
+
+    con = duckdb.connect(str(load_spec(spec).store_path), read_only=True)
+    try:
+        tokens, seconds = con.execute("SELECT sum(train_tokens), sum(train_seconds) FROM train_runs WHERE "
+                                      "parent_run = ? AND status = 'done'", [result.run_id]).fetchone()
+    finally:
+        con.close()
+    return int(tokens or 0), float(seconds or 0.0)
 
 
 def run_arm(args, cache: Path, arm: str, seed: int, data: dict, settings: dict) -> dict:
@@ -429,6 +497,10 @@ def run_arm(args, cache: Path, arm: str, seed: int, data: dict, settings: dict) 
     spec = arm_spec(args, cache, arm, seed)
     selection = "curated" if arm == "curated" else "random"
     rows = curate(arm_spec(args, cache, selection, seed))
+    if len(rows) < args.n:
+        print(f"note: `{selection}` keeps {len(rows)} rows for seed {seed}, fewer than --n {args.n}: the {arm} arm "
+              "trains on them (the report shows the rows; the comparison with random is then also one of size)",
+              flush=True)
     if selection == "random":
         seed_sources(args, cache, seed, rows)
     started = time.perf_counter()
@@ -437,11 +509,12 @@ def run_arm(args, cache: Path, arm: str, seed: int, data: dict, settings: dict) 
         result = train(spec, out=out, log=lambda m: print(f"  {m}", flush=True))
         trained = time.perf_counter() - started
         scores = score_folder(out, data, settings)
-        tokens = train_tokens(result, out)
+    tokens, seconds = train_totals(result, spec)
     rec = {"arm": arm, "seed": seed, "rows": len(rows), "verified": sum(ar.correct(r["solution"] or "", int(r["result"]))
                                                                        for r in rows),
            "train_rows": result.train_rows, "steps": result.steps, "train_tokens": tokens,
-           "train_seconds": result.train_seconds or trained, "run_seconds": time.perf_counter() - started, **scores}
+           "train_seconds": seconds, "train_wall_seconds": trained, "run_seconds": time.perf_counter() - started,
+           **scores}
     save_json(cache / "results" / f"{arm}-s{seed}.json", rec)
     print(f"{arm} seed {seed}: {summary(rec)}; {rec['rows']} rows ({rec['verified']} right), {tokens} training "
           f"tokens, {rec['run_seconds']:.0f} s in all", flush=True)
@@ -456,8 +529,8 @@ def arms(args, cache: Path) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     todo = [(a, s) for s in seeds for a in names if args.fresh or not (cache / "results" / f"{a}-s{s}.json").is_file()]
     steps = args.n / args.batch * args.epochs
-    per = {a: ESTIMATE["curate_s"] + ESTIMATE["load_s"] + ESTIMATE["eval_s"]
-           + steps * ESTIMATE["step_s"] * (2 if a == "hidden" else 1) + (120 if a == "onpolicy" else 0) for a in ARMS}
+    per = {a: ESTIMATE["overhead_s"] + ESTIMATE["eval_s"] + steps * ESTIMATE["step_s"] * (2 if a == "hidden" else 1)
+           + (ESTIMATE["onpolicy_s"] if a == "onpolicy" else 0) for a in ARMS}
     estimate(f"arms ({len(todo)} runs to do: {todo})", sum(per[a] for a, _ in todo))
     if not (cache / "results" / "pool.json").is_file():
         sys.exit("run the `pool` piece first")

@@ -1,9 +1,11 @@
 """How tests/bench/distill_arith.py scores a student (issue 30): one function of a model, the same for every arm.
 
-- Primary: exact-match accuracy on the test problems. The student answers each one greedily (transformers `generate`,
-  batched with left padding, up to `max_new_tokens`; a batch stops when every answer in it has ended), with the
-  system prompt the teacher had; `arithmetic.correct` judges the final answer (verify_math's rule, exact integer).
-  Kept per problem, so arms pair problem by problem (McNemar).
+- Primary: exact-match accuracy on the test problems. The student answers each one greedily (up to
+  `max_new_tokens`), with the system prompt the teacher had: by default through datagen's in-process vLLM teacher
+  (`engine: vllm`, enforce_eager: about 30 s to start, then every problem at once), or transformers `generate`
+  (`engine: transformers`, batched with left padding; several times slower on 2 cores for 500 answers);
+  `arithmetic.correct` judges the final answer (verify_math's rule, exact integer). Kept per problem, so arms pair
+  problem by problem (McNemar).
 - Secondary: the NLL per token of the gold solutions (tests/bench/arithmetic.py writes them) at a temperature T*
   fitted on the calibration split: NLL(T) on the calibration problems over a log grid of T (0.4 to 4), refined by
   a parabola through the best three points; then the test problems' NLL at T* (and at T = 1). Temperature scaling
@@ -30,14 +32,38 @@ def gold_records(problems: list[dict], system: str) -> list[dict]:
             for p in problems]
 
 
-def accuracy(model, tok, problems: list[dict], system: str, max_new_tokens: int, batch: int) -> dict:
-    """Greedy answers to the problems, judged: {correct: [0/1 per problem], accuracy, answer_chars, samples}."""
+def vllm_answers(folder, prompts: list[list[dict]], max_new_tokens: int) -> list[str]:
+    """Greedy answers through datagen's in-process vLLM teacher (started here, closed after)."""
+    from datagen.teachers.base import GenOptions, GenRequest, Sampling, generate_all
+    from datagen.teachers.vllm_teacher import VLLMTeacher
+
+    engine = VLLMTeacher("eval", str(folder), {"enforce_eager": True, "max_model_len": 1024, "kv_cache_gb": 1,
+                                               "dtype": "float32", "seed": 0})
+    try:
+        results = generate_all(engine, [GenRequest(m, [str(i)], [0]) for i, m in enumerate(prompts)],
+                               GenOptions(Sampling(temperature=0.0, max_tokens=max_new_tokens)))
+    finally:
+        engine.close()
+    failed = [s.error for (s,) in results if s.error is not None]
+    if failed:
+        raise RuntimeError(f"{len(failed)} greedy answers failed, the first: {failed[0]}")
+    return [s.text for (s,) in results]
+
+
+def accuracy(model, tok, problems: list[dict], system: str, max_new_tokens: int, batch: int,
+             folder=None) -> dict:
+    """Greedy answers to the problems, judged: {correct: [0/1 per problem], accuracy, answer_chars, samples};
+    through vLLM when `folder` (the model's saved folder) is given, else transformers."""
     from sft.evaluate import generate_answers
     from tests.bench.arithmetic import correct
 
     order = sorted(range(len(problems)), key=lambda i: len(problems[i]["question"]))  # like lengths batch together
+    prompts = [chat(problems[i]["question"], system) for i in order]
     answers = [""] * len(problems)
-    got = generate_answers(model, tok, [chat(problems[i]["question"], system) for i in order], max_new_tokens, batch)
+    if folder is not None:
+        got = vllm_answers(folder, prompts, max_new_tokens)
+    else:
+        got = generate_answers(model, tok, prompts, max_new_tokens, batch)
     for i, text in zip(order, got):
         answers[i] = text
     right = [int(correct(a, p["result"])) for a, p in zip(answers, problems)]
@@ -98,12 +124,13 @@ def held_metrics(model, tok, held: dict | None, max_length: int, batch: int) -> 
                                                          if k in kd}}
 
 
-def evaluate(model, tok, data: dict, settings: dict) -> dict:
+def evaluate(model, tok, data: dict, settings: dict, folder=None) -> dict:
     """Every metric of the module doc. data: test, calib (problems), system, held (records/stored/k or None);
-    settings: max_new_tokens, gen_batch, max_length, batch."""
+    settings: max_new_tokens, gen_batch, max_length, batch, engine (vllm needs the model's `folder`)."""
     started = time.perf_counter()
     model.eval()
-    out = accuracy(model, tok, data["test"], data["system"], settings["max_new_tokens"], settings["gen_batch"])
+    use = folder if settings.get("engine", "vllm") == "vllm" else None
+    out = accuracy(model, tok, data["test"], data["system"], settings["max_new_tokens"], settings["gen_batch"], use)
     generated = time.perf_counter()
     t, calib = fit_temperature(model, tok, gold_records(data["calib"], data["system"]), settings["max_length"],
                                settings["batch"])

@@ -29,9 +29,10 @@ def load(cache: Path) -> tuple[dict, dict]:
             runs.setdefault(rec["arm"], {})[int(rec["seed"])] = rec
         else:
             base[path.stem] = rec
-    pilot = cache / "pilot" / "pilot.json"
-    if pilot.is_file():
-        base["pilot"] = json.loads(pilot.read_text())
+    for name in ("pilot", "pilot-example"):
+        pilot = cache / "pilot" / f"{name}.json"
+        if pilot.is_file():
+            base[name] = json.loads(pilot.read_text())
     return runs, base
 
 
@@ -47,13 +48,17 @@ def interval(values: list[float], scale: float = 100, digits: int = 1) -> str:
 
 
 def teacher_table(base: dict) -> None:
-    pilot = base.get("pilot")
-    if pilot:
-        print("\nPilot: the teacher at T = 1 (one sample per problem)\n\n| level | problems | right | rate |\n"
-              "|---|---|---|---|")
+    for key, what in (("pilot", "the task's system prompt"), ("pilot-example", "with a worked example")):
+        pilot = base.get(key)
+        if not pilot:
+            continue
+        print(f"\nPilot ({what}): the teacher at T = {pilot.get('temperature', 1.0):g}, one sample per problem\n\n"
+              "| level | distinct problems | problems | right | rate | truncated | tokens per answer |\n"
+              "|---|---|---|---|---|---|---|")
         for name, r in pilot["levels"].items():
-            print(f"| {name} | {r['rows']} | {r['right']} | {pct(r['rate'])}% |")
-        print(f"\npicked: {pilot['pick']}")
+            print(f"| {name} | {r.get('capacity', '-'):,} | {r['rows']} | {r['right']} | {pct(r['rate'])}% | "
+                  f"{r['truncated']} | {r['mean_tokens']:.0f} |")
+        print(f"\npicked (30-60%, at least {pilot.get('needed', '?')} distinct problems): {pilot['pick']}")
     pool = base.get("pool")
     if pool:
         print(f"\nTeacher's own pass rate at level {pool.get('level')} (verify: exact final answer)\n\n"
