@@ -123,7 +123,7 @@ def comparisons(runs: dict, planned: list[tuple[str, str]]) -> list[dict]:
 
 
 def comparison_table(found: list[dict]) -> None:
-    print("\nPlanned comparisons (arm minus baseline, same seeds, same 500 test problems); differences in percentage "
+    print("\nPlanned comparisons (arm minus baseline, same seeds, same test problems); differences in percentage "
           "points\n\n| comparison | per seed | mean [95% CI] | McNemar per seed: b/c p | pooled b/c p | paired t p | "
           "Holm (t) | Holm (pooled McNemar) | MDE t | MDE pooled McNemar |\n|---|---|---|---|---|---|---|---|---|---|")
     for c in found:
