@@ -10,7 +10,8 @@ Each round, top to bottom:
    would teach it what it already says): per-token reverse KL(student || teacher) by default (GKD, MiniLLM),
    forward or their mean by `onpolicy.divergence`, with the mass outside the teacher's top k as one more class
    (`onpolicy.tail`);
-4. the round's student is saved under `<output>/rounds/round-N` and `train_runs` records the round (its `round`
+4. the round's student is saved under `<output>.rounds/round-N` (beside the output folder, which the last round's
+   student replaces at the end) and `train_runs` records the round (its `round`
    and the run it belongs to); the next round samples from it.
 
 A re-run after a kill starts at the first round without a finished record, from the last saved student; what the
@@ -153,6 +154,11 @@ def train_round(loaded, settings, path: Path, scored: list[tuple], args: dict):
     return trainer.model, tok, output, time.perf_counter() - started, int(getattr(trainer, "_total_train_tokens", 0))
 
 
+def rounds_dir(target: Path) -> Path:
+    """Where each round's student goes: beside the output folder (saving the final student replaces that folder)."""
+    return target.parent / f"{target.name}.rounds"
+
+
 def initial_student(loaded, settings, target: Path, start: Path | None = None) -> Path:
     """Round 0's student: the healed student (`train.heal`, sft/heal.py), the named model's folder, or
     (`init: truncate`) its truncated copy, saved once."""
@@ -163,7 +169,7 @@ def initial_student(loaded, settings, target: Path, start: Path | None = None) -
         return start
     if settings.init != "truncate":
         return Path(resolve_model(settings.student, loaded.dir))
-    folder = target / "rounds" / "init"
+    folder = rounds_dir(target) / "init"
     if not (folder / "datagen_train.json").is_file():
         model, tok = load_student(settings, loaded.dir)
         save_student(model, tok, folder, {"init": "truncate", "keep_layers": settings.keep_layers})
@@ -185,7 +191,7 @@ def train_onpolicy(loaded, plan, settings, target: Path, generate: Callable, log
     first = path
     run_of = uuid.uuid4().hex[:16]
     for rnd in range(op.rounds):
-        folder = target / "rounds" / f"round-{rnd}"
+        folder = rounds_dir(target) / f"round-{rnd}"
         meta = _saved(folder, rnd)
         if meta is not None:  # finished on an earlier run: its folder is written before its record is closed
             run_of = meta["parent_run"]
@@ -245,7 +251,7 @@ def _final(loaded, plan, settings, first: Path, last: Path, target: Path, save_s
         before, after = score(first_model), score(model)
     save_student(model, tok, target, {"spec": loaded.spec.name, "objective": "onpolicy", "rounds":
                                       settings.onpolicy.rounds, "before": before, "after": after}, loaded.text)
-    notes = [f"{settings.onpolicy.rounds} on-policy rounds; each round's student in {target / 'rounds'}"]
+    notes = [f"{settings.onpolicy.rounds} on-policy rounds; each round's student in {rounds_dir(target)}"]
     return {"before": before, "after": after, "notes": notes}
 
 

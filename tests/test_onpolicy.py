@@ -64,7 +64,7 @@ def test_two_rounds_stored_recorded_and_resumed_after_kill_9_between_rounds(tmp_
     spec = write(tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "datagen.cli", "train", str(spec)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    marker = tmp_path / "out" / "student" / "rounds" / "round-0" / "datagen_train.json"
+    marker = tmp_path / "out" / "student.rounds" / "round-0" / "datagen_train.json"
     deadline = time.monotonic() + 600
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -85,7 +85,7 @@ def test_two_rounds_stored_recorded_and_resumed_after_kill_9_between_rounds(tmp_
                        "order by round")
     assert [(r["round"], r["status"]) for r in runs] == [(0, "done"), (1, "done")]  # round 0 trained once
     assert len({r["parent_run"] for r in runs}) == 1
-    assert runs[1]["output"].endswith("rounds/round-1")
+    assert runs[1]["output"].endswith("student.rounds/round-1")
     # round 0's samples were not asked again
     assert query(spec, "select key, updated_at from requests where key in (select key from outputs where step = "
                        "'_onpolicy' and json_extract(fields, '$.round') = 0) order by key") == sampled_0
@@ -93,8 +93,8 @@ def test_two_rounds_stored_recorded_and_resumed_after_kill_9_between_rounds(tmp_
                           "cast(json_extract(o.fields, '$.round') as int) as round from outputs o "
                           "where o.step = '_onpolicy'")
     assert sorted(s["round"] for s in samples) == [0] * 6 + [1] * 6
-    assert all(s["student"].endswith("rounds/init") for s in samples if s["round"] == 0)
-    assert all(s["student"].endswith("rounds/round-0") for s in samples if s["round"] == 1)
+    assert all(s["student"].endswith("student.rounds/init") for s in samples if s["round"] == 0)
+    assert all(s["student"].endswith("student.rounds/round-0") for s in samples if s["round"] == 1)
     scores = query(spec, "select o._id, o._parent_id, o.text, (select count(*) from logprobs l where l.row_id = o._id) "
                          "as n, (select min(len(top_ids)) from logprobs l where l.row_id = o._id) as k "
                          "from outputs o where o.step = '_onpolicy_score'")
@@ -105,6 +105,13 @@ def test_two_rounds_stored_recorded_and_resumed_after_kill_9_between_rounds(tmp_
     assert lineage == [{"n": len(scores)}]
     final = tmp_path / "out" / "student"
     assert (final / "config.json").is_file() and json.loads((final / "datagen_train.json").read_text())["rounds"] == 2
+    assert (tmp_path / "out" / "student.rounds" / "round-1" / "config.json").is_file()  # kept beside it
+    # a finished run, re-run: nothing sampled, scored or trained again
+    before = query(spec, "select count(*) as n from requests")
+    third = datagen("train", str(spec), timeout=900)
+    assert third.returncode == 0 and "round 1/2" not in third.stdout + third.stderr
+    assert query(spec, "select count(*) as n from requests") == before
+    assert [r["round"] for r in query(spec, "select round from train_runs where status = 'done'")] == [0, 1]
 
 
 @pytest.mark.parametrize("change, key, words", [
