@@ -65,7 +65,7 @@ class AdaptiveRate:
     START = 0.9  # the first pace: this share of what the server accepted in the last second
     CUT = 0.85  # each further 429 multiplies the pace by this (at most once a second: a burst is one signal)
     GROW = 0.02  # while healthy the pace grows by this share of itself a second (at least MIN_GROW) ...
-    SLOW_START = 0.2  # ... and by this share until the second 429, so a first guess that was low recovers fast
+    SLOW_START = 0.1  # ... and by this share until the second 429, so a first guess that was low recovers fast
     MIN_GROW = 0.2
     FLOOR = 0.2  # requests a second, the slowest pace
 
