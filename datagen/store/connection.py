@@ -12,6 +12,9 @@ from datagen.store.migrations import migrate
 from datagen.store.sql import arrow_table, quote_ident  # noqa: F401  (re-exported)
 
 
+CHECKPOINT_THRESHOLD = "256MB"  # of write-ahead log between checkpoints of a writing connection (DuckDB's: 16 MB)
+
+
 def open_store(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """Open (and for writing, create and migrate) the store at `path`."""
     path = Path(path)
@@ -26,6 +29,11 @@ def open_store(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection
     except duckdb.Error as exc:
         raise UserError(f"cannot open store {path}: {exc}") from None
     if not read_only:
+        # A checkpoint rewrites the row groups a run is still appending to and leaves the old blocks free inside
+        # the file, which never shrinks: with DuckDB's 16 MB a run of 1,000 scored solutions left 18 of 56 blocks
+        # free (119 bytes per scored token; with this, 77). Committed data is in the write-ahead log until then, as
+        # safe (a kill -9 replays it on the next open); closing the store checkpoints.
+        con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
         migrate(con)
     return con
 

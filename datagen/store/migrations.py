@@ -271,14 +271,14 @@ def m012_error_kind(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def m013_soft_labels(con: duckdb.DuckDBPyConnection) -> None:
-    # Soft labels one row per sample in compact lists (datagen/store/soft_labels.py) instead of one row per token
-    # with float64 arrays and token strings; the per-token view `logprobs` decodes them for SQL.
+    # Soft labels one row per sample in packed, zstd-compressed arrays (datagen/store/soft_labels.py) instead of one
+    # row per token with float64 arrays and token strings; the per-token view `logprobs` decodes them for SQL.
     from collections import namedtuple
 
     from datagen.store import soft_labels
 
     position = namedtuple("position", "token token_id logprob top_tokens top_ids top_logprobs")
-    con.execute(soft_labels.TABLE_SQL)
+    soft_labels.create(con)
     ids = [r[0] for r in con.execute("SELECT DISTINCT row_id FROM token_logprobs ORDER BY row_id").fetchall()]
     for start in range(0, len(ids), 1000):  # a thousand samples at a time, in memory
         part = ids[start:start + 1000]
@@ -289,7 +289,6 @@ def m013_soft_labels(con: duckdb.DuckDBPyConnection) -> None:
                                          for t in positions]) for rid, positions in batch]
         _insert_arrow(con, "soft_labels", rows, soft_labels.arrow_schema())
     con.execute("DROP TABLE token_logprobs")
-    con.execute(soft_labels.VIEW_SQL)
 
 
 def _insert_arrow(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict], schema) -> None:

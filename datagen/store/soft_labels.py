@@ -1,29 +1,29 @@
 """Soft labels (the teacher's top-k log-probabilities) stored compactly: one `soft_labels` row per sample.
 
-Per token the old layout kept a row with its id, token strings and float64 arrays (243 bytes a token at k=20,
-measured by tests/bench/softlabels.py). Here a sample's positions are a few flat lists that DuckDB's own
-compression packs (ids to the bits the vocabulary needs, codes to 8 or 16 bits):
+The old layout kept one row per token with its strings and float64 arrays (237 bytes a token at k = 20, measured by
+tests/bench/softlabels.py). Here a sample's positions are packed arrays (big-endian, in BLOBs DuckDB compresses with
+zstd), laid out so that they compress:
 
-- `tokens`, `token_ids`: the token at each position (its text as the teacher gave it; its id, -1 where none).
-- `logprobs`: its log-probability, as a code c: lp = -c / 1024 (16 bits; clamped at -64).
-- `top_ids`: the top-k ids of every position, flat, k per position in rank order (-1 where a position has fewer:
-  processed logprobs give no entry to what top-k or top-p cut).
-- `top_first`: each position's best log-probability, coded as `logprobs` (16 bits).
-- `top_gaps`: for ranks 2..k, how far below the best each lies, as a code g: gap = g / 16 nats (8 bits, k - 1 per
-  position), clamped at 255 (15.94 nats: a ratio below 1.2e-7 of the best, stored as that ratio).
-- `top_rest`: the log of the teacher's mass outside each position's top k, coded as `logprobs`, computed from its
-  floats (1 - the sum of the decoded top k is ill-conditioned when they hold nearly all the mass; KD's `tail` uses it).
-- `top_tokens`: the top-k strings, only for samples whose teacher gave strings without ids (an OpenAI-compatible
+- `top_ids`: each position's k ids, sorted by id (neighbouring ids share their high bytes; rank order is restored
+  from the codes), `width` bytes each (2 when every id fits in 16 bits, else 4); all ones: no id (an entry named by
+  its string alone, or no entry).
+- `top_codes`: one byte per entry, how far below the position's best log-probability it lies, on a scale that is
+  fine where the probability is (`gap_code`): within 1/64 nat up to 2 nats below the best, 1/16 up to 8, 1/4 up to
+  15; further ones are stored at 15 nats (under 3.1e-7 of the best's probability); 255: no entry (processed
+  logprobs give none to what top-k or top-p cut).
+- `top_first`, `logprobs`, `top_rest`: 16-bit codes c, lp = -c / 1024 (within 1/2048 nat, down to -64): each
+  position's best log-probability, the token's own, and the log of the mass outside the top k, computed from the
+  teacher's floats (1 - the sum of the decoded top k is ill-conditioned when they hold nearly all the mass; KD's
+  `tail` uses it).
+- `token_ids` (`width` bytes each, all ones where the teacher gave none), `tokens` (the token strings).
+- `top_tokens`: the entries' strings, only for samples whose teacher gave strings without ids (an OpenAI-compatible
   server): training maps them to ids through the student's tokenizer. NULL otherwise.
 
-Error bounds (written in specs/train.md too): the token's and the best log-probability are within 1/2048 nat of the
-teacher's (down to -64), every other top-k entry within 1/32 nat (down to 15.94 nats below the best). KD on these
-codes measured within 1e-5 (relative) of the float64 loss (tests/test_soft_labels.py holds a bound; the benchmark
-prints it on real data).
-
-The view `logprobs` (row_id, position, token, token_id, logprob, top_ids, top_logprobs, and top_tokens where the
-teacher gave strings without ids) decodes them in SQL, one row per position, for people who query the store;
-training decodes them with numpy, a sample at a time (`read`).
+The KD loss on these codes stays within 1e-3 (relative) of the loss on the floats (tests/test_soft_labels.py holds
+the bound; the benchmark measures it on the bundled model's real top-20). The view `logprobs` (row_id, position,
+token, token_id, logprob, top_ids, top_logprobs in rank order, and top_tokens where kept) decodes the arrays in
+plain SQL, one row per position, for whoever queries the store; training decodes them with numpy (`read`), a
+sample at a time, with no loop over tokens.
 """
 
 from __future__ import annotations
@@ -33,102 +33,144 @@ from dataclasses import dataclass
 
 import duckdb
 
-FIRST_SCALE = 1024  # codes of `logprobs` and `top_first`: lp = -code / 1024
-FIRST_MAX = 65535
-GAP_SCALE = 16  # codes of `top_gaps`: gap = code / 16 nats
-GAP_MAX = 255
+LP_SCALE = 1024  # 16-bit codes: lp = -code / 1024
+LP_MAX = 65535
+ABSENT = 255  # top_codes: no entry
+# top_codes' scale, three pieces: codes 0-63 are 0 to 1.97 nats in 1/32 steps, 64-111 are 2 to 7.88 in 1/8 steps,
+# 112-126 are 8 to 15 in 1/2 steps
+CODE_MAX = 126
 
 TABLE_SQL = """
     CREATE TABLE soft_labels (
-        row_id VARCHAR NOT NULL,       -- outputs._id
-        k USMALLINT NOT NULL,          -- entries per position in top_ids (top_gaps: k - 1)
+        row_id VARCHAR NOT NULL,           -- outputs._id
+        n INTEGER NOT NULL,                -- positions (tokens)
+        k USMALLINT NOT NULL,              -- entries per position
+        width UTINYINT NOT NULL,           -- bytes per id in token_ids and top_ids
         tokens VARCHAR[],
-        token_ids INTEGER[],
-        logprobs USMALLINT[],          -- lp = -code / 1024
-        top_ids INTEGER[],             -- k per position, rank order, -1 for none
-        top_first USMALLINT[],         -- the best entry's lp = -code / 1024
-        top_gaps UTINYINT[],           -- k - 1 per position: lp = best - code / 16
-        top_rest USMALLINT[],          -- the log of the mass outside the top k = -code / 1024
-        top_tokens VARCHAR[]           -- k per position; only where the teacher gave strings without ids
+        token_ids BLOB USING COMPRESSION zstd,
+        logprobs BLOB USING COMPRESSION zstd,
+        top_ids BLOB USING COMPRESSION zstd,
+        top_codes BLOB USING COMPRESSION zstd,
+        top_first BLOB USING COMPRESSION zstd,
+        top_rest BLOB USING COMPRESSION zstd,
+        top_tokens VARCHAR[]
     )
 """
 
-# One row per position. `k` entries of top_ids/top_gaps belong to position p (0-based) at 1-based list indexes
-# p * k + 1 .. p * k + k and p * (k - 1) + 1 .. p * (k - 1) + k - 1.
+# _dg_uint(blob, byte offset, width): the big-endian unsigned integer there; _dg_gap(code): a top_codes code in nats.
+MACROS_SQL = [
+    "CREATE OR REPLACE MACRO _dg_uint(b, i, width) AS ('0x' || hex(b[i + 1 : i + width]))::BIGINT",
+    "CREATE OR REPLACE MACRO _dg_gap(c) AS CASE WHEN c < 64 THEN c / 32.0 WHEN c < 112 THEN 2 + (c - 64) / 8.0 "
+    "ELSE 8 + (c - 112) / 2.0 END",
+]
+
 VIEW_SQL = """
     CREATE OR REPLACE VIEW logprobs AS
     WITH positions AS (
-        SELECT *, list_filter(range(k::INTEGER), lambda j: top_ids[position * k + j + 1] >= 0
-                              OR top_tokens[position * k + j + 1] IS NOT NULL) AS present
-        FROM (SELECT *, unnest(range(len(tokens)::INTEGER)) AS position FROM soft_labels)
+        SELECT *, _dg_uint(top_first, position * 2, 2) / -1024.0 AS best, (1::BIGINT << (8 * width)) - 1 AS none_id,
+               list_filter(range(k::INTEGER),
+                           lambda j: _dg_uint(top_codes, position * k + j, 1) < 255) AS present
+        FROM (SELECT *, unnest(range(n)) AS position FROM soft_labels)
+    ), ranked AS (
+        SELECT *, list_sort(list_transform(present, lambda j: {
+            'lp': best - _dg_gap(_dg_uint(top_codes, position * k + j, 1)),
+            'id': _dg_uint(top_ids, (position * k + j) * width, width),
+            'tok': top_tokens[position * k + j + 1]}), 'DESC') AS top
+        FROM positions
     )
     SELECT row_id, position, tokens[position + 1] AS token,
-           CASE WHEN token_ids[position + 1] < 0 THEN NULL ELSE token_ids[position + 1] END AS token_id,
-           logprobs[position + 1] / -1024.0 AS logprob,
-           list_transform(present, lambda j: nullif(top_ids[position * k + j + 1], -1)) AS top_ids,
-           list_transform(present, lambda j: top_first[position + 1] / -1024.0
-                          - CASE WHEN j = 0 THEN 0 ELSE top_gaps[position * (k - 1) + j] / 16.0 END) AS top_logprobs,
-           CASE WHEN top_tokens IS NOT NULL
-                THEN list_transform(present, lambda j: top_tokens[position * k + j + 1]) END AS top_tokens
-    FROM positions
+           nullif(_dg_uint(token_ids, position * width, width), none_id) AS token_id,
+           _dg_uint(logprobs, position * 2, 2) / -1024.0 AS logprob,
+           list_transform(top, lambda e: nullif(e.id, none_id)) AS top_ids,
+           list_transform(top, lambda e: e.lp) AS top_logprobs,
+           CASE WHEN top_tokens IS NOT NULL THEN list_transform(top, lambda e: e.tok) END AS top_tokens
+    FROM ranked
 """
 
 
-def _code(lp: float | None) -> int:
+def create(con: duckdb.DuckDBPyConnection) -> None:
+    """The table, its helper macros and the per-token view."""
+    con.execute(TABLE_SQL)
+    for sql in MACROS_SQL:
+        con.execute(sql)
+    con.execute(VIEW_SQL)
+
+
+def lp_code(lp: float | None) -> int:
     if lp is None or not math.isfinite(lp):
-        return FIRST_MAX
-    return min(FIRST_MAX, max(0, round(-lp * FIRST_SCALE)))
+        return LP_MAX
+    return min(LP_MAX, max(0, round(-lp * LP_SCALE)))
+
+
+def gap_code(gap: float) -> int:
+    """A gap below the best (nats, >= 0) as a top_codes code: the nearest value the scale holds (PIECES)."""
+    if gap < 2 - 1 / 64:
+        return round(gap * 32)  # 0..63: 1/32 nat steps
+    if gap < 8 - 1 / 16:
+        return 64 + round((gap - 2) * 8)  # 64..111: 1/8
+    return min(CODE_MAX, 112 + round((gap - 8) * 2))  # 112..126: 1/2, clamped at 15 nats
+
+
+def gap_of(codes):
+    """numpy: top_codes codes back to gaps in nats."""
+    import numpy as np
+
+    codes = codes.astype(np.float32)
+    return np.where(codes < 64, codes / 32, np.where(codes < 112, 2 + (codes - 64) / 8, 8 + (codes - 112) / 2))
 
 
 def encode(row_id: str, positions: list) -> dict:
-    """A sample's positions (teachers.base.TokenLogprobs) as one `soft_labels` row. Entries with no mass (-inf, from
-    processed logprobs) are left out; entries come in rank order."""
-    k = max((sum(math.isfinite(lp) for lp in p.top_logprobs) for p in positions), default=0)
-    k = max(k, 1)
-    top_ids, first, gaps, rest, strings = [], [], [], [], []
+    """A sample's positions (teachers.base.TokenLogprobs) as one `soft_labels` row."""
+    import numpy as np
+
+    entries = [[(lp, tid, s) for lp, tid, s in zip(p.top_logprobs, p.top_ids, p.top_tokens) if math.isfinite(lp)]
+               for p in positions]
+    n, k = len(positions), max([len(e) for e in entries] + [1])
+    known = [t for e in entries for _, t, _ in e if t is not None] + [p.token_id for p in positions
+                                                                      if p.token_id is not None]
+    width = 2 if max(known, default=0) < 0xFFFF else 4
+    none = (1 << (8 * width)) - 1
+    ids = np.full((n, k), none, dtype=np.int64)
+    codes = np.full((n, k), ABSENT, dtype=np.uint8)
+    first, rest = np.full(n, LP_MAX, dtype=np.int64), np.full(n, LP_MAX, dtype=np.int64)
+    strings: list[str | None] = [None] * (n * k)
     need_strings = False
-    for p in positions:
-        entries = sorted(((lp, tid, s) for lp, tid, s in zip(p.top_logprobs, p.top_ids, p.top_tokens)
-                          if math.isfinite(lp)), key=lambda e: -e[0])
-        need_strings |= any(tid is None for _, tid, _ in entries)
-        best = entries[0][0] if entries else None
-        first.append(_code(best))
-        left = 1.0 - math.fsum(math.exp(e[0]) for e in entries)
-        rest.append(_code(math.log(left)) if left > 0 else FIRST_MAX)
-        best_q = -first[-1] / FIRST_SCALE
-        for r in range(k):
-            if r < len(entries):
-                lp, tid, s = entries[r]
-                top_ids.append(-1 if tid is None else int(tid))
-                strings.append(s)
-                if r:
-                    gaps.append(min(GAP_MAX, max(0, round((best_q - lp) * GAP_SCALE))))
-            else:
-                top_ids.append(-1)
-                strings.append(None)
-                if r:
-                    gaps.append(GAP_MAX)
+    for p, got in enumerate(entries):
+        if not got:
+            continue
+        first[p] = lp_code(max(lp for lp, _, _ in got))
+        best = -first[p] / LP_SCALE
+        left = 1.0 - math.fsum(math.exp(lp) for lp, _, _ in got)
+        rest[p] = lp_code(math.log(left)) if left > 0 else LP_MAX
+        # sorted by id (entries without one last, in their given order): neighbouring ids compress
+        for j, (lp, tid, s) in enumerate(sorted(got, key=lambda e: none if e[1] is None else int(e[1]))):
+            ids[p, j] = none if tid is None else int(tid)
+            codes[p, j] = gap_code(max(0.0, best - lp))
+            strings[p * k + j] = s
+            need_strings |= tid is None
+    dtype = ">u2" if width == 2 else ">u4"
     return {
-        "row_id": row_id, "k": k, "tokens": [p.token for p in positions],
-        "token_ids": [-1 if p.token_id is None else int(p.token_id) for p in positions],
-        "logprobs": [_code(p.logprob) for p in positions], "top_ids": top_ids, "top_first": first,
-        "top_gaps": gaps, "top_rest": rest, "top_tokens": strings if need_strings else None,
+        "row_id": row_id, "n": n, "k": k, "width": width, "tokens": [p.token for p in positions],
+        "token_ids": np.array([none if p.token_id is None else int(p.token_id) for p in positions], dtype).tobytes(),
+        "logprobs": np.array([lp_code(p.logprob) for p in positions], ">u2").tobytes(),
+        "top_ids": ids.astype(dtype).tobytes(), "top_codes": codes.tobytes(),
+        "top_first": first.astype(">u2").tobytes(), "top_rest": rest.astype(">u2").tobytes(),
+        "top_tokens": strings if need_strings else None,
     }
 
 
 def arrow_schema():
     import pyarrow as pa
 
-    return pa.schema([("row_id", pa.string()), ("k", pa.uint16()), ("tokens", pa.list_(pa.string())),
-                      ("token_ids", pa.list_(pa.int32())), ("logprobs", pa.list_(pa.uint16())),
-                      ("top_ids", pa.list_(pa.int32())), ("top_first", pa.list_(pa.uint16())),
-                      ("top_gaps", pa.list_(pa.uint8())), ("top_rest", pa.list_(pa.uint16())),
-                      ("top_tokens", pa.list_(pa.string()))])
+    return pa.schema([("row_id", pa.string()), ("n", pa.int32()), ("k", pa.uint16()), ("width", pa.uint8()),
+                      ("tokens", pa.list_(pa.string())), ("token_ids", pa.binary()), ("logprobs", pa.binary()),
+                      ("top_ids", pa.binary()), ("top_codes", pa.binary()), ("top_first", pa.binary()),
+                      ("top_rest", pa.binary()), ("top_tokens", pa.list_(pa.string()))])
 
 
 @dataclass
 class SoftLabels:
-    """One sample's soft labels as arrays: n positions, k entries each (-1 ids where none)."""
+    """One sample's soft labels as arrays: n positions, k entries each in rank order (-1 ids where none)."""
 
     tokens: list[str]
     token_ids: object  # int32 [n], -1 where unknown
@@ -136,40 +178,40 @@ class SoftLabels:
     top_ids: object  # int32 [n, k]
     top_logprobs: object  # float32 [n, k] (-inf where no entry)
     rest: object  # float32 [n]: the log of the mass outside the top k
-    top_tokens: list[str | None] | None  # n * k strings, where the teacher gave strings without ids
+    top_tokens: list[str | None] | None  # n * k strings in the same order, where the teacher gave strings
 
     def __len__(self) -> int:
         return len(self.tokens)
 
 
 def decode(row: dict) -> SoftLabels:
-    """One `soft_labels` row (Python lists or numpy arrays) as arrays."""
+    """One `soft_labels` row as arrays (numpy over the packed bytes; a loop over strings only where kept)."""
     import numpy as np
 
-    return _arrays(row["tokens"], int(row["k"]), np.asarray(row["token_ids"]), np.asarray(row["logprobs"]),
-                   np.asarray(row["top_ids"]), np.asarray(row["top_first"]), np.asarray(row["top_gaps"]),
-                   np.asarray(row["top_rest"]), row.get("top_tokens"))
-
-
-def _arrays(tokens, k: int, token_ids, logprobs, top_ids, top_first, top_gaps, top_rest, top_tokens) -> SoftLabels:
-    import numpy as np
-
-    n = len(tokens)
-    ids = top_ids.astype(np.int32).reshape(n, k)
-    first = -top_first.astype(np.float32) / FIRST_SCALE
-    top = np.concatenate([first[:, None], first[:, None] - top_gaps.astype(np.float32).reshape(n, k - 1) / GAP_SCALE],
-                         axis=1)
-    absent = ids < 0
-    if top_tokens is not None:  # an entry the teacher named by its string alone is there
-        absent &= np.array([t is None for t in top_tokens], bool).reshape(n, k)
-    top[absent] = -np.inf
-    return SoftLabels(list(tokens), token_ids.astype(np.int32), -logprobs.astype(np.float32) / FIRST_SCALE, ids, top,
-                      -top_rest.astype(np.float32) / FIRST_SCALE, list(top_tokens) if top_tokens is not None else None)
+    n, k, width = int(row["n"]), int(row["k"]), int(row["width"])
+    dtype = ">u2" if width == 2 else ">u4"
+    none = (1 << (8 * width)) - 1
+    ids = np.frombuffer(row["top_ids"], dtype).reshape(n, k).astype(np.int64)
+    codes = np.frombuffer(row["top_codes"], np.uint8).reshape(n, k)
+    best = -np.frombuffer(row["top_first"], ">u2").astype(np.float32) / LP_SCALE
+    lps = best[:, None] - gap_of(codes)
+    lps[codes == ABSENT] = -np.inf
+    order = np.argsort(-lps, axis=1, kind="stable")  # rank order
+    ids, lps = np.take_along_axis(ids, order, 1), np.take_along_axis(lps, order, 1)
+    ids[ids == none] = -1
+    strings = row.get("top_tokens")
+    if strings is not None:
+        strings = [strings[p * k + j] for p in range(n) for j in order[p]]
+    token_ids = np.frombuffer(row["token_ids"], dtype).astype(np.int64)
+    token_ids[token_ids == none] = -1
+    return SoftLabels(list(row["tokens"]), token_ids.astype(np.int32),
+                      -np.frombuffer(row["logprobs"], ">u2").astype(np.float32) / LP_SCALE,
+                      ids.astype(np.int32), lps.astype(np.float32),
+                      -np.frombuffer(row["top_rest"], ">u2").astype(np.float32) / LP_SCALE, strings)
 
 
 def read(con: duckdb.DuckDBPyConnection, row_ids: list[str]) -> dict[str, SoftLabels]:
-    """row_id -> its soft labels, for the rows among `row_ids` that have them. The lists come out of Arrow as flat
-    numpy arrays cut per row: no Python object per token or entry (but the token strings)."""
+    """row_id -> its soft labels, for the rows among `row_ids` that have them."""
     import pyarrow as pa
 
     con.register("_wanted_rows", pa.table({"row_id": pa.array(list(row_ids), pa.string())}))
@@ -177,13 +219,4 @@ def read(con: duckdb.DuckDBPyConnection, row_ids: list[str]) -> dict[str, SoftLa
         got = con.sql("SELECT s.* FROM soft_labels s JOIN _wanted_rows w USING (row_id)").to_arrow_table()
     finally:
         con.unregister("_wanted_rows")
-    cols = {name: got.column(name).combine_chunks() for name in got.column_names}
-    flat = {name: (cols[name].values.to_numpy(zero_copy_only=False), cols[name].offsets.to_numpy())
-            for name in ("token_ids", "logprobs", "top_ids", "top_first", "top_gaps", "top_rest")}
-    out = {}
-    for i, rid in enumerate(cols["row_id"].to_pylist()):
-        part = {name: values[offsets[i]:offsets[i + 1]] for name, (values, offsets) in flat.items()}
-        top_tokens = cols["top_tokens"][i].as_py()
-        out[rid] = _arrays(cols["tokens"][i].as_py(), int(cols["k"][i].as_py()), part["token_ids"], part["logprobs"],
-                           part["top_ids"], part["top_first"], part["top_gaps"], part["top_rest"], top_tokens)
-    return out
+    return {row["row_id"]: decode(row) for row in got.to_pylist()}

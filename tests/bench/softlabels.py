@@ -101,7 +101,7 @@ def new_layout(con, rows: list[list], k: int) -> None:
     from datagen.store import soft_labels
     from datagen.teachers.base import TokenLogprobs
 
-    con.execute(soft_labels.TABLE_SQL)
+    soft_labels.create(con)
     encoded = [soft_labels.encode(f"{n:020x}", [TokenLogprobs(t.token, t.token_id, t.logprob, t.top_tokens[:k],
                                                                t.top_ids[:k], t.top_logprobs[:k]) for t in positions])
                for n, positions in enumerate(rows)]
@@ -301,12 +301,12 @@ teachers:
     model: bundled:smollm2-135m-instruct
     engine: {{enforce_eager: true, max_model_len: 1024, kv_cache_gb: 1}}
 sources:
-  human: {{path: human.jsonl}}
+  people: {{path: people.jsonl}}
 steps:
   - name: read
     strategy: score
     teacher: small
-    input: human
+    input: people
     prompt: "{{{{ question }}}}"
     response: answer
     logprobs: {k}
@@ -330,7 +330,7 @@ def bench_store(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         rows = problems(args.data, args.rows)
-        (folder / "human.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (folder / "people.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         spec = folder / "spec.yaml"
         spec.write_text(STORE_SPEC.format(k=args.k))
         cli = [sys.executable, "-m", "datagen.cli"]
