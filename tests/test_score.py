@@ -121,7 +121,9 @@ def test_the_scores_are_the_models_own_log_probabilities(scored, bundled_model_p
     got = query(spec, f"select logprob, top_ids, top_logprobs from logprobs where row_id = '{row['_id']}' "
                       "order by position")
     assert [g["logprob"] for g in got] == pytest.approx(want, abs=1 / 2048 + 1e-4)
-    assert [g["top_ids"] for g in got] == top_ids.tolist()
+    # the best exactly; the rest as a set (their order among near-ties is the codes' resolution)
+    assert [g["top_ids"][0] for g in got] == top_ids[:, 0].tolist()
+    assert [sorted(g["top_ids"]) for g in got] == [sorted(t) for t in top_ids.tolist()]
     assert [g["top_logprobs"][0] for g in got] == pytest.approx(top_lp[:, 0].tolist(), abs=1 / 2048 + 1e-4)
 
 

@@ -78,7 +78,8 @@ def test_vllm_server_scores_given_text(tmp_path, vllm_server, bundled_model_path
         want = lp.gather(-1, torch.tensor(ids).unsqueeze(-1)).squeeze(-1).tolist()
         # vLLM's CPU kernels and transformers' differ in the last digits; the store keeps 1/2048 nat
         assert [g["logprob"] for g in got] == pytest.approx(want, abs=2e-3)
-        assert sum(g["top_ids"][0] == t for g, t in zip(got, lp.argmax(-1).tolist())) >= len(ids) - 1
+        # the same most likely token but where the two engines' last digits flip a near-tie
+        assert sum(g["top_ids"][0] == t for g, t in zip(got, lp.argmax(-1).tolist())) >= 0.95 * len(ids)
     again = datagen("run", str(spec))
     assert again.returncode == 0 and query(spec, "select count(*) as n from requests where step = 'read'") == [
         {"n": 4}]

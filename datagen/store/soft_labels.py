@@ -4,8 +4,8 @@ The old layout kept one row per token with its strings and float64 arrays (237 b
 tests/bench/softlabels.py). Here a sample's positions are packed arrays (big-endian, in BLOBs DuckDB compresses with
 zstd), laid out so that they compress:
 
-- `top_ids`: each position's k ids, sorted by id (neighbouring ids share their high bytes; rank order is restored
-  from the codes), `width` bytes each (2 when every id fits in 16 bits, else 4); all ones: no id (an entry named by
+- `top_ids`: each position's k ids, its best first, then the others sorted by id (neighbouring ids share their high
+  bytes; rank order is restored from the codes, entries whose codes tie in id order), `width` bytes each (2 when every id fits in 16 bits, else 4); all ones: no id (an entry named by
   its string alone, or no entry).
 - `top_codes`: one byte per entry, how far below the position's best log-probability it lies, on a scale that is
   fine where the probability is (`gap_code`): within 1/64 nat up to 2 nats below the best, 1/16 up to 8, 1/4 up to
@@ -21,7 +21,8 @@ zstd), laid out so that they compress:
 
 The KD loss on these codes stays within 1e-3 (relative) of the loss on the floats (tests/test_soft_labels.py holds
 the bound; the benchmark measures it on the bundled model's real top-20). The view `logprobs` (row_id, position,
-token, token_id, logprob, top_ids, top_logprobs in rank order, and top_tokens where kept) decodes the arrays in
+token, token_id, logprob, top_ids, top_logprobs in rank order (ties within the codes' resolution in id order),
+and top_tokens where kept) decodes the arrays in
 plain SQL, one row per position, for whoever queries the store; training decodes them with numpy (`read`), a
 sample at a time, with no loop over tokens.
 """
@@ -73,6 +74,7 @@ VIEW_SQL = """
         FROM (SELECT *, unnest(range(n)) AS position FROM soft_labels)
     ), ranked AS (
         SELECT *, list_sort(list_transform(present, lambda j: {
+            'first': j = 0,
             'lp': best - _dg_gap(_dg_uint(top_codes, position * k + j, 1)),
             'id': _dg_uint(top_ids, (position * k + j) * width, width),
             'tok': top_tokens[position * k + j + 1]}), 'DESC') AS top
@@ -142,8 +144,11 @@ def encode(row_id: str, positions: list) -> dict:
         best = -first[p] / LP_SCALE
         left = 1.0 - math.fsum(math.exp(lp) for lp, _, _ in got)
         rest[p] = lp_code(math.log(left)) if left > 0 else LP_MAX
-        # sorted by id (entries without one last, in their given order): neighbouring ids compress
-        for j, (lp, tid, s) in enumerate(sorted(got, key=lambda e: none if e[1] is None else int(e[1]))):
+        # the best first (its rank stays exact), then the others by id (entries without one last, in their given
+        # order): neighbouring ids compress
+        top = max(range(len(got)), key=lambda j: got[j][0])
+        others = sorted(got[:top] + got[top + 1:], key=lambda e: none if e[1] is None else int(e[1]))
+        for j, (lp, tid, s) in enumerate([got[top]] + others):
             ids[p, j] = none if tid is None else int(tid)
             codes[p, j] = gap_code(max(0.0, best - lp))
             strings[p * k + j] = s
@@ -196,7 +201,8 @@ def decode(row: dict) -> SoftLabels:
     best = -np.frombuffer(row["top_first"], ">u2").astype(np.float32) / LP_SCALE
     lps = best[:, None] - gap_of(codes)
     lps[codes == ABSENT] = -np.inf
-    order = np.argsort(-lps, axis=1, kind="stable")  # rank order
+    # rank order: the best is stored first; the others by their codes (entries whose codes tie keep id order)
+    order = np.concatenate([np.zeros((n, 1), np.int64), 1 + np.argsort(-lps[:, 1:], axis=1, kind="stable")], axis=1)
     ids, lps = np.take_along_axis(ids, order, 1), np.take_along_axis(lps, order, 1)
     ids[ids == none] = -1
     strings = row.get("top_tokens")
