@@ -227,10 +227,8 @@ def pilot(args, cache: Path) -> dict:
     started = time.perf_counter()
     datagen("run", str(spec))
     rows = step_rows(spec, "solve")
-    path = folder / ("pilot-example.json" if args.example else "pilot.json")
+    path = pilot_path(folder, args)
     earlier = json.loads(path.read_text()) if path.is_file() else {}
-    if earlier.get("temperature") != args.temperature:
-        earlier = {}
     by_level = earlier.get("levels", {})  # levels of earlier runs at this temperature are kept
     by_level |= {lv.name: pass_rate([r for r in rows if r["level"] == lv.name]) | {"capacity": lv.capacity()}
                  for lv in levels}
@@ -251,10 +249,16 @@ def pilot(args, cache: Path) -> dict:
     return result
 
 
+def pilot_path(folder: Path, args) -> Path:
+    """One file per temperature and prompt, so a pilot at another temperature keeps the earlier table."""
+    name = "pilot" + ("-example" if args.example else "") + ("" if args.temperature == 1.0 else f"-T{args.temperature:g}")
+    return folder / f"{name}.json"
+
+
 def level_of(args, cache: Path) -> ar.Level:
     if args.level:
         return ar.parse_level(args.level)
-    path = cache / "pilot" / ("pilot-example.json" if args.example else "pilot.json")
+    path = pilot_path(cache / "pilot", args)
     pick = json.loads(path.read_text())["pick"] if path.is_file() else None
     if not pick:
         sys.exit("no --level and no pilot pick: run the `pilot` piece first (or pass --level d2o3)")
