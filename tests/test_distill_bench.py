@@ -168,3 +168,36 @@ def test_wilson_interval():
     lo, hi = stats.wilson(50, 500)
     assert (lo, hi) == pytest.approx((0.07676, 0.12939), abs=1e-4)  # by the formula, z = 1.95996
     assert stats.wilson(0, 10)[0] == pytest.approx(0.0, abs=1e-12)
+
+
+# --- the report -------------------------------------------------------------------------------------------------
+
+
+def test_the_report_pairs_arms_by_seed_and_keeps_a_pilot_per_temperature(tmp_path, capsys):
+    import json
+
+    from tests.bench.distill_report import report
+
+    (tmp_path / "pilot").mkdir()
+    (tmp_path / "results").mkdir()
+    for name, t, rate in (("pilot", 1.0, 0.12), ("pilot-T0.7", 0.7, 0.07)):
+        level = {"rows": 100, "right": round(100 * rate), "rate": rate, "truncated": 3, "mean_tokens": 60,
+                 "capacity": 4000}
+        (tmp_path / "pilot" / f"{name}.json").write_text(json.dumps(
+            {"levels": {"d1o3": level}, "pick": None, "temperature": t, "needed": 2800}))
+    rng = random.Random(5)
+    for seed in (1, 2, 3):
+        base = [int(rng.random() < 0.2) for _ in range(50)]
+        better = [1 if x or rng.random() < 0.3 else 0 for x in base]  # gold answers a superset, never fewer
+        for arm, correct in (("random", base), ("gold", better)):
+            rec = {"arm": arm, "seed": seed, "correct": correct, "accuracy": sum(correct) / 50, "rows": 80,
+                   "verified": 5, "train_tokens": 1000, "train_seconds": 1.0, "gold_nll": 1.0, "temperature": 1.0,
+                   "held_nll": 2.0, "kd_kl": 1.0}
+            (tmp_path / "results" / f"{arm}-s{seed}.json").write_text(json.dumps(rec))
+    report(tmp_path, [("gold", "random")], ["random", "gold"])
+    out = capsys.readouterr().out
+    assert "teacher at T = 1," in out and "teacher at T = 0.7," in out  # both pilots, neither overwrote the other
+    row = next(line for line in out.splitlines() if line.startswith("| gold - random"))
+    diffs = [float(x) for x in row.split("|")[2].split(",")]
+    assert all(d > 0 for d in diffs) and len(diffs) == 3  # gold is right wherever random is, and more
+    assert "/0 " in row.split("|")[5]  # pooled McNemar: c = 0, no problem only random gets right

@@ -29,10 +29,8 @@ def load(cache: Path) -> tuple[dict, dict]:
             runs.setdefault(rec["arm"], {})[int(rec["seed"])] = rec
         else:
             base[path.stem] = rec
-    for name in ("pilot", "pilot-example"):
-        pilot = cache / "pilot" / f"{name}.json"
-        if pilot.is_file():
-            base[name] = json.loads(pilot.read_text())
+    for pilot in sorted((cache / "pilot").glob("pilot*.json")):  # one per temperature and prompt
+        base[pilot.stem] = json.loads(pilot.read_text())
     return runs, base
 
 
@@ -48,10 +46,9 @@ def interval(values: list[float], scale: float = 100, digits: int = 1) -> str:
 
 
 def teacher_table(base: dict) -> None:
-    for key, what in (("pilot", "the task's system prompt"), ("pilot-example", "with a worked example")):
-        pilot = base.get(key)
-        if not pilot:
-            continue
+    for key in sorted(k for k in base if k.startswith("pilot")):
+        pilot = base[key]
+        what = "with a worked example" if pilot.get("example") else "the task's system prompt"
         print(f"\nPilot ({what}): the teacher at T = {pilot.get('temperature', 1.0):g}, one sample per problem\n\n"
               "| level | distinct problems | problems | right | rate | truncated | tokens per answer |\n"
               "|---|---|---|---|---|---|---|")
