@@ -35,15 +35,16 @@ Arms (N = --n training rows each; a seed draws the random rows and the training 
 Planned comparisons (Holm over all six): curated - random, kd - random, hidden - kd, onpolicy - random,
 gold - random, shuffled - random.
 
-The pilot, measured (2026-12, alone on the 2-core machine, `pilot --pilot-n 100`, T = 1, one sample per problem,
-the plain system prompt; answers up to 128 tokens): the teacher's pass rate is d1o2p 35% (but only 100 distinct
-problems), d1o2 22% (200), d1o3 12% (4,000), d2o2p 4%, d2o2 5%, d2o3 1%, word problems wd1o2p 6%, wd1o2 6%, wd1o3p 1%,
-wd2o2p 0%; a quarter to three quarters of the answers run past 128 tokens (at T = 1 this 135M model wanders). With a
-worked example in the system prompt (`--example`), d1o3: 8 of 80 samples right at T = 1, 1 of 40 greedy. So no
-level with enough distinct problems (2,800 for the default splits) reached 30% at T = 1; d1o3 (12%) gives
-verification plenty to remove but leaves the curated arm about 140 verified rows of the default pool (raise
---pool-problems). Not measured yet: d2r1o2p, d3r1o2p (the default --levels), and any level at --temperature 0.5-0.7
-(soft labels then `logprobs_mode: processed`, so CE and KD targets still agree).
+The pilot, measured (2026-12, alone on the 2-core machine, `pilot --pilot-n 100`, one sample per problem, the plain
+system prompt; answers up to 128 tokens). At T = 1: d1o2p 35% (but only 100 distinct problems), d1o2 22% (200), d1o3
+12% (4,000), d2o2p 4%, d2o2 5%, d2o3 1%, word problems wd1o2p 6%, wd1o2 6%, wd1o3p 1%, wd2o2p 0%; a quarter to three
+quarters of the answers run past 128 tokens. At T = 0.7: d1o3 7%, d2r1o2p 8%, d3r1o2p 7%, d2o2p 6%, d1o2 35%. At
+T = 0.3: d1o3 11%, d2r1o2p 15%, d3r1o2p 5%, d2o2p 11%. With a worked example (`--example`), d1o3: 8 of 80 at T = 1.
+So no level with enough distinct problems reaches 30%: this 135M model adds two one-digit numbers about a third of
+the time and little else. specs/results.md runs d1o3 (`--level d1o3`), where the teacher's 2,000 pool samples at
+T = 1 are 5.4% right (the pilot's 12% was 100 problems), which leaves 82 distinct pool problems with a verified,
+untruncated answer: hence `--pool-problems 1000 --n 80` there, so that the curated arm trains on as many rows as
+the others.
 
 Commands for the whole experiment (each piece prints its own estimate from ESTIMATE when it starts):
 
@@ -51,7 +52,7 @@ Commands for the whole experiment (each piece prints its own estimate from ESTIM
   $B pilot $C                           # about 3 min (500 answers); add --temperature 0.7 for a second table
   $B pool $C --level LEVEL              # about 7 min: 1,200 pool + 100 held-out + 500 greedy test answers
   $B base $C --level LEVEL              # about 18 min: the heal (60 steps, once) and three scorings
-  $B arms $C --level LEVEL --seeds 1,2  # about 36 min per seed for the 7 arms; --arms picks some; cached
+  $B arms $C --level LEVEL --seeds 1,2  # about 36 min per seed for the 7 arms (30 at --n 80); --arms picks some
   $B arms $C --level LEVEL --seeds 3,4
   $B report $C
 TIME_NOTE
