@@ -120,6 +120,8 @@ def test_holm_by_hand():
     assert stats.holm([0.03, 0.01, 0.5, 0.02]) == pytest.approx([0.06, 0.04, 0.5, 0.06])
     assert stats.holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
     assert stats.holm([0.04]) == [0.04]
+    adjusted = stats.holm([0.03, float("nan"), 0.01])  # a comparison too small to test is not in the family
+    assert adjusted[0] == pytest.approx(0.03) and adjusted[2] == pytest.approx(0.02) and math.isnan(adjusted[1])
 
 
 def test_paired_interval_and_t_test_match_scipy():
@@ -191,7 +193,8 @@ def test_the_report_pairs_arms_by_seed_and_keeps_a_pilot_per_temperature(tmp_pat
         better = [1 if x or rng.random() < 0.3 else 0 for x in base]  # gold answers a superset, never fewer
         for arm, correct in (("random", base), ("gold", better)):
             rec = {"arm": arm, "seed": seed, "correct": correct, "accuracy": sum(correct) / 50, "rows": 80,
-                   "verified": 5, "train_tokens": 1000, "train_seconds": 1.0, "gold_nll": 1.0, "temperature": 1.0,
+                   "verified": 5, "train_tokens": 1000, "train_seconds": 1.0,
+                   "gold_nll": 1.0 if arm == "random" else 0.5 + 0.01 * seed, "temperature": 1.0,
                    "held_nll": 2.0, "kd_kl": 1.0}
             (tmp_path / "results" / f"{arm}-s{seed}.json").write_text(json.dumps(rec))
     report(tmp_path, [("gold", "random")], ["random", "gold"])
@@ -201,3 +204,7 @@ def test_the_report_pairs_arms_by_seed_and_keeps_a_pilot_per_temperature(tmp_pat
     diffs = [float(x) for x in row.split("|")[2].split(",")]
     assert all(d > 0 for d in diffs) and len(diffs) == 3  # gold is right wherever random is, and more
     assert "/0 " in row.split("|")[5]  # pooled McNemar: c = 0, no problem only random gets right
+    secondary = [line for line in out.splitlines() if line.startswith("| gold - random")][1]
+    cells = secondary.split("|")
+    assert all(float(d) < 0 for d in cells[2].split(","))  # gold's NLL lower in every seed
+    assert float(cells[4]) == pytest.approx(float(cells[5]))  # one comparison: Holm leaves its p as it is

@@ -40,10 +40,11 @@ def discordant(first: list[bool], second: list[bool]) -> tuple[int, int]:
 
 
 def holm(ps: list[float]) -> list[float]:
-    """Holm-adjusted p values, in the order given (monotone, capped at 1)."""
-    m = len(ps)
-    order = sorted(range(m), key=lambda i: ps[i])
-    out = [0.0] * m
+    """Holm-adjusted p values, in the order given (monotone, capped at 1). A NaN p (a comparison with too few seeds
+    to test) stays NaN and is not counted in the family."""
+    order = sorted((i for i, p in enumerate(ps) if not math.isnan(p)), key=lambda i: ps[i])
+    m = len(order)
+    out = [float("nan")] * len(ps)
     running = 0.0
     for rank, i in enumerate(order):
         running = max(running, min(1.0, (m - rank) * ps[i]))
